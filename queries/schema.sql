@@ -1,0 +1,94 @@
+-- saedata concept store: tables.
+-- Loaded first, in a fixed order (schema.sql -> views.sql -> macros.sql), every time a
+-- store is opened for writing. Every statement is idempotent.
+-- Schema version 1. A store whose saedata_meta says a newer version is refused on open.
+
+-- Key/value facts about the store itself (schema_version, created_by).
+CREATE TABLE IF NOT EXISTS saedata_meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+-- One row per sparse autoencoder used in this store. `fingerprint` is the SHA-256 of
+-- the weights file, so the same SAE loaded from two paths is one row.
+CREATE TABLE IF NOT EXISTS saes (
+    sae_id      INTEGER PRIMARY KEY,
+    name        VARCHAR NOT NULL,
+    reader      VARCHAR,
+    layer       INTEGER,
+    d_in        INTEGER NOT NULL,
+    d_sae       INTEGER NOT NULL,
+    activation  VARCHAR NOT NULL,
+    cfg         JSON,
+    path        VARCHAR,
+    fingerprint VARCHAR UNIQUE,
+    created_at  TIMESTAMP DEFAULT current_timestamp
+);
+
+-- One row per embedded corpus. `complete` turns true when every document is stored;
+-- an incomplete dataset is resumed by rerunning the same `saedata embed`.
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_id  INTEGER PRIMARY KEY,
+    name        VARCHAR NOT NULL UNIQUE,
+    source      VARCHAR,
+    n_docs      BIGINT DEFAULT 0,
+    created_at  TIMESTAMP DEFAULT current_timestamp,
+    sae_id      INTEGER,
+    complete    BOOLEAN DEFAULT false,
+    n_empty     BIGINT DEFAULT 0,
+    n_truncated BIGINT DEFAULT 0,
+    args        JSON
+);
+
+-- One row per document. doc_id is global across datasets; ext_id is the corpus's own
+-- id (or its line number); n_tokens counts the reader tokens kept (after truncation).
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id      BIGINT PRIMARY KEY,
+    dataset_id  INTEGER NOT NULL,
+    ext_id      VARCHAR NOT NULL,
+    text        VARCHAR,
+    meta        JSON,
+    n_tokens    INTEGER
+);
+
+-- One row per SAE latent: its label, where the label came from, the fraction of
+-- documents where it is active and its largest pooled activation.
+CREATE TABLE IF NOT EXISTS latents (
+    sae_id       INTEGER NOT NULL,
+    latent       INTEGER NOT NULL,
+    label        VARCHAR,
+    label_source VARCHAR,
+    freq         DOUBLE,
+    max_act      REAL,
+    PRIMARY KEY (sae_id, latent)
+);
+
+-- The long sparse table: one row per non-zero pooled activation. No index, so it
+-- stays compact (about 5 bytes a row); DuckDB scans it with zone maps on doc_id.
+CREATE TABLE IF NOT EXISTS activations (
+    doc_id  BIGINT NOT NULL,
+    sae_id  INTEGER NOT NULL,
+    latent  INTEGER NOT NULL,
+    value   REAL NOT NULL
+);
+
+-- Labelling evidence, written during embedding from the per-token codes: for each
+-- latent its strongest documents, the word at the token where the latent peaked,
+-- and the word before it. Pruned to the top documents per latent when labels are made.
+CREATE TABLE IF NOT EXISTS label_evidence (
+    sae_id  INTEGER NOT NULL,
+    latent  INTEGER NOT NULL,
+    doc_id  BIGINT NOT NULL,
+    value   REAL NOT NULL,
+    word    VARCHAR,
+    bigram  VARCHAR
+);
+
+-- Document frequency of every word in the documents embedded with an SAE: the
+-- background that labels are contrasted against.
+CREATE TABLE IF NOT EXISTS word_counts (
+    sae_id  INTEGER NOT NULL,
+    word    VARCHAR NOT NULL,
+    df      BIGINT NOT NULL,
+    PRIMARY KEY (sae_id, word)
+);

@@ -1,0 +1,197 @@
+"""Frozen dataclass configs for every stage, one docstring per field.
+
+Nothing here imports torch: configs are built by the CLI before any heavy import and
+serialise to JSON (``to_dict`` / ``from_dict``). An SAE's config is saved as
+``cfg.json`` beside its weights exactly as the user asked; what training learns (the
+input normalisation, thresholds) lives in the weights file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from saedata.errors import ConfigError
+
+Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa")
+Pooling = Literal["max", "mean", "sum"]
+POOLINGS: tuple[str, ...] = ("max", "mean", "sum")
+Device = Literal["cpu", "cuda", "auto"]
+DType = Literal["float32", "float16", "bfloat16"]
+
+DEFAULT_READER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build from a dict, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class SAEConfig(_Serialisable):
+    """Architecture of a sparse autoencoder: z = act(W_enc^T (x - b_dec) + b_enc), x^ = W_dec^T z + b_dec."""
+
+    d_in: int
+    """Width of the input activations (the reader layer's hidden size)."""
+    d_sae: int
+    """Number of latents (dictionary size); typically 8-32 x d_in."""
+    activation: Activation = "topk"
+    """Sparsifying activation: relu (L1-trained), jumprelu, topk, batchtopk, abstopk, topafa."""
+    k: int = 32
+    """Active latents per token for topk/abstopk, mean per token for batchtopk; unused otherwise."""
+    jumprelu_threshold: float = 0.001
+    """Initial threshold of every JumpReLU latent (in normalised input units)."""
+    jumprelu_bandwidth: float = 0.001
+    """Width of the rectangle kernel of JumpReLU's straight-through threshold gradient."""
+    topafa_max_k: int | None = None
+    """Upper bound on active latents per token for topafa (default: d_in)."""
+    reader: str | None = None
+    """Reader model id or path whose activations the SAE was trained on (metadata)."""
+    layer: int | None = None
+    """Reader layer the SAE reads (metadata; -1 = last)."""
+    hook: str = "residual"
+    """Which activations of that layer: the residual stream output of the block."""
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ConfigError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        if self.activation in ("topk", "batchtopk", "abstopk") and not 0 < self.k <= self.d_sae:
+            raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if self.topafa_max_k is not None and not 0 < self.topafa_max_k <= self.d_sae:
+            raise ConfigError(f"topafa_max_k must be in 1..d_sae={self.d_sae}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serialisable):
+    """How an SAE is trained on a stream of activations."""
+
+    expansion: int = 8
+    """d_sae = expansion x d_in when the SAE config is built from the reader width."""
+    activation: Activation = "topk"
+    """Activation of an SAE built from the reader width (``saedata train`` / ``embed``)."""
+    k: int = 32
+    """k of an SAE built from the reader width (TopK family)."""
+    lr: float | None = None
+    """Adam learning rate; None scales 2e-4 / sqrt(d_sae / 16384) as in Gao et al. (2024)."""
+    batch_size: int = 4096
+    """Tokens per optimisation step."""
+    max_tokens: int = 2_000_000
+    """Training tokens in total (the activation stream is cycled when shorter)."""
+    max_epochs: int = 25
+    """When training on a corpus, stop after this many passes over its tokens if sooner."""
+    buffer_tokens: int = 262_144
+    """Size of the shuffle buffer the activation stream is drawn through."""
+    l1_coeff: float = 5.0
+    """L1 penalty weight for relu SAEs (on |z| x ||W_dec row||)."""
+    l0_coeff: float = 1e-3
+    """L0 penalty weight for jumprelu SAEs."""
+    afa_coeff: float = 1.0 / 32
+    """Weight of the AFA norm-matching loss for topafa SAEs."""
+    auxk_alpha: float = 1.0 / 32
+    """Weight of the AuxK loss that revives dead latents (topk family)."""
+    k_aux: int | None = None
+    """Latents used by AuxK; None = d_in // 2."""
+    dead_tokens: int = 200_000
+    """A latent that has not fired for this many tokens counts as dead."""
+    sparse_decoder: bool = True
+    """Decode TopK codes by gathering the k active decoder rows instead of a dense matmul."""
+    sparse_encoder: bool = True
+    """Backpropagate TopK-family codes into the encoder through only the selected latents
+    (a gather with a sparse backward) instead of a dense (n, d_sae) gradient."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    seed: int = 0
+    """Seed for initialisation and shuffling; same data + seed -> same SAE."""
+    device: Device = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.max_tokens <= 0:
+            raise ConfigError("batch_size and max_tokens must be positive")
+        if self.expansion <= 0:
+            raise ConfigError(f"expansion must be positive, got {self.expansion}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.k <= 0:
+            raise ConfigError(f"k must be positive, got {self.k}")
+
+
+@dataclass(frozen=True)
+class ReaderConfig(_Serialisable):
+    """Which model reads the documents, and where its activations are taken."""
+
+    model: str | None = None
+    """Hugging Face model id or local directory, encoder or causal LM; None: the SAE's reader, else all-MiniLM-L6-v2."""
+    layer: int | None = None
+    """Block whose residual-stream output is read (0-based; negative counts from the end); None: the SAE's layer, else the last."""
+    max_tokens: int = 256
+    """Documents longer than this (in tokens, special tokens included) are truncated and counted."""
+    batch_size: int = 32
+    """Documents per forward pass."""
+    device: Device = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    dtype: DType = "float32"
+    """Reader weights' dtype; SAE codes are always computed in float32."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 2:
+            raise ConfigError(f"--max-tokens must be at least 2, got {self.max_tokens}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class EmbedConfig(_Serialisable):
+    """How token codes become document vectors in the store."""
+
+    pooling: Pooling = "max"
+    """Token-to-document pooling: max (as in the paper; signed max for abstopk), mean, sum."""
+    min_value: float = 0.0
+    """Pooled values with |value| <= min_value are dropped (0 keeps every non-zero)."""
+    label_top_docs: int = 64
+    """Top-activating documents per latent kept as labelling evidence."""
+    label_words: int = 3
+    """Keywords per offline label."""
+    commit_docs: int = 256
+    """Documents per transaction: an interrupted run loses at most this much work."""
+    encode_tokens: int = 8192
+    """Tokens per SAE encode call (bounds the (tokens, d_sae) pre-activation buffer)."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if self.min_value < 0:
+            raise ConfigError("min_value must be >= 0")
+        if self.commit_docs <= 0 or self.encode_tokens <= 0 or self.label_top_docs <= 0:
+            raise ConfigError("commit_docs, encode_tokens and label_top_docs must be positive")
+
+
+@dataclass(frozen=True)
+class InputConfig(_Serialisable):
+    """How a corpus file is read."""
+
+    text_field: str = "text"
+    """Field (JSONL/Parquet) or column (CSV) holding the document text."""
+    id_field: str | None = None
+    """Field holding a unique document id; None numbers documents by line/row (1-based)."""
+    format: Literal["jsonl", "csv", "parquet", "txt"] | None = None
+    """File format; None infers it from the extension (stdin defaults to jsonl)."""
+    batch_size: int = 1024
+    """Documents per batch yielded by the reader (memory stays flat in corpus size)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Reserved for format-specific options."""

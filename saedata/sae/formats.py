@@ -1,0 +1,408 @@
+"""Load and save SAEs: saedata's own directories, SAELens and EleutherAI sparsify.
+
+Every format maps onto one :class:`SparseAutoencoder` whose encode/decode reproduce the
+format's own formula (checked numerically in ``tests/test_sae_formats.py``):
+
+* saedata: ``cfg.json`` = ``SAEConfig.to_dict()`` plus ``"format": "saedata"`` and
+  ``"format_version": 1``; ``sae.safetensors`` with ``W_enc`` (d_in, d_sae), ``b_enc``,
+  ``W_dec`` (d_sae, d_in), ``b_dec``, ``input_scale`` (scalar) and ``threshold``
+  (jumprelu: (d_sae,), plus the exact ``log_threshold``; batchtopk: scalar).
+* SAELens: ``cfg.json`` (``d_in``, ``d_sae``, ``architecture`` standard / jumprelu / topk,
+  or the older ``activation_fn_str`` relu / topk with ``activation_fn_kwargs: {"k"}``;
+  ``apply_b_dec_to_input``, ``normalize_activations``, ``finetuning_scaling_factor``,
+  ``rescale_acts_by_decoder_norm``, ``hook_name``, ``model_name`` at the top level or in
+  ``metadata``/``meta``) and ``sae_weights.safetensors`` (``W_enc``, ``W_dec``, ``b_enc``,
+  ``b_dec``, ``threshold`` or ``log_threshold``). Formula: ``z = act((x - b_dec*apply)
+  W_enc + b_enc)``, ``x^ = z W_dec + b_dec``.
+* sparsify: ``cfg.json`` (``d_in``, ``num_latents`` or ``expansion_factor``, ``k``,
+  ``activation`` topk) and ``sae.safetensors`` (``encoder.weight`` (h, d_in),
+  ``encoder.bias``, ``W_dec`` (h, d_in), ``b_dec``). Formula: ``z = topk(relu(enc(x -
+  b_dec)))``, ``x^ = z W_dec + b_dec``.
+
+Weights are read with safetensors only: nothing is ever unpickled. Every problem raises
+:class:`~saedata.errors.SAEFormatError` with one line naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saedata.config import SAEConfig
+from saedata.errors import ConfigError, DimensionMismatchError, SAEFormatError
+from saedata.sae.model import SparseAutoencoder
+
+FORMAT_NAME = "saedata"
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
+
+
+# ---------------------------------------------------------------------- saving
+def native_tensors(sae: SparseAutoencoder) -> dict[str, Tensor]:
+    """The tensors saedata's format stores for ``sae``, contiguous, float32, on CPU."""
+    tensors = {
+        "W_enc": sae.W_enc,
+        "b_enc": sae.b_enc,
+        "W_dec": sae.W_dec,
+        "b_dec": sae.b_dec,
+        "input_scale": sae.input_scale,
+    }
+    if sae.cfg.activation == "jumprelu":
+        tensors["threshold"] = sae.threshold
+        tensors["log_threshold"] = sae.log_threshold
+    elif sae.cfg.activation == "batchtopk":
+        tensors["threshold"] = sae.threshold
+    return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
+
+
+def save_sae(sae: SparseAutoencoder, path: str | Path) -> Path:
+    """Write ``sae`` to the directory ``path`` (``cfg.json`` + ``sae.safetensors``).
+
+    A new directory appears all at once (written to a temporary sibling, then renamed);
+    in an existing directory each file is replaced atomically, so no file is ever half
+    written. Returns the directory.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SAEFormatError(f"{path}: exists and is not a directory; cannot save an SAE there")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = {**sae.cfg.to_dict(), "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        save_file(native_tensors(sae), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        if not path.exists():
+            try:
+                os.replace(tmp, path)
+                return path
+            except OSError:
+                if not path.is_dir():
+                    raise
+        for name in (WEIGHTS_FILE, CFG_FILE):
+            os.replace(tmp / name, path / name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# --------------------------------------------------------------------- reading
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SAEFormatError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SAEFormatError(f"{file}: cannot read ({e})") from None
+    if not isinstance(data, dict):
+        raise SAEFormatError(f"{file}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_safetensors(file: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise SAEFormatError(f"{file.parent}: missing weights file {file.name}")
+    try:
+        tensors = load_file(str(file), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        msg = " ".join(str(e).split()) or type(e).__name__
+        raise SAEFormatError(f"{file}: corrupt safetensors file ({msg})") from None
+    return tensors
+
+
+def _take(tensors: dict[str, Tensor], name: str, shape: tuple[int, ...], file: Path) -> Tensor:
+    """The float32 tensor ``name`` checked against ``shape`` (from the config)."""
+    if name not in tensors:
+        raise SAEFormatError(f"{file}: missing tensor {name!r}")
+    t = tensors[name]
+    if tuple(t.shape) != shape:
+        raise SAEFormatError(
+            f"{file}: tensor {name!r} has shape {tuple(t.shape)}, expected {shape} from {CFG_FILE}"
+        )
+    if not t.is_floating_point():
+        raise SAEFormatError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected a float type")
+    return t.to(torch.float32)
+
+
+def _int_field(cfg: dict[str, Any], key: str, file: Path) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SAEFormatError(f"{file}: {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _make_config(file: Path, **fields: Any) -> SAEConfig:
+    try:
+        return SAEConfig(**fields)
+    except (ConfigError, TypeError) as e:
+        raise SAEFormatError(f"{file}: invalid SAE config ({e})") from None
+
+
+@torch.no_grad()
+def _build(
+    cfg: SAEConfig,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    input_scale: Tensor | float = 1.0,
+    threshold: Tensor | None = None,
+    log_threshold: Tensor | None = None,
+) -> SparseAutoencoder:
+    sae = SparseAutoencoder(cfg)
+    sae.W_enc.copy_(W_enc)
+    sae.b_enc.copy_(b_enc)
+    sae.W_dec.copy_(W_dec)
+    sae.b_dec.copy_(b_dec)
+    sae.input_scale.fill_(float(input_scale))
+    if cfg.activation == "jumprelu":
+        if log_threshold is None:
+            assert threshold is not None
+            # thresholds <= 0 act like SAELens' relu(pre) * 1{pre > theta} up to values <= tiny
+            log_threshold = threshold.clamp_min(torch.finfo(torch.float32).tiny).log()
+        sae.log_threshold.copy_(log_threshold)
+    elif cfg.activation == "batchtopk" and threshold is not None:
+        sae.batch_threshold.fill_(float(threshold.reshape(-1)[0]) if threshold.numel() else -1.0)
+    return sae
+
+
+def _load_native(path: Path, cfg_dict: dict[str, Any]) -> SparseAutoencoder:
+    cfg_file = path / CFG_FILE
+    version = cfg_dict.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SAEFormatError(
+            f"{cfg_file}: format_version {version!r} is newer than this saedata reads ({FORMAT_VERSION}); upgrade saedata"
+        )
+    fields = {k: v for k, v in cfg_dict.items() if k not in ("format", "format_version")}
+    try:
+        cfg = SAEConfig.from_dict(fields)
+    except (ConfigError, TypeError) as e:
+        raise SAEFormatError(f"{cfg_file}: invalid SAE config ({e})") from None
+    file = path / WEIGHTS_FILE
+    t = _read_safetensors(file)
+    d, h = cfg.d_in, cfg.d_sae
+    threshold = log_threshold = None
+    if cfg.activation == "jumprelu":
+        if "log_threshold" in t:
+            log_threshold = _take(t, "log_threshold", (h,), file)
+        else:
+            threshold = _take(t, "threshold", (h,), file)
+    elif cfg.activation == "batchtopk":
+        threshold = _take(t, "threshold", (), file)
+    return _build(
+        cfg,
+        _take(t, "W_enc", (d, h), file),
+        _take(t, "b_enc", (h,), file),
+        _take(t, "W_dec", (h, d), file),
+        _take(t, "b_dec", (d,), file),
+        _take(t, "input_scale", (), file),
+        threshold,
+        log_threshold,
+    )
+
+
+def _layer_from_hook(hook_name: Any) -> int | None:
+    if not isinstance(hook_name, str):
+        return None
+    m = re.search(r"(?:blocks|layers|layer|h)[._](\d+)", hook_name)
+    return int(m.group(1)) if m else None
+
+
+def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
+    cfg_file = path / CFG_FILE
+    d = _int_field(cfg, "d_in", cfg_file)
+    h = _int_field(cfg, "d_sae", cfg_file)
+    meta = cfg.get("metadata") or cfg.get("meta") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+
+    def meta_get(key: str) -> Any:
+        return cfg.get(key, meta.get(key))
+
+    arch = cfg.get("architecture") or "standard"
+    act_str = cfg.get("activation_fn_str") or cfg.get("activation_fn") or ("topk" if arch == "topk" else "relu")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
+    if arch == "topk" or (arch == "standard" and act_str == "topk"):
+        activation = "topk"
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise SAEFormatError(f"{cfg_file}: topk SAE without an integer 'k' (or activation_fn_kwargs.k)")
+    elif arch == "jumprelu":
+        activation = "jumprelu"
+    elif arch == "standard" and act_str == "relu":
+        activation = "relu"
+    else:
+        raise SAEFormatError(
+            f"{cfg_file}: unsupported SAELens architecture {arch!r} with activation {act_str!r} "
+            "(supported: standard/relu, standard/topk, topk, jumprelu)"
+        )
+    norm = cfg.get("normalize_activations") or "none"
+    if norm not in ("none", "expected_average_only_in"):
+        raise SAEFormatError(
+            f"{cfg_file}: normalize_activations={norm!r} rescales each token separately, which saedata does not support"
+        )
+
+    file = path / SAELENS_WEIGHTS_FILE
+    t = _read_safetensors(file)
+    W_enc = _take(t, "W_enc", (d, h), file)
+    W_dec = _take(t, "W_dec", (h, d), file)
+    b_enc = _take(t, "b_enc", (h,), file)
+    b_dec = _take(t, "b_dec", (d,), file)
+    threshold = None
+    if activation == "jumprelu":
+        if "threshold" in t:
+            threshold = _take(t, "threshold", (h,), file)
+        elif "log_threshold" in t:
+            threshold = _take(t, "log_threshold", (h,), file).exp()
+        else:
+            raise SAEFormatError(f"{file}: missing tensor 'threshold' (or 'log_threshold') of a jumprelu SAE")
+    if cfg.get("finetuning_scaling_factor"):
+        # x^ = (z * s_ft) W_dec + b_dec  ==  z (s_ft[:, None] W_dec) + b_dec
+        W_dec = W_dec * _take(t, "finetuning_scaling_factor", (h,), file)[:, None]
+    if cfg.get("apply_b_dec_to_input", True) is False:
+        # x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc)
+        b_enc = b_enc + b_dec @ W_enc
+    if activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        # topk on pre * ||d_j||, decode with d_j / ||d_j||: fold the norms into the encoder
+        norms = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
+    hook_name = meta_get("hook_name")
+    layer = meta_get("hook_layer")
+    sae_cfg = _make_config(
+        cfg_file,
+        d_in=d,
+        d_sae=h,
+        activation=activation,
+        k=k if activation == "topk" else SAEConfig.k,
+        reader=meta_get("model_name"),
+        layer=layer if isinstance(layer, int) and not isinstance(layer, bool) else _layer_from_hook(hook_name),
+        hook=hook_name if isinstance(hook_name, str) else "residual",
+    )
+    return _build(sae_cfg, W_enc, b_enc, W_dec, b_dec, 1.0, threshold)
+
+
+def _load_sparsify(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
+    cfg_file = path / CFG_FILE
+    d = _int_field(cfg, "d_in", cfg_file)
+    h = cfg.get("num_latents") or 0
+    if not h:
+        h = d * _int_field(cfg, "expansion_factor", cfg_file)
+    if isinstance(h, bool) or not isinstance(h, int) or h <= 0:
+        raise SAEFormatError(f"{cfg_file}: 'num_latents' must be a positive integer, got {h!r}")
+    k = _int_field(cfg, "k", cfg_file)
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise SAEFormatError(f"{cfg_file}: unsupported sparsify activation {activation!r} (supported: topk)")
+    for flag in ("transcode", "skip_connection", "signed", "embed_skip", "gram_lookup"):
+        if cfg.get(flag):
+            raise SAEFormatError(f"{cfg_file}: sparsify option {flag}=true is not supported")
+    file = path / SPARSIFY_WEIGHTS_FILE
+    t = _read_safetensors(file)
+    if "W_skip" in t:
+        raise SAEFormatError(f"{file}: sparsify skip connections (W_skip) are not supported")
+    enc_w = _take(t, "encoder.weight", (h, d), file)
+    sae_cfg = _make_config(cfg_file, d_in=d, d_sae=h, activation="topk", k=k)
+    return _build(
+        sae_cfg,
+        enc_w.T.contiguous(),
+        _take(t, "encoder.bias", (h,), file),
+        _take(t, "W_dec", (h, d), file),
+        _take(t, "b_dec", (d,), file),
+    )
+
+
+def detect_format(path: str | Path) -> str:
+    """``"saedata"``, ``"saelens"`` or ``"sparsify"`` for the SAE directory ``path``."""
+    path = Path(path)
+    _check_dir(path)
+    return _detect(path, _read_json(path / CFG_FILE))
+
+
+def _check_dir(path: Path) -> None:
+    if not path.exists():
+        raise SAEFormatError(f"{path}: no such SAE directory")
+    if not path.is_dir():
+        raise SAEFormatError(f"{path}: not a directory (an SAE is a directory with {CFG_FILE} and weights)")
+    if (path / CFG_FILE).is_file():
+        return
+    subdirs = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
+    if subdirs:
+        raise SAEFormatError(
+            f"{path}: holds {len(subdirs)} SAEs (one per hookpoint: {', '.join(subdirs)}); "
+            f"pick one, e.g. {path / subdirs[0]}"
+        )
+    raise SAEFormatError(f"{path}: missing {CFG_FILE}")
+
+
+def _detect(path: Path, cfg: dict[str, Any]) -> str:
+    fmt = cfg.get("format")
+    if fmt == FORMAT_NAME:
+        return "saedata"
+    if fmt is not None:
+        raise SAEFormatError(f"{path / CFG_FILE}: unknown SAE format {fmt!r}")
+    if (path / SAELENS_WEIGHTS_FILE).exists() or (
+        "d_sae" in cfg and ("architecture" in cfg or "activation_fn_str" in cfg)
+    ):
+        return "saelens"
+    if (path / SPARSIFY_WEIGHTS_FILE).exists() and (
+        "num_latents" in cfg or "expansion_factor" in cfg or "k" in cfg
+    ):
+        return "sparsify"
+    if "num_latents" in cfg or "expansion_factor" in cfg:
+        return "sparsify"
+    raise SAEFormatError(
+        f"{path}: unknown SAE format ({CFG_FILE} is not saedata's, SAELens' or sparsify's)"
+    )
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an SAE directory of any supported format (auto-detected) onto ``device``.
+
+    ``device`` may be ``"auto"`` (cuda when available). The returned SAE is in eval mode
+    and remembers where it came from (``source_path``, ``source_format``).
+    """
+    path = Path(path)
+    _check_dir(path)
+    cfg = _read_json(path / CFG_FILE)
+    fmt = _detect(path, cfg)
+    loader = {"saedata": _load_native, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
+    sae = loader(path, cfg)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    sae = sae.to(device).eval()
+    sae.source_path = str(path)
+    sae.source_format = fmt
+    for name, p in sae.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise SAEFormatError(f"{path}: tensor {name!r} contains NaN or infinite values")
+    if not math.isfinite(float(sae.input_scale)) or float(sae.input_scale) <= 0:
+        raise SAEFormatError(f"{path}: input_scale must be a positive finite number")
+    return sae
+
+
+def check_d_in(sae: SparseAutoencoder, d_model: int, reader_desc: str) -> None:
+    """Raise :class:`DimensionMismatchError` unless the reader width ``d_model`` equals ``sae.d_in``.
+
+    ``reader_desc`` names the reader and layer, e.g. ``"sentence-transformers/all-MiniLM-L6-v2 layer 6"``.
+    """
+    if int(d_model) != sae.d_in:
+        where = getattr(sae, "source_path", None) or "<in memory>"
+        raise DimensionMismatchError(
+            f"SAE at {where} expects d_in={sae.d_in}, but reader {reader_desc} has width {d_model}"
+        )

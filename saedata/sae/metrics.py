@@ -1,0 +1,171 @@
+"""Quality metrics for sparse autoencoders: FVU, L0, dead latents, AFA / quasi-orthogonality.
+
+Formulas (n rows, codes f, decoder rows d_j):
+
+    FVU        = sum_n ||x_n - x^_n||^2 / sum_n ||x_n - mean(x)||^2
+    L0         = mean_n #{j : f_nj != 0}
+    dead       = fraction of latents that never fired (fire counts) or did not fire in the
+                 last ``dead_tokens`` tokens (tokens since last fired)
+    f~_n       = (f_n1 ||d_1||, ..., f_nh ||d_h||, ||b_dec||)     decoder-norm-weighted codes,
+                 with the decoder bias as one more atom (as in the authors' ZF plots)
+    AFA ratio  = ||f~_n|| / ||z_n||                               1 = perfectly norm-matched
+    eps_n      = | ||z_n||^2 - ||f~_n||^2 | / (||f~_n||_1^2 - ||f~_n||_2^2)
+    eps_LBO    = max_n eps_n
+
+``z_n`` is the input in the SAE's normalised units (``x * input_scale``). If the unit
+decoder atoms are eps-quasi-orthogonal (|<d_i, d_j>| <= eps, i != j) and z = sum_j f~_j d_j,
+then | ||z||^2 - ||f~||^2 | = |sum_{i != j} f~_i f~_j <d_i, d_j>| <= eps (||f~||_1^2 - ||f~||_2^2),
+so every eps_n is a lower bound on the quasi-orthogonality eps the SAE's features would
+need (Lee et al. 2025, arXiv 2503.24277, "epsilon-LBO"). Rows with a single active atom
+give no bound (NaN). The paper's exact aggregation over inputs could not be checked here;
+``afa_score`` reports the maximum (the bound implied by the whole set) and the mean.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from saedata.sae.activations import SparseCodes
+
+if TYPE_CHECKING:
+    from saedata.sae.model import SparseAutoencoder
+
+
+def fvu(x: Tensor, recon: Tensor) -> Tensor:
+    """Fraction of variance unexplained over the batch: ``||x - x^||^2 / ||x - mean(x)||^2``.
+
+    x, recon: (n, d). Returns a scalar tensor (0 = perfect, 1 = as good as the mean).
+    """
+    x = x.float()
+    total = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (x - recon.float()).pow(2).sum() / total
+
+
+def mean_l0(codes: SparseCodes | Tensor) -> Tensor:
+    """Mean number of non-zero codes per row; ``codes`` dense (n, d_sae) or :class:`SparseCodes`."""
+    values = codes.values if isinstance(codes, SparseCodes) else codes
+    return (values != 0).sum(-1).float().mean()
+
+
+def fire_counts(codes: SparseCodes | Tensor, d_sae: int) -> Tensor:
+    """(d_sae,) int64: how many rows of the batch activate each latent (value != 0)."""
+    if isinstance(codes, SparseCodes):
+        active = codes.values != 0
+        return torch.bincount(codes.indices[active].reshape(-1), minlength=d_sae)
+    return (codes != 0).sum(0).to(torch.int64)
+
+
+def dead_fraction(stats: Tensor, dead_tokens: int | None = None) -> float:
+    """Fraction of dead latents.
+
+    With ``dead_tokens=None``, ``stats`` (d_sae,) holds fire counts over an evaluation set
+    and a latent is dead when it never fired. Otherwise ``stats`` holds the number of
+    tokens since each latent last fired and a latent is dead when that reaches
+    ``dead_tokens``.
+    """
+    if stats.numel() == 0:
+        return 0.0
+    if dead_tokens is None:
+        return float((stats == 0).float().mean())
+    return float((stats >= dead_tokens).float().mean())
+
+
+def _weighted_atoms(codes: SparseCodes | Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
+    """(n, m[+1]) decoder-norm-weighted codes f_j ||d_j||, plus ||b_dec|| as a last atom."""
+    dec_norm = W_dec.norm(dim=1)
+    if isinstance(codes, SparseCodes):
+        atoms = codes.values * dec_norm[codes.indices]
+    else:
+        atoms = codes * dec_norm
+    if b_dec is not None:
+        atoms = torch.cat([atoms, b_dec.norm().expand(atoms.shape[0], 1)], dim=1)
+    return atoms
+
+
+def afa_ratio(
+    codes: SparseCodes | Tensor, z: Tensor, W_dec: Tensor, b_dec: Tensor | None = None
+) -> Tensor:
+    """Per-input AFA ratio ``||f~_n|| / ||z_n||`` (n,): how far the codes are over- (> 1)
+    or under-activated (< 1) relative to the approximate feature activation ``||z_n||``.
+
+    ``z`` (n, d_in) is the vector the codes reconstruct (normalised units); pass ``b_dec``
+    to count the decoder bias as an atom (then ``z`` is the uncentred input).
+    """
+    atoms = _weighted_atoms(codes, W_dec, b_dec)
+    return atoms.norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)
+
+
+def epsilon_lbo(
+    codes: SparseCodes | Tensor, z: Tensor, W_dec: Tensor, b_dec: Tensor | None = None
+) -> Tensor:
+    """Per-input lower bound on quasi-orthogonality (n,):
+    ``| ||z||^2 - ||f~||^2 | / (||f~||_1^2 - ||f~||_2^2)``; NaN where fewer than two atoms
+    are active (no cross terms, no bound). See the module docstring."""
+    atoms = _weighted_atoms(codes, W_dec, b_dec)
+    l2_sq = atoms.pow(2).sum(-1)
+    cross = atoms.abs().sum(-1).pow(2) - l2_sq  # sum_{i != j} |f~_i f~_j|
+    gap = (z.pow(2).sum(-1) - l2_sq).abs()
+    out = gap / cross
+    return torch.where(cross > 1e-12 * l2_sq.clamp_min(1e-30), out, torch.full_like(out, float("nan")))
+
+
+class AFAScore(NamedTuple):
+    """AFA evaluation of an SAE on a set of inputs (Lee et al. 2025)."""
+
+    ratio: Tensor
+    """(n,) per-input ||f~|| / ||z||."""
+    epsilon: Tensor
+    """(n,) per-input lower bounds on eps (NaN where undefined)."""
+    ratio_mean: float
+    """Mean AFA ratio."""
+    epsilon_lbo: float
+    """max_n eps_n: the lower bound on eps implied by the whole set (NaN if none defined)."""
+    epsilon_mean: float
+    """Mean of the defined eps_n."""
+
+
+@torch.no_grad()
+def afa_score(sae: "SparseAutoencoder", x: Tensor, batch_size: int = 4096) -> AFAScore:
+    """AFA ratio and epsilon-LBO of ``sae`` on inputs ``x`` (n, d_in), original units.
+
+    Uses ``z = x * input_scale`` and counts ``b_dec`` as an atom, as the authors' ZF plots do.
+    """
+    ratios, eps = [], []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size].to(sae.device, torch.float32)
+        codes = sae.encode_sparse(xb)
+        z = xb * sae.input_scale
+        ratios.append(afa_ratio(codes, z, sae.W_dec, sae.b_dec).cpu())
+        eps.append(epsilon_lbo(codes, z, sae.W_dec, sae.b_dec).cpu())
+    ratio = torch.cat(ratios) if ratios else torch.zeros(0)
+    epsilon = torch.cat(eps) if eps else torch.zeros(0)
+    defined = epsilon[~torch.isnan(epsilon)]
+    return AFAScore(
+        ratio=ratio,
+        epsilon=epsilon,
+        ratio_mean=float(ratio.mean()) if ratio.numel() else float("nan"),
+        epsilon_lbo=float(defined.max()) if defined.numel() else float("nan"),
+        epsilon_mean=float(defined.mean()) if defined.numel() else float("nan"),
+    )
+
+
+@torch.no_grad()
+def decoder_coherence(W_dec: Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(max, mean) of ``|<d_i, d_j>| / (||d_i|| ||d_j||)`` over i != j: the decoder's actual
+    quasi-orthogonality eps, the quantity eps_LBO bounds from below. W_dec: (d_sae, d_in)."""
+    D = W_dec.float()
+    D = D / D.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    h = D.shape[0]
+    if h < 2:
+        return 0.0, 0.0
+    best, total = 0.0, 0.0
+    for start in range(0, h, chunk):
+        block = (D[start : start + chunk] @ D.T).abs()
+        rows = torch.arange(block.shape[0], device=block.device)
+        block[rows, rows + start] = 0.0
+        best = max(best, float(block.max()))
+        total += float(block.sum())
+    return best, total / (h * (h - 1))

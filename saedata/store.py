@@ -1,0 +1,490 @@
+"""The concept store: one DuckDB file holding datasets, documents, SAEs, latents and activations.
+
+Every write the pipeline makes goes through :class:`Store`; every read helper returns a
+polars frame. The schema, views and macros are the ``.sql`` files of ``saedata.queries``,
+run in a fixed order (schema -> views -> macros) when a store is opened for writing. SQL
+that carries user input is parameterised, never formatted.
+
+DuckDB lets one process hold a database file for writing; a second process that tries
+gets :class:`~saedata.errors.StoreLockedError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from saedata.errors import (
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+    StoreLockedError,
+)
+
+SCHEMA_VERSION = 1
+QUERY_FILES = ("schema.sql", "views.sql", "macros.sql")
+TABLES = (
+    "datasets",
+    "documents",
+    "saes",
+    "latents",
+    "activations",
+    "label_evidence",
+    "word_counts",
+)
+VIEWS = ("concepts",)
+
+
+def read_query_file(name: str) -> str:
+    """The text of one of the shipped ``.sql`` files (``schema.sql``, ``views.sql``, ...)."""
+    return resources.files("saedata.queries").joinpath(name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class DatasetState:
+    """Where a dataset stands: how many documents are stored and whether it is complete."""
+
+    dataset_id: int
+    name: str
+    sae_id: int | None
+    n_docs: int
+    complete: bool
+    last_ext_id: str | None
+    source: str | None
+
+
+class Store:
+    """A saedata concept store (a DuckDB file).
+
+    Open with :func:`saedata.open` (read-only by default) or ``Store(path,
+    read_only=False)`` to write. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike = "run.duckdb", read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise NotFoundError(f"no store at {self.path}; create one with `saedata embed`")
+        if not read_only and self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"cannot create store {self.path}: folder {self.path.parent} does not exist")
+        self.con = _connect(self.path, read_only)
+        try:
+            self._check_and_migrate()
+        except BaseException:
+            self.con.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _check_and_migrate(self) -> None:
+        tables = {r[0] for r in self.rows("SELECT table_name FROM duckdb_tables()")}
+        if "saedata_meta" in tables:
+            row = self.one(
+                "SELECT value FROM saedata_meta WHERE key = 'schema_version'"
+            )
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has store schema version {version}, but this saedata reads "
+                    f"up to version {SCHEMA_VERSION}; upgrade saedata to open it"
+                )
+        elif tables:
+            raise SchemaVersionError(
+                f"{self.path} is a DuckDB database but not a saedata store "
+                f"(tables: {', '.join(sorted(tables)[:5])})"
+            )
+        elif self.read_only:
+            raise StoreError(f"{self.path} is an empty database, not a saedata store")
+        if self.read_only:
+            return
+        for name in QUERY_FILES:
+            self._run_script(name)
+        self.con.execute(
+            "INSERT INTO saedata_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+            [str(SCHEMA_VERSION)],
+        )
+
+    def _run_script(self, name: str) -> None:
+        try:
+            self.con.execute(read_query_file(name))
+        except duckdb.Error as e:
+            raise StoreError(f"queries/{name} failed on {self.path}: {_first_line(e)}") from e
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        try:
+            self.con.close()
+        except duckdb.Error:
+            pass
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the database file."""
+        self.con.execute("CHECKPOINT")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"Store({str(self.path)!r}, {mode})"
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Run the block in one transaction: all of its writes land, or none do."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    # -- generic SQL -----------------------------------------------------------------
+
+    def rows(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[tuple]:
+        """All rows of a query as tuples (fully fetched, so the connection is free after)."""
+        return self.con.execute(query, params).fetchall()
+
+    def one(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> tuple | None:
+        """The first row of a query, or None."""
+        rows = self.rows(query, params)
+        return rows[0] if rows else None
+
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+        """Run any SQL (with ``?`` or ``$name`` parameters) and return the result as polars."""
+        try:
+            rel = self.con.sql(query, params=params)
+            return rel.pl() if rel is not None else pl.DataFrame()
+        except duckdb.Error as e:
+            raise StoreError(f"SQL error: {_first_line(e)}") from e
+
+    def macro(self, name: str, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        """Call one of the store's table macros with parameters; errors name the macro."""
+        if not re.fullmatch(r"[a-z_]+", name):
+            raise StoreError(f"bad macro name {name!r}")
+        placeholders = ["?"] * len(args) + [f"{k} := ?" for k in kwargs]
+        query = f"SELECT * FROM {name}({', '.join(placeholders)})"
+        try:
+            return self.con.sql(query, params=[*args, *kwargs.values()]).pl()
+        except duckdb.Error as e:
+            raise StoreError(f"macro {name} failed: {_first_line(e)}") from e
+
+    def export(self, table: str, path: str | os.PathLike) -> Path:
+        """Write a table or view to a Parquet file; returns the path."""
+        if table not in TABLES + VIEWS:
+            raise NotFoundError(
+                f"no table {table!r}; choose one of {', '.join(TABLES + VIEWS)}"
+            )
+        out = Path(path)
+        # Identifiers cannot be parameters; `table` was checked against a fixed list above.
+        self.con.sql(f'SELECT * FROM "{table}"').write_parquet(str(out))
+        return out
+
+    # -- read helpers (polars) -------------------------------------------------------
+
+    def datasets(self) -> pl.DataFrame:
+        """All datasets with their document counts and state."""
+        return self.sql(
+            "SELECT dataset_id, name, source, n_docs, complete, sae_id, n_empty, n_truncated, "
+            "created_at FROM datasets ORDER BY dataset_id"
+        )
+
+    def saes(self) -> pl.DataFrame:
+        """All SAEs registered in the store."""
+        return self.sql(
+            "SELECT sae_id, name, reader, layer, d_in, d_sae, activation, path, fingerprint "
+            "FROM saes ORDER BY sae_id"
+        )
+
+    def documents(self, dataset: str | None = None, limit: int | None = None) -> pl.DataFrame:
+        """Documents, optionally of one dataset (by name)."""
+        where, params = self._dataset_filter(dataset, alias="d")
+        query = (
+            "SELECT d.doc_id, ds.name AS dataset, d.ext_id, d.text, d.meta, d.n_tokens "
+            f"FROM documents AS d JOIN datasets AS ds USING (dataset_id) {where} ORDER BY d.doc_id"
+        )
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(int(limit))
+        return self.sql(query, params)
+
+    def activations(self, dataset: str | None = None, sae_id: int | None = None) -> pl.DataFrame:
+        """The long sparse table (doc_id, sae_id, latent, value), optionally filtered."""
+        where, params = self._dataset_filter(dataset, alias="d")
+        if sae_id is not None:
+            where += (" AND " if where else "WHERE ") + "a.sae_id = ?"
+            params.append(int(sae_id))
+        if dataset is None:
+            query = f"SELECT a.* FROM activations AS a {where} ORDER BY a.doc_id, a.latent"
+        else:
+            query = (
+                "SELECT a.* FROM activations AS a JOIN documents AS d USING (doc_id) "
+                f"{where} ORDER BY a.doc_id, a.latent"
+            )
+        return self.sql(query, params)
+
+    def latents(self, sae_id: int | None = None) -> pl.DataFrame:
+        """Latents with label, label source, document frequency and max activation."""
+        sae_id = self.resolve_sae(sae_id)
+        return self.sql(
+            "SELECT latent, label, label_source, freq, max_act FROM latents "
+            "WHERE sae_id = ? ORDER BY latent",
+            [sae_id],
+        )
+
+    def concepts(self, dataset: str | None = None) -> pl.DataFrame:
+        """The ``concepts`` view: activations with document, dataset and label."""
+        if dataset is None:
+            return self.sql("SELECT * FROM concepts ORDER BY doc_id, latent")
+        self.dataset_state(dataset)
+        return self.sql("SELECT * FROM concepts WHERE dataset = ? ORDER BY doc_id, latent", [dataset])
+
+    def document(self, doc: int | str, dataset: str | None = None) -> dict[str, Any]:
+        """One document as a dict, by doc_id (int) or by ext_id (str, with ``dataset`` if ambiguous)."""
+        if isinstance(doc, int) or (isinstance(doc, str) and doc.isdigit() and dataset is None):
+            rows = self.sql(
+                "SELECT d.*, ds.name AS dataset FROM documents AS d JOIN datasets AS ds "
+                "USING (dataset_id) WHERE doc_id = ?",
+                [int(doc)],
+            )
+        else:
+            where, params = self._dataset_filter(dataset, alias="d")
+            where += (" AND " if where else "WHERE ") + "d.ext_id = ?"
+            params.append(str(doc))
+            rows = self.sql(
+                "SELECT d.*, ds.name AS dataset FROM documents AS d JOIN datasets AS ds "
+                f"USING (dataset_id) {where}",
+                params,
+            )
+            if rows.height > 1:
+                names = ", ".join(rows["dataset"].to_list())
+                raise NotFoundError(f"id {doc!r} is in several datasets ({names}); pass --dataset")
+        if rows.height == 0:
+            raise NotFoundError(f"no document {doc!r} in {self.path}")
+        row = rows.row(0, named=True)
+        if row.get("meta"):
+            row["meta"] = json.loads(row["meta"])
+        return row
+
+    def doc_concepts(self, doc_id: int) -> pl.DataFrame:
+        """A document's active concepts, strongest first (the ``doc_concepts`` macro)."""
+        return self.macro("doc_concepts", int(doc_id))
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def resolve_sae(self, sae_id: int | None) -> int:
+        """The given SAE id checked to exist, or the only SAE when None."""
+        ids = [r[0] for r in self.rows("SELECT sae_id FROM saes ORDER BY sae_id")]
+        if not ids:
+            raise NotFoundError(f"{self.path} holds no SAE yet; run `saedata embed` first")
+        if sae_id is None:
+            if len(ids) > 1:
+                raise NotFoundError(
+                    f"{self.path} holds {len(ids)} SAEs ({', '.join(map(str, ids))}); pass --sae-id"
+                )
+            return ids[0]
+        if sae_id not in ids:
+            raise NotFoundError(f"no SAE {sae_id} in {self.path} (have {', '.join(map(str, ids))})")
+        return int(sae_id)
+
+    def dataset_state(self, name: str) -> DatasetState:
+        """The state of a dataset by name; NotFoundError naming the datasets there are."""
+        row = self.one(
+            "SELECT dataset_id, name, sae_id, complete, source FROM datasets WHERE name = ?", [name]
+        )
+        if row is None:
+            names = [r[0] for r in self.rows("SELECT name FROM datasets ORDER BY dataset_id")]
+            have = f" (have: {', '.join(names)})" if names else " (the store has no datasets yet)"
+            raise NotFoundError(f"no dataset {name!r} in {self.path}{have}")
+        dataset_id, name, sae_id, complete, source = row
+        n_docs, last = self.one(
+            "SELECT count(*), arg_max(ext_id, doc_id) FROM documents WHERE dataset_id = ?",
+            [dataset_id],
+        )
+        return DatasetState(dataset_id, name, sae_id, int(n_docs), bool(complete), last, source)
+
+    def _dataset_filter(self, dataset: str | None, alias: str) -> tuple[str, list[Any]]:
+        if dataset is None:
+            return "", []
+        state = self.dataset_state(dataset)
+        return f"WHERE {alias}.dataset_id = ?", [state.dataset_id]
+
+    # -- writes (used by the embedding pipeline) ---------------------------------------
+
+    def register_sae(
+        self,
+        name: str,
+        cfg: dict[str, Any],
+        path: str | None,
+        fingerprint: str,
+    ) -> int:
+        """Insert an SAE (or find it by fingerprint) and return its sae_id."""
+        row = self.one("SELECT sae_id FROM saes WHERE fingerprint = ?", [fingerprint])
+        if row is not None:
+            if path is not None:
+                self.con.execute("UPDATE saes SET path = ? WHERE sae_id = ?", [path, row[0]])
+            return int(row[0])
+        (sae_id,) = self.one("SELECT coalesce(max(sae_id), 0) + 1 FROM saes")
+        self.con.execute(
+            "INSERT INTO saes (sae_id, name, reader, layer, d_in, d_sae, activation, cfg, path, fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                sae_id,
+                name,
+                cfg.get("reader"),
+                cfg.get("layer"),
+                cfg["d_in"],
+                cfg["d_sae"],
+                cfg["activation"],
+                json.dumps(cfg),
+                path,
+                fingerprint,
+            ],
+        )
+        self.con.execute(
+            "INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
+            [sae_id, cfg["d_sae"]],
+        )
+        return int(sae_id)
+
+    def create_dataset(self, name: str, source: str, sae_id: int, args: dict[str, Any]) -> DatasetState:
+        """Add an empty, incomplete dataset."""
+        (dataset_id,) = self.one("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets")
+        self.con.execute(
+            "INSERT INTO datasets (dataset_id, name, source, sae_id, args) VALUES (?, ?, ?, ?, ?)",
+            [dataset_id, name, source, sae_id, json.dumps(args)],
+        )
+        return self.dataset_state(name)
+
+    def next_doc_id(self) -> int:
+        (n,) = self.one("SELECT coalesce(max(doc_id), -1) + 1 FROM documents")
+        return int(n)
+
+    def append_batch(
+        self,
+        documents: pl.DataFrame,
+        activations: pl.DataFrame,
+        evidence: pl.DataFrame | None = None,
+        word_counts: pl.DataFrame | None = None,
+        sae_id: int | None = None,
+        dataset_counts: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Append one batch of documents with their activations, in one transaction.
+
+        ``documents`` has the columns of the documents table; ``activations`` those of
+        the activations table; ``evidence`` those of label_evidence; ``word_counts``
+        (word, df) is added to the SAE's background counts. ``dataset_counts`` =
+        (dataset_id, n_empty_delta, n_truncated_delta) updates the dataset's counters.
+        """
+        with self.transaction() as con:
+            con.register("_batch_docs", documents.to_arrow())
+            con.register("_batch_acts", activations.to_arrow())
+            try:
+                con.execute(
+                    "INSERT INTO documents (doc_id, dataset_id, ext_id, text, meta, n_tokens) "
+                    "SELECT doc_id, dataset_id, ext_id, text, meta, n_tokens FROM _batch_docs"
+                )
+                con.execute(
+                    "INSERT INTO activations SELECT doc_id, sae_id, latent, value FROM _batch_acts"
+                )
+                if evidence is not None and evidence.height:
+                    con.register("_batch_ev", evidence.to_arrow())
+                    con.execute(
+                        "INSERT INTO label_evidence SELECT sae_id, latent, doc_id, value, word, bigram "
+                        "FROM _batch_ev"
+                    )
+                    con.unregister("_batch_ev")
+                if word_counts is not None and word_counts.height:
+                    con.register("_batch_words", word_counts.to_arrow())
+                    con.execute(
+                        "INSERT INTO word_counts SELECT ?, word, df FROM _batch_words "
+                        "ON CONFLICT DO UPDATE SET df = df + excluded.df",
+                        [sae_id],
+                    )
+                    con.unregister("_batch_words")
+                if dataset_counts is not None:
+                    dataset_id, n_empty, n_truncated = dataset_counts
+                    con.execute(
+                        "UPDATE datasets SET n_docs = n_docs + ?, n_empty = n_empty + ?, "
+                        "n_truncated = n_truncated + ? WHERE dataset_id = ?",
+                        [documents.height, n_empty, n_truncated, dataset_id],
+                    )
+            finally:
+                con.unregister("_batch_docs")
+                con.unregister("_batch_acts")
+
+    def set_empty_count(self, dataset_id: int, n_empty: int) -> None:
+        """Record how many blank documents the corpus had (they are skipped, not stored)."""
+        self.con.execute("UPDATE datasets SET n_empty = ? WHERE dataset_id = ?", [n_empty, dataset_id])
+
+    def finish_dataset(self, dataset_id: int) -> None:
+        """Mark a dataset complete and set its document count from the stored rows."""
+        self.con.execute(
+            "UPDATE datasets SET complete = true, "
+            "n_docs = (SELECT count(*) FROM documents WHERE dataset_id = ?) WHERE dataset_id = ?",
+            [dataset_id, dataset_id],
+        )
+
+    def refresh_latent_stats(self, sae_id: int) -> None:
+        """Recompute every latent's freq and max_act from the activations table."""
+        with self.transaction() as con:
+            con.execute("UPDATE latents SET freq = 0, max_act = NULL WHERE sae_id = ?", [sae_id])
+            con.execute(
+                "UPDATE latents SET freq = s.freq, max_act = s.max_act "
+                "FROM latent_stats(?) AS s WHERE latents.sae_id = ? AND latents.latent = s.latent",
+                [sae_id, sae_id],
+            )
+
+    def set_labels(self, sae_id: int, labels: pl.DataFrame) -> None:
+        """Write (latent, label, label_source) rows onto the latents table."""
+        with self.transaction() as con:
+            con.register("_labels", labels.select("latent", "label", "label_source").to_arrow())
+            try:
+                con.execute(
+                    "UPDATE latents SET label = l.label, label_source = l.label_source "
+                    "FROM _labels AS l WHERE latents.sae_id = ? AND latents.latent = l.latent",
+                    [sae_id],
+                )
+            finally:
+                con.unregister("_labels")
+
+
+def open(path: str | os.PathLike = "run.duckdb", read_only: bool = True) -> Store:  # noqa: A001
+    """Open a concept store. Read-only by default, so several readers can share a file."""
+    return Store(path, read_only=read_only)
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        msg = _first_line(e)
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            who = f" (PID {pid.group(1)})" if pid else ""
+            raise StoreLockedError(
+                f"{path} is open in another process{who}; a store has one writer at a time, "
+                "wait for it to finish"
+            ) from e
+        raise StoreError(f"cannot open {path}: {msg}") from e
+    except duckdb.Error as e:
+        raise StoreError(f"{path} is not a DuckDB database ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny randomly initialised readers and small planted corpora, all offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from saedata.demo import make_corpus, write_jsonl
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from saedata.reader import default_model_path
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(str(default_model_path()))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    _quiet_transformers()
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer causal GPT-2 with random weights and a byte-level BPE trained on demo text."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([d["text"] for d in make_corpus(300, seed=1)], vocab_size=500,
+                            special_tokens=["<|endoftext|>"], show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                  bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                     bos_token_id=0, eos_token_id=0)
+    _quiet_transformers()
+    GPT2Model(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> str:
+    """120 planted documents as JSONL with ids and metadata."""
+    return str(write_jsonl(make_corpus(120, seed=0), tmp_path / "corpus.jsonl"))
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
