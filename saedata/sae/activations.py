@@ -9,7 +9,8 @@ property that defines the activation; ``tests/test_sae_activations.py`` checks i
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F

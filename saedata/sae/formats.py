@@ -187,7 +187,8 @@ def _load_native(path: Path, cfg_dict: dict[str, Any]) -> SparseAutoencoder:
     version = cfg_dict.get("format_version", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SAEFormatError(
-            f"{cfg_file}: format_version {version!r} is newer than this saedata reads ({FORMAT_VERSION}); upgrade saedata"
+            f"{cfg_file}: format_version {version!r} is newer than this saedata reads "
+            f"({FORMAT_VERSION}); upgrade saedata"
         )
     fields = {k: v for k, v in cfg_dict.items() if k not in ("format", "format_version")}
     try:

@@ -128,7 +128,7 @@ class AFAScore(NamedTuple):
 
 
 @torch.no_grad()
-def afa_score(sae: "SparseAutoencoder", x: Tensor, batch_size: int = 4096) -> AFAScore:
+def afa_score(sae: SparseAutoencoder, x: Tensor, batch_size: int = 4096) -> AFAScore:
     """AFA ratio and epsilon-LBO of ``sae`` on inputs ``x`` (n, d_in), original units.
 
     Uses ``z = x * input_scale`` and counts ``b_dec`` as an atom, as the authors' ZF plots do.

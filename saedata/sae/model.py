@@ -9,13 +9,16 @@
 convention), so codes live in normalised units while inputs and reconstructions stay in
 the reader's original units. The training objective (``forward``) is the squared error in
 normalised units plus the activation's own term: an L1 penalty weighted by decoder norms
-(relu), an L0 penalty (jumprelu), AuxK (topk family) or the AFA norm-matching loss (topafa).
+(relu), an L0 penalty (jumprelu), AuxK (topk, batchtopk, abstopk) or AuxK plus the AFA
+norm-matching loss (topafa, as in the authors' ``TopAFASAE``, whose encoder has no ``b_enc``;
+here ``b_enc`` exists for every activation and starts at zero).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -326,10 +329,13 @@ class SparseAutoencoder(nn.Module):
 
 
 def afa_loss(codes: SparseCodes | Tensor, target_norm: Tensor, W_dec: Tensor) -> Tensor:
-    """AFA norm-matching loss of top-AFA: ``mean_n (||f~_n|| - ||z_n||)^2``.
+    """AFA norm-matching loss of top-AFA (Lee et al. 2025): ``mean_n (||f~_n|| - ||z_n||)^2``.
 
     ``||f~_n||`` is the L2 norm of the codes weighted by decoder row norms
     (``sqrt(sum_j (f_j ||d_j||)^2)``), ``target_norm`` (n,) the AFA target ``||z_n||``.
+    The model passes the same target as its top-AFA selection, ``||x s - b_dec||`` (the
+    authors' reference code uses the norm of its per-token standardised input here; saedata
+    does not standardise per token, and the mean direction is carried by ``b_dec``).
     """
     dec_norm = W_dec.norm(dim=1)
     if isinstance(codes, SparseCodes):

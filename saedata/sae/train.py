@@ -266,7 +266,7 @@ class SAETrainer:
     def __init__(
         self,
         sae_cfg: SAEConfig,
-        train_cfg: TrainConfig = TrainConfig(),
+        train_cfg: TrainConfig = TrainConfig(),  # noqa: B008  (frozen, never mutated)
         out_dir: str | Path | None = None,
         progress: bool = True,
     ):
@@ -304,6 +304,7 @@ class SAETrainer:
             opt.load_state_dict(state["optimizer"])
 
         log_every = max(1, total_steps // 100)
+        show_every = max(1, total_steps // 1000)
         last: dict[str, float] = {}
         pbar = self._progress_bar(total_steps, step)
         started = time.perf_counter()
@@ -321,7 +322,9 @@ class SAETrainer:
                 out = self._step(sae, opt, x, tokens_since_fired)
                 step += 1
                 tokens += x.shape[0]
-                if step % log_every == 0 or step == total_steps or pbar is not None:
+                log_now = step % log_every == 0 or step == total_steps
+                show_now = pbar is not None and (log_now or step % show_every == 0)
+                if log_now or show_now:
                     last = {
                         "step": step,
                         "tokens": tokens,
@@ -332,13 +335,14 @@ class SAETrainer:
                         "aux_loss": float(out.aux_loss.detach()),
                         "dead_fraction": dead_fraction(tokens_since_fired, tc.dead_tokens),
                     }
-                    if step % log_every == 0 or step == total_steps:
+                    if log_now:
                         history.append(last)
-                    if pbar is not None:
+                    if pbar is not None and show_now:
                         pbar.update(step - pbar.n)
                         pbar.set_postfix(fvu=f"{last['fvu']:.3f}", l0=f"{last['l0']:.1f}",
                                          dead=f"{last['dead_fraction']:.2f}", refresh=False)
-                if tc.checkpoint_every > 0 and self.out_dir is not None and step % tc.checkpoint_every == 0 and step < total_steps:
+                due = tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0
+                if due and self.out_dir is not None and step < total_steps:
                     elapsed = seconds + time.perf_counter() - started
                     self._save_checkpoint(sae, opt, step, tokens, tokens_since_fired, history, elapsed)
                 self._after_step(step)
@@ -393,7 +397,9 @@ class SAETrainer:
         return initialize_sae(self.sae_cfg, batches.first_buffer(), self.train_cfg.seed)
 
     @torch.no_grad()
-    def _evaluate(self, sae: SparseAutoencoder, batches: _TensorBatches | _StreamBatches, device: torch.device) -> dict[str, float]:
+    def _evaluate(
+        self, sae: SparseAutoencoder, batches: _TensorBatches | _StreamBatches, device: torch.device
+    ) -> dict[str, float]:
         """FVU and L0 in eval mode on (up to ``EVAL_TOKENS`` rows of) the first buffer."""
         x_all = batches.first_buffer()[:EVAL_TOKENS].to(torch.float32)
         mean = x_all.to(device).mean(0)
