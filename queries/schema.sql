@@ -73,15 +73,18 @@ CREATE TABLE IF NOT EXISTS activations (
 );
 
 -- Labelling evidence, written during embedding from the per-token codes: for each
--- latent its strongest documents, the word at the token where the latent peaked,
--- and the word before it. Pruned to the top documents per latent when labels are made.
+-- latent its strongest documents, and where in the text the latent peaked (the
+-- character span of the word at the peak token, and the start of the word before it).
+-- Words are read back from documents.text, so no strings are stored twice. Pruned to
+-- the top documents per latent when labels are made.
 CREATE TABLE IF NOT EXISTS label_evidence (
-    sae_id  INTEGER NOT NULL,
-    latent  INTEGER NOT NULL,
-    doc_id  BIGINT NOT NULL,
-    value   REAL NOT NULL,
-    word    VARCHAR,
-    bigram  VARCHAR
+    sae_id      INTEGER NOT NULL,
+    latent      INTEGER NOT NULL,
+    doc_id      BIGINT NOT NULL,
+    value       REAL NOT NULL,
+    word_start  INTEGER NOT NULL,
+    word_end    INTEGER NOT NULL,
+    prev_start  INTEGER
 );
 
 -- Document frequency of every word in the documents embedded with an SAE: the

@@ -10,6 +10,7 @@ SELECT
     a.sae_id,
     a.latent,
     l.label,
+    l.label_source,
     a.value
 FROM activations AS a
 JOIN documents AS d USING (doc_id)

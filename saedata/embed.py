@@ -52,6 +52,8 @@ class EmbedResult:
     n_activations: int
     """Non-zero pooled activations stored by this call."""
     seconds: float
+    """Wall time of the embedding itself (loading, reading, encoding, storing, labelling),
+    without the time spent training an SAE first."""
     trained_sae: bool
     already_complete: bool = False
 
@@ -179,11 +181,11 @@ def embed(
     this corpus first and saved beside the store (``run.sae/``). Rerunning after an
     interruption resumes; rerunning a complete dataset does nothing.
     """
-    t0 = time.perf_counter()
     source = str(source)
     corpus = CorpusReader(source, input_cfg)
     name = name or default_dataset_name(source)
     with Store(db, read_only=False) as store:
+        t0 = time.perf_counter()
         existing = _existing_dataset(store, name)
         if existing is not None and existing.complete:
             log(f"dataset {name!r} is already complete in {db} ({existing.n_docs} documents); nothing to do")
@@ -194,6 +196,8 @@ def embed(
         from saedata.reader import Reader
         from saedata.sae import load_sae
         from saedata.sae.formats import check_d_in
+
+        t0 = time.perf_counter()  # embedding time, without SAE training
 
         model = load_sae(sae_path, device="cpu")
         reader_cfg = _reader_for_sae(reader_cfg, model.cfg)

@@ -122,26 +122,31 @@ class EvidenceCollector:
         sel = rank < self.top_docs
         d, lat, val, tok = d[sel], lat[sel], val[sel], tok[sel]
         self._merge(lat, val)
-        word_list, bigram_list = [], []
-        for di, ti in zip(d.tolist(), tok.tolist()):
+        starts = np.zeros(len(d), dtype=np.int32)
+        ends = np.zeros(len(d), dtype=np.int32)
+        prev = np.full(len(d), -1, dtype=np.int32)
+        found = np.zeros(len(d), dtype=bool)
+        for j, (di, ti) in enumerate(zip(d.tolist(), tok.tolist())):
             w = words[di]
             # The token's last character lies inside its word even when the token
             # carries a leading space (GPT-2 style byte-level BPE).
             i = w.word_at(int(max(offsets[ti, 1] - 1, offsets[ti, 0])))
             if i < 0:
-                word_list.append(None)
-                bigram_list.append(None)
                 continue
-            word_list.append(w.words[i])
-            bigram_list.append(f"{w.words[i - 1]} {w.words[i]}" if i > 0 else None)
+            found[j] = True
+            starts[j], ends[j] = w.starts[i], w.ends[i]
+            if i > 0:
+                prev[j] = w.starts[i - 1]
+        d, lat, val = d[found], lat[found], val[found]
         return pl.DataFrame(
             {
                 "sae_id": np.full(len(d), sae_id, dtype=np.int32),
                 "latent": lat.astype(np.int32),
                 "doc_id": doc_ids[d].astype(np.int64),
                 "value": val.astype(np.float32),
-                "word": word_list,
-                "bigram": bigram_list,
+                "word_start": starts[found],
+                "word_end": ends[found],
+                "prev_start": pl.Series(prev[found]).replace(-1, None),
             },
             schema=_EVIDENCE_SCHEMA,
         )
@@ -163,8 +168,9 @@ _EVIDENCE_SCHEMA = {
     "latent": pl.Int32,
     "doc_id": pl.Int64,
     "value": pl.Float32,
-    "word": pl.String,
-    "bigram": pl.String,
+    "word_start": pl.Int32,
+    "word_end": pl.Int32,
+    "prev_start": pl.Int32,
 }
 
 
@@ -174,10 +180,14 @@ def _empty_evidence() -> pl.DataFrame:
 
 _KEYWORD_SQL = """
 WITH ranked AS (
-    SELECT latent, doc_id, word, bigram,
-           row_number() OVER (PARTITION BY latent ORDER BY value DESC, doc_id) AS rk
-    FROM label_evidence
-    WHERE sae_id = $sae AND word IS NOT NULL
+    SELECT e.latent,
+           lower(substr(d.text, e.word_start + 1, e.word_end - e.word_start)) AS word,
+           CASE WHEN e.prev_start IS NOT NULL THEN
+               lower(regexp_replace(substr(d.text, e.prev_start + 1, e.word_end - e.prev_start), '\\s+', ' ', 'g'))
+           END AS bigram,
+           row_number() OVER (PARTITION BY e.latent ORDER BY e.value DESC, e.doc_id) AS rk
+    FROM label_evidence AS e JOIN documents AS d USING (doc_id)
+    WHERE e.sae_id = $sae
 ),
 top AS (SELECT * FROM ranked WHERE rk <= $top_docs),
 n_ev AS (SELECT latent, count(*) AS n FROM top GROUP BY latent),
@@ -186,27 +196,34 @@ total AS (
     FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = $sae
 ),
 words AS (
-    SELECT latent, word, count(*) AS c, mode(bigram) AS bigram,
+    SELECT latent, word, count(*) AS c,
+           mode(bigram) AS bigram,
            count(*) FILTER (WHERE bigram = mode_bigram) AS c_bigram
     FROM (SELECT *, mode(bigram) OVER (PARTITION BY latent, word) AS mode_bigram FROM top)
     GROUP BY latent, word
 ),
 scored AS (
-    SELECT w.latent, w.word, w.bigram, w.c, w.c_bigram, n_ev.n,
+    SELECT w.latent, w.word, w.c, n_ev.n,
+           -- the phrase "prev word" stands for the word when it accounts for at least half of
+           -- its occurrences and the previous word is not a corpus-wide filler ("the", "of")
+           CASE WHEN w.c_bigram >= 2 AND 2 * w.c_bigram >= w.c
+                     AND coalesce(pw.df, 0) < 0.1 * total.n_docs
+                THEN w.bigram ELSE w.word END AS term,
            -- contribution of this word to KL(evidence || corpus): p * ln(p / q)
-           (w.c / n_ev.n) * ln((w.c / n_ev.n) / ((coalesce(wc.df, 0) + 1) / (total.n_docs + 1)))
-               AS score
+           (w.c / n_ev.n) * ln((w.c / n_ev.n) / ((coalesce(wc.df, 0) + 1) / (total.n_docs + 1))) AS score
     FROM words AS w
     JOIN n_ev USING (latent)
     CROSS JOIN total
     LEFT JOIN word_counts AS wc ON wc.sae_id = $sae AND wc.word = w.word
+    LEFT JOIN word_counts AS pw ON pw.sae_id = $sae AND pw.word = split_part(w.bigram, ' ', 1)
     WHERE w.c >= least(2, n_ev.n)
 )
-SELECT latent, word, bigram, c, c_bigram, n, score,
-       row_number() OVER (PARTITION BY latent ORDER BY score DESC, c DESC, word) AS rk
+SELECT latent, term, c, n, score,
+       score > 0 AS contrastive,
+       row_number() OVER (PARTITION BY latent ORDER BY score > 0 DESC,
+                          CASE WHEN score > 0 THEN score ELSE c END DESC, term) AS rk
 FROM scored
-WHERE score > 0
-QUALIFY rk <= $n_words
+QUALIFY rk <= $n_words AND (contrastive OR NOT bool_or(score > 0) OVER (PARTITION BY latent))
 ORDER BY latent, rk
 """
 
@@ -217,23 +234,27 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     A word's score is its share of the latent's evidence times the log ratio of that
     share to the word's document frequency in the corpus; the ``n_words`` best words
     make the label, each replaced by its most common two-word phrase when that phrase
-    accounts for at least half of the word's occurrences (e.g. "york" -> "new york").
+    accounts for at least half of the word's occurrences and its first word is not a
+    filler found in a tenth of the corpus (e.g. "york" -> "new york", never "the york").
+    A latent whose evidence has no over-represented word (it fires on "the" or "." all
+    over the corpus) gets its commonest evidence words, with label_source
+    ``frequent-words`` to say the label is weak.
     """
     rows = store.sql(_KEYWORD_SQL, {"sae": sae_id, "top_docs": top_docs, "n_words": n_words})
     if rows.height == 0:
         return pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String, "label_source": pl.String})
-    rows = rows.with_columns(
-        pl.when(
-            pl.col("bigram").is_not_null() & (pl.col("c_bigram") * 2 >= pl.col("c")) & (pl.col("c_bigram") >= 2)
-        )
-        .then(pl.col("bigram"))
-        .otherwise(pl.col("word"))
-        .alias("term")
-    )
     return (
         rows.group_by("latent", maintain_order=True)
-        .agg(pl.col("term").unique(maintain_order=True).str.join(" / ").alias("label"))
-        .with_columns(pl.lit("keywords").alias("label_source"), pl.col("latent").cast(pl.Int32))
+        .agg(
+            pl.col("term").unique(maintain_order=True).str.join(" / ").alias("label"),
+            pl.col("contrastive").any().alias("contrastive"),
+        )
+        .with_columns(
+            pl.when(pl.col("contrastive")).then(pl.lit("keywords")).otherwise(pl.lit("frequent-words"))
+            .alias("label_source"),
+            pl.col("latent").cast(pl.Int32),
+        )
+        .select("latent", "label", "label_source")
         .sort("latent")
     )
 
@@ -253,7 +274,8 @@ def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 
     """Compute keyword labels for an SAE and write them; returns how many latents got one."""
     labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words)
     store.con.execute(
-        "UPDATE latents SET label = NULL, label_source = NULL WHERE sae_id = ? AND label_source = 'keywords'",
+        "UPDATE latents SET label = NULL, label_source = NULL "
+        "WHERE sae_id = ? AND label_source IN ('keywords', 'frequent-words')",
         [sae_id],
     )
     store.set_labels(sae_id, labels)

@@ -404,8 +404,8 @@ class Store:
                 if evidence is not None and evidence.height:
                     con.register("_batch_ev", evidence.to_arrow())
                     con.execute(
-                        "INSERT INTO label_evidence SELECT sae_id, latent, doc_id, value, word, bigram "
-                        "FROM _batch_ev"
+                        "INSERT INTO label_evidence SELECT sae_id, latent, doc_id, value, word_start, "
+                        "word_end, prev_start FROM _batch_ev"
                     )
                     con.unregister("_batch_ev")
                 if word_counts is not None and word_counts.height:
