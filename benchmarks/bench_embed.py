@@ -51,7 +51,7 @@ def bench_throughput(corpus: Path, sae: Path, work: Path, batch_size: int) -> di
     import torch
 
     from saedata.config import EmbedConfig, InputConfig, ReaderConfig
-    from saedata.embed import embed
+    from saedata.pipeline import embed
     from saedata.io import CorpusReader
     from saedata.reader import Reader
 
@@ -86,7 +86,7 @@ def bench_throughput(corpus: Path, sae: Path, work: Path, batch_size: int) -> di
 _CHILD = """
 import json, resource, sys
 from saedata.config import InputConfig, ReaderConfig
-from saedata.embed import embed
+from saedata.pipeline import embed
 r = embed(sys.argv[1], sys.argv[2], sys.argv[3], input_cfg=InputConfig(id_field="id"),
           reader_cfg=ReaderConfig(device="cpu", batch_size=int(sys.argv[4])))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -1,6 +1,33 @@
 -- saedata concept store: macros. Loaded after views.sql; stored in the database file,
 -- so a plain `duckdb run.duckdb` session can call them too.
 
+-- word_at(txt, pos): the lower-cased word of `txt` that contains character `pos`
+-- (0-based), or that character itself when it is punctuation. `activations.peak`
+-- holds such a position: where in the document the latent fired most strongly.
+--   SELECT word_at('New York is big', 5);   -- 'york'
+CREATE OR REPLACE MACRO word_at(txt, pos) AS (
+    CASE
+        WHEN pos IS NULL OR pos < 0 OR pos >= length(txt) THEN NULL
+        WHEN NOT regexp_matches(substr(txt, pos + 1, 1), '[\pL\pN_]') THEN substr(txt, pos + 1, 1)
+        ELSE lower(trim(
+            regexp_extract(substr(txt, 1, pos + 1), '[\pL\pN_''’]*$')
+            || regexp_extract(substr(txt, pos + 2), '^[\pL\pN_''’]*'),
+            '''’'))
+    END
+);
+
+-- word_before(txt, pos): the word (or punctuation mark) just before word_at(txt, pos).
+--   SELECT word_before('New York is big', 5);   -- 'new'
+CREATE OR REPLACE MACRO word_before(txt, pos) AS (
+    CASE WHEN pos IS NULL OR pos < 0 OR pos >= length(txt) THEN NULL ELSE
+    nullif(lower(regexp_extract(
+        substr(txt, 1, pos + 1
+                       - length(regexp_extract(substr(txt, 1, pos + 1), '[\pL\pN_''’]*$'))
+                       - CASE WHEN regexp_matches(substr(txt, pos + 1, 1), '[\pL\pN_]') THEN 0 ELSE 1 END),
+        '([\pL\pN_''’]+|[^\s\pL\pN_])\s*$', 1)), '')
+    END
+);
+
 -- latent_stats(sae): per latent of SAE `sae`, over every document embedded with it:
 -- n_docs (documents where active), freq (their fraction) and max_act (largest value).
 --   SELECT * FROM latent_stats(1) ORDER BY freq DESC LIMIT 10;
@@ -41,7 +68,7 @@ GROUP BY a.latent, l.label;
 -- strongest, with their dataset and text.
 --   SELECT * FROM top_docs(1, 42, n := 5);
 CREATE OR REPLACE MACRO top_docs(sae, lat, n := 10) AS TABLE
-SELECT a.doc_id, d.ext_id, ds.name AS dataset, a.value, d.text
+SELECT a.doc_id, d.ext_id, ds.name AS dataset, a.value, word_at(d.text, a.peak) AS at_word, d.text
 FROM activations AS a
 JOIN documents AS d USING (doc_id)
 JOIN datasets AS ds USING (dataset_id)
@@ -49,11 +76,13 @@ WHERE a.sae_id = sae AND a.latent = lat
 ORDER BY a.value DESC, a.doc_id
 LIMIT n;
 
--- doc_concepts(doc): the active concepts of one document, strongest first.
+-- doc_concepts(doc): the active concepts of one document, strongest first, with the
+-- word where each peaked.
 --   SELECT * FROM doc_concepts(17);
 CREATE OR REPLACE MACRO doc_concepts(doc) AS TABLE
-SELECT a.sae_id, a.latent, l.label, a.value, l.freq
+SELECT a.sae_id, a.latent, l.label, a.value, word_at(d.text, a.peak) AS at_word, l.freq
 FROM activations AS a
+JOIN documents AS d USING (doc_id)
 LEFT JOIN latents AS l ON l.sae_id = a.sae_id AND l.latent = a.latent
 WHERE a.doc_id = doc
 ORDER BY abs(a.value) DESC, a.latent;

@@ -63,35 +63,25 @@ CREATE TABLE IF NOT EXISTS latents (
     PRIMARY KEY (sae_id, latent)
 );
 
--- The long sparse table: one row per non-zero pooled activation. No index, so it
--- stays compact (about 5 bytes a row); DuckDB scans it with zone maps on doc_id.
+-- The long sparse table: one row per non-zero pooled activation. `peak` is the
+-- character offset in the document's text of the token where the latent fired most
+-- strongly (word_at(text, peak) gives the word): the evidence labels are made from.
+-- No index, so it stays compact (about 6 bytes a row); DuckDB scans it with zone
+-- maps on doc_id.
 CREATE TABLE IF NOT EXISTS activations (
     doc_id  BIGINT NOT NULL,
     sae_id  INTEGER NOT NULL,
     latent  INTEGER NOT NULL,
-    value   REAL NOT NULL
-);
-
--- Labelling evidence, written during embedding from the per-token codes: for each
--- latent its strongest documents, and where in the text the latent peaked (the
--- character span of the word at the peak token, and the start of the word before it).
--- Words are read back from documents.text, so no strings are stored twice. Pruned to
--- the top documents per latent when labels are made.
-CREATE TABLE IF NOT EXISTS label_evidence (
-    sae_id      INTEGER NOT NULL,
-    latent      INTEGER NOT NULL,
-    doc_id      BIGINT NOT NULL,
-    value       REAL NOT NULL,
-    word_start  INTEGER NOT NULL,
-    word_end    INTEGER NOT NULL,
-    prev_start  INTEGER
+    value   REAL NOT NULL,
+    peak    INTEGER
 );
 
 -- Document frequency of every word in the documents embedded with an SAE: the
--- background that labels are contrasted against.
+-- background that labels are contrasted against. Append-only while embedding (one
+-- row per word and batch, no index), folded to one row per word when a dataset
+-- completes; always read it with sum(df) ... GROUP BY word.
 CREATE TABLE IF NOT EXISTS word_counts (
     sae_id  INTEGER NOT NULL,
     word    VARCHAR NOT NULL,
-    df      BIGINT NOT NULL,
-    PRIMARY KEY (sae_id, word)
+    df      BIGINT NOT NULL
 );

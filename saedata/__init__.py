@@ -37,14 +37,14 @@ __all__ = [
 _LAZY = {
     "open": ("saedata.store", "open"),
     "Store": ("saedata.store", "Store"),
-    "embed": ("saedata.embed", "embed"),
+    "embed": ("saedata.pipeline", "embed"),
     "train": ("saedata.fit", "train"),
     "read_documents": ("saedata.io", "read_documents"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
 }
 
 if TYPE_CHECKING:
-    from saedata.embed import embed
+    from saedata.pipeline import embed
     from saedata.fit import train
     from saedata.io import read_documents
     from saedata.sae.formats import load_sae

@@ -219,7 +219,7 @@ def embed(ctx, corpus, sae_path, db, name, pooling, model, layer, max_tokens, ba
     runs resume when rerun with the same arguments.
     """
     from saedata.config import EmbedConfig
-    from saedata.embed import embed as run_embed
+    from saedata.pipeline import embed as run_embed
 
     if name is not None and len(corpus) > 1:
         raise click.UsageError("--name names one dataset; give one CORPUS with it")

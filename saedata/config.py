@@ -164,7 +164,7 @@ class EmbedConfig(_Serialisable):
     min_value: float = 0.0
     """Pooled values with |value| <= min_value are dropped (0 keeps every non-zero)."""
     label_top_docs: int = 64
-    """Top-activating documents per latent kept as labelling evidence."""
+    """Top-activating documents per latent whose peak words make its offline label."""
     label_words: int = 3
     """Keywords per offline label."""
     commit_docs: int = 256

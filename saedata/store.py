@@ -39,7 +39,6 @@ TABLES = (
     "saes",
     "latents",
     "activations",
-    "label_evidence",
     "word_counts",
 )
 VIEWS = ("concepts",)
@@ -378,17 +377,15 @@ class Store:
         self,
         documents: pl.DataFrame,
         activations: pl.DataFrame,
-        evidence: pl.DataFrame | None = None,
         word_counts: pl.DataFrame | None = None,
         sae_id: int | None = None,
-        dataset_counts: tuple[int, int, int] | None = None,
+        dataset_counts: tuple[int, int] | None = None,
     ) -> None:
         """Append one batch of documents with their activations, in one transaction.
 
-        ``documents`` has the columns of the documents table; ``activations`` those of
-        the activations table; ``evidence`` those of label_evidence; ``word_counts``
-        (word, df) is added to the SAE's background counts. ``dataset_counts`` =
-        (dataset_id, n_empty_delta, n_truncated_delta) updates the dataset's counters.
+        ``documents`` and ``activations`` have the columns of their tables;
+        ``word_counts`` (word, df) is added to the SAE's background word counts;
+        ``dataset_counts`` = (dataset_id, n_truncated) updates the dataset's counters.
         """
         with self.transaction() as con:
             con.register("_batch_docs", documents.to_arrow())
@@ -399,33 +396,35 @@ class Store:
                     "SELECT doc_id, dataset_id, ext_id, text, meta, n_tokens FROM _batch_docs"
                 )
                 con.execute(
-                    "INSERT INTO activations SELECT doc_id, sae_id, latent, value FROM _batch_acts"
+                    "INSERT INTO activations (doc_id, sae_id, latent, value, peak) "
+                    "SELECT doc_id, sae_id, latent, value, peak FROM _batch_acts"
                 )
-                if evidence is not None and evidence.height:
-                    con.register("_batch_ev", evidence.to_arrow())
-                    con.execute(
-                        "INSERT INTO label_evidence SELECT sae_id, latent, doc_id, value, word_start, "
-                        "word_end, prev_start FROM _batch_ev"
-                    )
-                    con.unregister("_batch_ev")
                 if word_counts is not None and word_counts.height:
                     con.register("_batch_words", word_counts.to_arrow())
-                    con.execute(
-                        "INSERT INTO word_counts SELECT ?, word, df FROM _batch_words "
-                        "ON CONFLICT DO UPDATE SET df = df + excluded.df",
-                        [sae_id],
-                    )
+                    con.execute("INSERT INTO word_counts SELECT ?, word, df FROM _batch_words", [sae_id])
                     con.unregister("_batch_words")
                 if dataset_counts is not None:
-                    dataset_id, n_empty, n_truncated = dataset_counts
+                    dataset_id, n_truncated = dataset_counts
                     con.execute(
-                        "UPDATE datasets SET n_docs = n_docs + ?, n_empty = n_empty + ?, "
-                        "n_truncated = n_truncated + ? WHERE dataset_id = ?",
-                        [documents.height, n_empty, n_truncated, dataset_id],
+                        "UPDATE datasets SET n_docs = n_docs + ?, n_truncated = n_truncated + ? "
+                        "WHERE dataset_id = ?",
+                        [documents.height, n_truncated, dataset_id],
                     )
             finally:
                 con.unregister("_batch_docs")
                 con.unregister("_batch_acts")
+
+    def fold_word_counts(self, sae_id: int) -> None:
+        """Fold the per-batch word count rows of an SAE into one row per word."""
+        with self.transaction() as con:
+            con.execute(
+                "CREATE TEMP TABLE _folded AS SELECT sae_id, word, sum(df)::BIGINT AS df "
+                "FROM word_counts WHERE sae_id = ? GROUP BY ALL",
+                [sae_id],
+            )
+            con.execute("DELETE FROM word_counts WHERE sae_id = ?", [sae_id])
+            con.execute("INSERT INTO word_counts SELECT * FROM _folded")
+            con.execute("DROP TABLE _folded")
 
     def set_empty_count(self, dataset_id: int, n_empty: int) -> None:
         """Record how many blank documents the corpus had (they are skipped, not stored)."""
@@ -469,8 +468,12 @@ def open(path: str | os.PathLike = "run.duckdb", read_only: bool = True) -> Stor
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    # Appends are batches of a few hundred thousand rows committed one by one; DuckDB's
+    # optimistic writes would put each straight into fresh blocks and free them again at
+    # the next checkpoint, leaving the file ~2x larger than its data.
+    config = {} if read_only else {"enable_optimistic_write": False}
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as e:
         msg = _first_line(e)
         if "lock" in msg.lower():

@@ -128,3 +128,81 @@ def test_demo_writes_a_planted_corpus(runner, tmp_path):
     assert result.exit_code == 0
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(rows) == 50 and {"id", "text", "topic", "sentiment", "is_question"} <= set(rows[0])
+
+
+def _fingerprint(db):
+    import saedata
+
+    with saedata.open(db) as s:
+        return (s.datasets().select("name", "n_docs", "complete").rows(),
+                s.sql("SELECT count(*), sum(value)::DOUBLE, sum(doc_id * latent) FROM activations").rows(),
+                s.sql("SELECT count(*), count(label) FROM latents").rows())
+
+
+def _bad_inputs(tmp_path, sae_dir):
+    """(name, corpus file, extra args, expected message) for every kind of bad input."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "json.jsonl").write_text('{"text": "ok", "id": "1"}\n{"text": "broken", "id": 2,\n')
+    (d / "field.jsonl").write_text('{"body": "no text field here", "id": "1"}\n')
+    (d / "utf8.jsonl").write_bytes(b'{"text": "fine", "id": "1"}\n{"text": "caf\xe9 \xff", "id": "2"}\n')
+    (d / "dup.jsonl").write_text('{"text": "a", "id": "x"}\n{"text": "b", "id": "y"}\n{"text": "c", "id": "x"}\n')
+    (d / "corpus.xlsx").write_text("not a corpus")
+    (d / "blank.txt").write_text("\n \n")
+    corrupt = d / "corrupt_sae"
+    corrupt.mkdir()
+    (corrupt / "cfg.json").write_text((Path(sae_dir) / "cfg.json").read_text())
+    (corrupt / "sae.safetensors").write_bytes((Path(sae_dir) / "sae.safetensors").read_bytes()[:100])
+    wide = d / "wide_sae"
+    torch.manual_seed(0)
+    save_sae(SparseAutoencoder(SAEConfig(d_in=48, d_sae=96, k=8)), wide)
+    good = d / "good.jsonl"
+    good.write_text('{"text": "a fine document", "id": "1"}\n')
+    ids = ["--id-field", "id"]
+    return [
+        ("malformed JSON", d / "json.jsonl", ids, "json.jsonl:2"),
+        ("missing text field", d / "field.jsonl", ids, "no field 'text'"),
+        ("invalid UTF-8", d / "utf8.jsonl", ids, "utf8.jsonl:2"),
+        ("duplicate id", d / "dup.jsonl", ids, "duplicate id 'x'"),
+        ("unknown file type", d / "corpus.xlsx", [], "corpus.xlsx"),
+        ("only blank documents", d / "blank.txt", [], "no documents to embed"),
+        ("corrupt SAE", good, ids + ["--sae", str(corrupt)], "corrupt_sae"),
+        ("mismatched SAE", good, ids + ["--sae", str(wide)], "d_in=48"),
+        ("missing file", d / "nope.jsonl", ids, "nope.jsonl"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_1_and_the_store_is_intact(runner, db, tmp_path, sae_dir, tiny_bert):
+    before = _fingerprint(db)
+    for name, path, extra, message in _bad_inputs(tmp_path, sae_dir):
+        args = ["embed", str(path), "--db", db, "--model", tiny_bert, "--device", "cpu", "-q", *extra]
+        if "--sae" not in extra:
+            args += ["--sae", sae_dir]
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, (name, result.stdout, result.stderr)
+        assert message in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
+        assert _fingerprint(db) == before, name
+    # the store still works for reads and new writes
+    assert runner.invoke(main, ["latents", "--db", db]).exit_code == 0
+
+
+def test_newer_store_schema_is_refused_by_every_command(runner, db):
+    import duckdb
+
+    con = duckdb.connect(db)
+    con.execute("UPDATE saedata_meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    for args in (["latents", "--db", db], ["sql", "--db", db, "SELECT 1"]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1 and "schema version 2" in result.stderr
+
+
+def test_train_command_reports_metrics(runner, tmp_path, corpus, tiny_bert):
+    out = tmp_path / "sae"
+    result = runner.invoke(main, ["train", corpus, "--out", str(out), "--model", tiny_bert, "--device", "cpu",
+                                  "--train-tokens", "8000", "--k", "4", "--expansion", "2", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert re.search(r"fvu=0\.\d+ +l0=4\.0 +dead=", result.stdout)
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["d_sae"] == 64 and cfg["k"] == 4 and cfg["reader"] == tiny_bert

@@ -1,4 +1,4 @@
-"""The embedding pipeline end to end: corpus -> reader -> SAE -> pooled codes -> store."""
+"""The embedding pipeline (saedata/pipeline.py) end to end: corpus -> reader -> SAE -> pooled codes -> store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import saedata
 from saedata.config import EmbedConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.demo import make_corpus, write_jsonl
-from saedata.embed import embed, pool_codes
+from saedata.pipeline import embed, pool_codes
 from saedata.errors import ConfigError, DimensionMismatchError, InputError
 from saedata.sae import SparseAutoencoder, save_sae
 
@@ -127,7 +127,7 @@ def test_stored_values_equal_a_direct_computation(tmp_path, tiny_bert, sae_dir):
             expected = codes.max(0).values
             row = s.activations().filter(pl.col("doc_id") == i)
             got = torch.zeros(sae.d_sae)
-            got[row["latent"].to_numpy()] = torch.tensor(row["value"].to_numpy())
+            got[row["latent"].to_numpy()] = torch.tensor(row["value"].to_numpy().copy())
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -177,7 +177,7 @@ def test_killed_process_resumes(tmp_path, corpus, tiny_bert, sae_dir):
     script = f"""
 import os, signal
 from saedata import reader as r
-from saedata.embed import embed
+from saedata.pipeline import embed
 from saedata.config import ReaderConfig, EmbedConfig
 orig, n = r.Reader.read, [0]
 def read(self, texts):
@@ -309,3 +309,11 @@ def test_bad_config_values_are_rejected():
     with pytest.raises(ConfigError):
         ReaderConfig(max_tokens=1)
     assert np.isfinite(EmbedConfig().label_top_docs)
+
+
+def test_api_names_stay_callable_after_their_modules_load():
+    import saedata.fit
+    import saedata.pipeline
+    import saedata.store
+
+    assert callable(saedata.embed) and callable(saedata.train) and callable(saedata.open)

@@ -1,7 +1,8 @@
 """The embedding pipeline: Documents -> reader -> SAE codes per token -> pooled per document -> store.
 
 Each chunk of ``commit_docs`` documents is stored in one transaction together with its
-activations and labelling evidence, so an interrupted run (Ctrl-C, kill, crash) leaves
+activations (each with the text position where the latent peaked) and word counts, so
+an interrupted run (Ctrl-C, kill, crash) leaves
 a clean prefix of the corpus in the store; rerunning the same command skips that
 prefix and carries on. Adding another corpus to the same store appends a dataset and
 reuses the SAE. Labels and latent statistics are refreshed when a dataset completes.
@@ -10,6 +11,7 @@ reuses the SAE. Labels and latent statistics are refreshed when a dataset comple
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -25,7 +27,7 @@ from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
 from saedata.errors import ConfigError, InputError, SAEFormatError
 from saedata.io import CorpusReader, Document, count_documents
-from saedata.label import DocWords, EvidenceCollector, label_latents, prune_evidence, word_document_frequency
+from saedata.label import label_latents, word_document_frequency
 from saedata.store import Store
 
 if TYPE_CHECKING:
@@ -204,6 +206,16 @@ def embed(
         reader = Reader(reader_cfg)
         check_d_in(model, reader.d_model, reader.describe())
         model = model.to(reader.device).eval()
+        # Read (and so validate) the first documents before writing anything: a corpus
+        # that is bad from the start leaves no trace in the store.
+        chunks = _chunks(corpus, embed_cfg.commit_docs, existing.n_docs if existing else 0,
+                         existing.last_ext_id if existing else None)
+        first = next(chunks, None)
+        if first is None and existing is None:
+            raise InputError("no documents to embed (the corpus is empty or every document is blank)",
+                             path=corpus.source)
+        if first is not None:
+            chunks = itertools.chain([first], chunks)
         sae_id = store.register_sae(
             name=Path(sae_path).name, cfg={**model.cfg.to_dict(), "reader": reader_cfg.model,
                                            "layer": reader.layer},
@@ -220,11 +232,11 @@ def embed(
                     "rerun with the original --sae, or pass --name for a new dataset"
                 )
             log(f"resuming dataset {name!r}: {state.n_docs} documents already stored")
-        n_new, n_acts, n_empty, n_trunc = _run(store, corpus, source, input_cfg, reader, model,
+        n_new, n_acts, n_empty, n_trunc = _run(store, chunks, corpus, source, input_cfg, reader, model,
                                                sae_id, state, embed_cfg, progress, log)
         store.finish_dataset(state.dataset_id)
         store.refresh_latent_stats(sae_id)
-        prune_evidence(store, sae_id, embed_cfg.label_top_docs)
+        store.fold_word_counts(sae_id)
         label_latents(store, sae_id, top_docs=embed_cfg.label_top_docs, n_words=embed_cfg.label_words)
         store.checkpoint()
         final = store.dataset_state(name)
@@ -315,26 +327,26 @@ def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None)
         yield buf
 
 
-def _run(store, corpus, source, input_cfg, reader, model, sae_id, state, embed_cfg, progress, log):
-    """Embed the documents of ``corpus`` after the stored prefix; returns (new, activations, empty, truncated)."""
-    collector = EvidenceCollector(model.d_sae, embed_cfg.label_top_docs)
-    collector.load(store, sae_id)
+def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state, embed_cfg, progress, log):
+    """Embed ``chunks`` (the corpus after the stored prefix); returns (new, activations, empty, truncated)."""
     next_id = store.next_doc_id()
     total = count_documents(source, input_cfg) if source != "-" else None
     n_new = n_acts = n_trunc = 0
     bar = progress_bar(total, f"embed {state.name}", progress)
     bar.update(state.n_docs)
     try:
-        for docs in _chunks(corpus, embed_cfg.commit_docs, state.n_docs, state.last_ext_id):
+        for docs in chunks:
             ids = np.arange(next_id, next_id + len(docs), dtype=np.int64)
             batch = reader.read([d.text for d in docs])
             pooled = _pool_batch(model, batch, embed_cfg)
-            words = [DocWords(d.text) for d in docs]
             doc_np, lat_np, val_np, peak_np = (t.cpu().numpy() for t in pooled)
-            evidence = collector.collect(doc_np, lat_np, val_np, peak_np, ids, words, batch.offsets, sae_id)
+            # The peak token's last character: inside its word even when the token carries
+            # a leading space (GPT-2 style byte-level BPE).
+            peak_char = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0])
             acts = pl.DataFrame(
                 {"doc_id": ids[doc_np], "sae_id": np.full(len(doc_np), sae_id, dtype=np.int32),
-                 "latent": lat_np.astype(np.int32), "value": val_np.astype(np.float32)}
+                 "latent": lat_np.astype(np.int32), "value": val_np.astype(np.float32),
+                 "peak": peak_char.astype(np.int32)}
             )
             doc_frame = pl.DataFrame(
                 {"doc_id": ids, "dataset_id": np.full(len(docs), state.dataset_id, dtype=np.int32),
@@ -343,8 +355,8 @@ def _run(store, corpus, source, input_cfg, reader, model, sae_id, state, embed_c
                  "n_tokens": batch.n_tokens.astype(np.int32)},
                 schema_overrides={"meta": pl.String},
             )
-            store.append_batch(doc_frame, acts, evidence, word_document_frequency(words), sae_id,
-                               (state.dataset_id, 0, int(batch.truncated.sum())))
+            store.append_batch(doc_frame, acts, word_document_frequency([d.text for d in docs]), sae_id,
+                               (state.dataset_id, int(batch.truncated.sum())))
             next_id += len(docs)
             n_new += len(docs)
             n_acts += len(doc_np)
@@ -355,12 +367,14 @@ def _run(store, corpus, source, input_cfg, reader, model, sae_id, state, embed_c
         log(f"interrupted: {state.n_docs + n_new} documents of {state.name!r} are stored; "
             "rerun the same command to resume")
         raise
+    except InputError as e:
+        bar.close()
+        e.args = (f"{e.args[0]} ({state.n_docs + n_new} documents of {state.name!r} are stored; "
+                  "fix the input and rerun the same command to resume)",)
+        raise
     bar.close()
     # Every run reads the corpus from its start, so the reader's count is the dataset's.
     store.set_empty_count(state.dataset_id, corpus.n_empty)
-    if state.n_docs + n_new == 0:
-        raise InputError("no documents to embed (the corpus is empty or every document is blank)",
-                         path=corpus.source)
     if n_trunc:
         log(f"{n_trunc} documents were longer than {reader.max_tokens} tokens and were truncated "
             "(raise --max-tokens to keep more)")
