@@ -136,6 +136,18 @@ def encode_tokens(sae: SparseAutoencoder, acts: torch.Tensor, chunk: int) -> tup
     return torch.cat(rows), torch.cat(lats), torch.cat(vals)
 
 
+def round_significant(values: np.ndarray, digits: int | None) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant decimal digits, as float32 (None: unchanged)."""
+    if digits is None:
+        return values.astype(np.float32)
+    v = values.astype(np.float64)
+    out = np.zeros_like(v)
+    nz = v != 0
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(v[nz]))))
+    out[nz] = np.round(v[nz] * scale) / scale
+    return out.astype(np.float32)
+
+
 def sae_fingerprint(path: str | os.PathLike) -> str:
     """SHA-256 over an SAE directory's config and weight files (identifies the SAE in a store)."""
     root = Path(path)
@@ -345,7 +357,7 @@ def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state,
             peak_char = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0])
             acts = pl.DataFrame(
                 {"doc_id": ids[doc_np], "sae_id": np.full(len(doc_np), sae_id, dtype=np.int32),
-                 "latent": lat_np.astype(np.int32), "value": val_np.astype(np.float32),
+                 "latent": lat_np.astype(np.int32), "value": round_significant(val_np, embed_cfg.value_digits),
                  "peak": peak_char.astype(np.int32)}
             )
             doc_frame = pl.DataFrame(
