@@ -27,10 +27,15 @@ __all__ = [
     "Store",
     "TrainConfig",
     "__version__",
+    "associate",
+    "cluster",
+    "correlate",
+    "diff",
     "embed",
     "load_sae",
     "open",
     "read_documents",
+    "search",
     "train",
 ]
 
@@ -41,6 +46,11 @@ _LAZY = {
     "train": ("saedata.fit", "train"),
     "read_documents": ("saedata.io", "read_documents"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
+    "diff": ("saedata.analysis.diff", "diff"),
+    "associate": ("saedata.analysis.associate", "associate"),
+    "correlate": ("saedata.analysis.correlate", "correlate"),
+    "cluster": ("saedata.analysis.cluster", "cluster"),
+    "search": ("saedata.analysis.retrieve", "search"),
 }
 
 if TYPE_CHECKING:

@@ -65,3 +65,32 @@ def _quiet_transformers() -> None:
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> dict:
+    """A real store for the analyses: the default reader (all-MiniLM-L6-v2), an SAE trained on
+    the corpus, and two planted datasets built once per test session (~20 s on 2 CPU cores).
+
+    - "a": 160 documents over all eight topics, uniform.
+    - "b": 160 documents where "pets" and "science" are 4x as common, and questions 3x as
+      common as in "a".
+    Both carry metadata topic, sentiment, is_question, n_words. Tests must open the store
+    read-only (saedata.open) or copy the file before writing.
+    """
+    from saedata.config import InputConfig, ReaderConfig, TrainConfig
+    from saedata.demo import TOPICS, make_corpus
+    from saedata.pipeline import embed
+
+    root = tmp_path_factory.mktemp("demo-store")
+    topics = list(TOPICS)
+    a = write_jsonl(make_corpus(160, seed=11, id_prefix="a"), root / "a.jsonl")
+    weights = [4.0 if t in ("pets", "science") else 1.0 for t in topics]
+    b = write_jsonl(make_corpus(160, seed=12, topics=topics, topic_weights=weights, question_rate=0.75,
+                                id_prefix="b"), root / "b.jsonl")
+    db = root / "run.duckdb"
+    reader = ReaderConfig(device="cpu")
+    train = TrainConfig(max_tokens=60_000, batch_size=1024, device="cpu", seed=0)
+    embed(str(a), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader, train_cfg=train)
+    embed(str(b), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader)
+    return {"db": str(db), "a": str(a), "b": str(b), "sae": str(root / "run.sae"), "root": str(root)}
