@@ -5,6 +5,7 @@ both take the same steps on the same batches. Prints plain ``name: value`` lines
 
     python benchmarks/bench_train.py                 # d_in=384, d_sae=3072, k=32, batch 4096
     python benchmarks/bench_train.py --corpus-acts acts.safetensors   # also train on real activations
+    python benchmarks/bench_train.py --real-corpus   # + `saedata train` end to end on ~3,700 real documents
 
 Four variants are timed: ``dense`` (dense decoder, dense encoder backward: plain
 autograd), ``sparse_decoder`` (embedding_bag decoder only), ``dense_decoder_sparse_encoder``
@@ -145,6 +146,35 @@ def train_and_report(
     }
 
 
+def train_real_corpus(n_docs: int | None = None, seed: int = 0) -> dict[str, float]:
+    """``saedata train`` end to end with its defaults (all-MiniLM-L6-v2, topk k=32, d_sae=3072)
+    on real text shipped with CPython (reference-manual paragraphs and stdlib docstrings):
+    reading the activations plus training, timed together. Target: <= 300 s on 2 cores."""
+    import tempfile
+
+    from saedata.config import InputConfig, ReaderConfig
+    from saedata.demo import python_docs_corpus, write_jsonl
+    from saedata.fit import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = python_docs_corpus(n_docs, seed=seed)
+        corpus = write_jsonl(docs, Path(tmp) / "pydocs.jsonl")
+        t0 = time.perf_counter()
+        result = train(str(corpus), Path(tmp) / "sae", input_cfg=InputConfig(id_field="id"),
+                       reader_cfg=ReaderConfig(device="cpu"), train_cfg=TrainConfig(seed=seed, device="cpu"))
+        seconds = time.perf_counter() - t0
+    m = result.metrics
+    return {
+        "real_docs": len(docs),
+        "real_train_tokens": m["tokens"],
+        "real_fvu": m["fvu"],
+        "real_l0": m["l0"],
+        "real_dead_fraction": m["dead_fraction"],
+        "real_train_seconds": m["seconds"],
+        "real_total_seconds": seconds,
+    }
+
+
 def _load_acts(path: str) -> torch.Tensor:
     from safetensors.torch import load_file
 
@@ -169,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--corpus-acts", default=None, help="safetensors file with real activations ('acts')")
     p.add_argument("--corpus-max-tokens", type=int, default=500_000)
+    p.add_argument("--real-corpus", action="store_true",
+                   help="also run `saedata train` end to end on ~3,700 real documents (about 3 minutes)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -177,8 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         results.update(train_and_report(_load_acts(args.corpus_acts), k=args.k,
                                         max_tokens=args.corpus_max_tokens, batch_size=args.batch_size,
                                         seed=args.seed))
+    if args.real_corpus:
+        results.update(train_real_corpus(seed=args.seed))
     for name, value in results.items():
         print(f"{name}: {value:.6g}" if isinstance(value, float) else f"{name}: {value}")
+    ok = results["speedup_sparse_decoder"] >= 1.5
+    print(f"target speedup_sparse_decoder >= 1.5: {'PASS' if ok else 'FAIL'}")
+    ok = results["max_loss_diff_sparse_decoder"] <= 1e-4
+    print(f"target max_loss_diff_sparse_decoder <= 1e-4: {'PASS' if ok else 'FAIL'}")
+    if args.real_corpus:
+        ok = results["real_total_seconds"] <= 300
+        print(f"target real corpus (read + train) <= 300 s: {'PASS' if ok else 'FAIL'}")
     return 0
 
 
