@@ -113,8 +113,9 @@ class TrainConfig(_Serialisable):
     sparse_encoder: bool = True
     """Backpropagate TopK-family codes into the encoder through only the selected latents
     (a gather with a sparse backward) instead of a dense (n, d_sae) gradient."""
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    checkpoint_every: int = 100
+    """Save a resumable checkpoint every N steps when training into a directory (0: never);
+    rerunning an interrupted training with the same configs resumes from it."""
     seed: int = 0
     """Seed for initialisation and shuffling; same data + seed -> same SAE."""
     device: Device = "auto"
