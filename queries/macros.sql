@@ -86,3 +86,44 @@ JOIN documents AS d USING (doc_id)
 LEFT JOIN latents AS l ON l.sae_id = a.sae_id AND l.latent = a.latent
 WHERE a.doc_id = doc
 ORDER BY abs(a.value) DESC, a.latent;
+
+-- score_docs(sae, latent_ids, weights, n := 50, ds := NULL, src := 'activations'):
+-- property retrieval from stored activations alone. A document's score is the sum,
+-- over the latents of `latent_ids` it has, of weight x value / max_act (each value is
+-- divided by the latent's largest value in the store, so that no latent dominates by
+-- scale); returns the n best documents with n_matched, how many of the latents they
+-- have. `weights` runs parallel to `latent_ids`; `ds` keeps one dataset_id; `src` is
+-- the table read: 'activations', or 'activations_by_latent', the copy sorted by
+-- latent that `saedata index` builds, where DuckDB skips every row group holding none
+-- of the latents.
+--   SELECT * FROM score_docs(1, [1661, 83], [1.0, 0.5], n := 5);
+CREATE OR REPLACE MACRO score_docs(sae, latent_ids, weights, n := 50, ds := NULL, src := 'activations') AS TABLE
+WITH q AS (
+    SELECT unnest(latent_ids)::INTEGER AS latent, unnest(weights)::DOUBLE AS weight
+),
+w AS (
+    SELECT q.latent, sum(q.weight) / coalesce(nullif(any_value(l.max_act), 0), 1) AS w
+    FROM q JOIN latents AS l ON l.sae_id = sae AND l.latent = q.latent
+    GROUP BY q.latent
+)
+SELECT a.doc_id, sum(w.w * a.value) AS score, count(*) AS n_matched
+FROM query_table(src) AS a
+JOIN w ON a.latent = w.latent
+WHERE a.sae_id = sae
+  AND (ds IS NULL OR a.doc_id IN (SELECT doc_id FROM documents WHERE dataset_id = ds))
+GROUP BY a.doc_id
+ORDER BY score DESC, a.doc_id
+LIMIT n;
+
+-- search_matches(sae, doc_ids, latent_ids): which of `latent_ids` each document of
+-- `doc_ids` has, with the value and the word where the latent peaked (the evidence
+-- a search result shows).
+--   SELECT * FROM search_matches(1, [3, 17], [1661, 83]);
+CREATE OR REPLACE MACRO search_matches(sae, doc_ids, latent_ids) AS TABLE
+SELECT a.doc_id, a.latent, a.value, word_at(d.text, a.peak) AS word
+FROM activations AS a
+JOIN documents AS d USING (doc_id)
+WHERE a.sae_id = sae
+  AND a.doc_id IN (SELECT unnest(doc_ids))
+  AND a.latent IN (SELECT unnest(latent_ids))
+ORDER BY a.doc_id, a.latent;

@@ -448,6 +448,22 @@ class Store:
                 [sae_id, sae_id],
             )
 
+    def build_latent_index(self) -> int:
+        """(Re)build ``activations_by_latent``: the activations sorted by latent, which lets
+        property search read only the row groups of the latents it asks for
+        (``queries/latent_index.sql``). Returns its row count."""
+        self._run_script("latent_index.sql")
+        self.checkpoint()
+        return int(self.one("SELECT count(*) FROM activations_by_latent")[0])
+
+    def has_latent_index(self) -> bool:
+        """Whether ``activations_by_latent`` exists and is current (as many rows as
+        ``activations``; embedding more documents makes it stale until rebuilt)."""
+        if not self.one("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'activations_by_latent'")[0]:
+            return False
+        built, now = self.one("SELECT (SELECT count(*) FROM activations_by_latent), (SELECT count(*) FROM activations)")
+        return built == now
+
     def set_labels(self, sae_id: int, labels: pl.DataFrame) -> None:
         """Write (latent, label, label_source) rows onto the latents table."""
         with self.transaction() as con:

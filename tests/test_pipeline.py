@@ -127,7 +127,7 @@ def test_stored_values_equal_a_direct_computation(tmp_path, tiny_bert, sae_dir):
             expected = codes.max(0).values
             row = s.activations().filter(pl.col("doc_id") == i)
             got = torch.zeros(sae.d_sae)
-            got[row["latent"].to_numpy()] = torch.tensor(row["value"].to_numpy().copy())
+            got[torch.as_tensor(row["latent"].to_numpy().copy())] = torch.tensor(row["value"].to_numpy().copy())
             torch.testing.assert_close(got, expected, atol=1e-6, rtol=5e-4)
 
 

@@ -1,0 +1,202 @@
+"""Pick the latents that belong to an axis the user names ("sentiment", "pets", a regex ...).
+
+Three ways to name latents, combined as a union (each row says why it was picked):
+
+1. ``latents``: explicit latent ids, taken as given.
+2. ``label_pattern``: a regular expression searched in each latent's label.
+3. ``axis``: free text. A latent is picked when
+   a. *lexically*: a word of its label equals a content word of the axis or that word's
+      plural/singular form ("pets" -> pet, pets; "stories" -> story), or
+   b. *semantically*: its label, embedded with the default reader (all-MiniLM-L6-v2,
+      the last layer's token activations mean-pooled), has cosine similarity to the
+      embedded axis text of at least ``min_score`` *and* at least ``min_z`` standard
+      deviations above the mean similarity of all candidate labels (so an axis that is
+      loosely similar to everything picks nothing). The string "sentiment" never
+      occurs in a label like "hated / miserable / was terrible", but the embeddings
+      place them close, which is what (b) is for.
+   Candidates for the axis are latents active in at least ``min_freq`` of the
+   documents, with a keyword label (``frequent-words`` labels such as "." or "the"
+   describe no content). Lexical matches come first, then the most similar labels;
+   at most ``top`` latents in all. Everything runs offline.
+
+``select_latents`` returns a polars frame (latent, label, freq, score, why) and raises
+:class:`~saedata.errors.NotFoundError` naming the axis or pattern when nothing matches.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from saedata.analysis.data import latent_labels
+from saedata.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from saedata.config import ReaderConfig
+    from saedata.store import Store
+
+STOPWORDS = frozenset(
+    "a an and are as at be by for from has have how in is it its of on or that the this to was were what "
+    "when where which who why with about into than then there these those their them they we you your".split()
+)
+"""Axis words never matched lexically (they would match labels everywhere)."""
+
+SELECTED_SCHEMA = {"latent": pl.Int32, "label": pl.String, "freq": pl.Float64, "score": pl.Float64,
+                   "why": pl.String}
+
+_READERS: dict[Any, Any] = {}
+_EMBEDDINGS: dict[tuple[Any, str], np.ndarray] = {}
+
+
+def select_latents(
+    store: Store,
+    sae_id: int,
+    axis: str | None = None,
+    latents: list[int] | None = None,
+    label_pattern: str | None = None,
+    top: int = 20,
+    min_freq: float = 0.01,
+    min_score: float = 0.3,
+    min_z: float = 3.0,
+    reader_cfg: ReaderConfig | None = None,
+) -> pl.DataFrame:
+    """The latents named by ``latents``, ``label_pattern`` and/or ``axis`` (see the module doc).
+
+    Returns (latent, label, freq, score, why), one row per latent: ``score`` is the
+    cosine similarity of the label to the axis (null for explicit and pattern picks),
+    ``why`` the reason it was picked. ``top`` caps the axis picks; ``min_freq`` applies
+    to pattern and axis picks.
+    """
+    if axis is None and latents is None and label_pattern is None:
+        raise ConfigError("name the latents to use: an axis, a label pattern or a list of latents")
+    if top < 1:
+        raise ConfigError(f"top must be at least 1, got {top}")
+    table = latent_labels(store, sae_id).with_columns(pl.col("freq").fill_null(0.0))
+    parts: list[pl.DataFrame] = []
+    if latents is not None:
+        parts.append(_explicit(table, sae_id, latents))
+    if label_pattern is not None:
+        parts.append(_by_pattern(table, label_pattern, min_freq))
+    if axis is not None:
+        parts.append(_by_axis(table, axis, top, min_freq, min_score, min_z, reader_cfg))
+    picked = pl.concat(parts, how="vertical_relaxed")
+    return (
+        picked.group_by("latent", maintain_order=True)
+        .agg(pl.col("label").first(), pl.col("freq").first(), pl.col("score").max(),
+             pl.col("why").str.join("; "))
+        .cast(SELECTED_SCHEMA)  # type: ignore[arg-type]
+    )
+
+
+def _explicit(table: pl.DataFrame, sae_id: int, latents: list[int]) -> pl.DataFrame:
+    known = set(table["latent"].to_list())
+    missing = [i for i in latents if i not in known]
+    if missing:
+        raise NotFoundError(
+            f"SAE {sae_id} has no latent {', '.join(map(str, missing[:5]))} (latents are 0..{len(known) - 1})"
+        )
+    if not latents:
+        raise ConfigError("the list of latents is empty")
+    wanted = pl.DataFrame({"latent": list(dict.fromkeys(latents))}, schema={"latent": pl.Int32})
+    return wanted.join(table, on="latent", how="left").select(
+        "latent", "label", "freq", pl.lit(None, pl.Float64).alias("score"), pl.lit("listed").alias("why")
+    )
+
+
+def _by_pattern(table: pl.DataFrame, pattern: str, min_freq: float) -> pl.DataFrame:
+    try:
+        hit = table["label"].str.contains(pattern).fill_null(False)
+    except pl.exceptions.PolarsError as e:
+        raise ConfigError(f"--label {pattern!r} is not a valid regular expression: {str(e).splitlines()[0]}") from e
+    out = table.filter(hit & (pl.col("freq") >= min_freq))
+    if out.height == 0:
+        n_any = int(hit.sum())
+        extra = f" ({n_any} match but fire in under {min_freq:.0%} of documents)" if n_any else ""
+        raise NotFoundError(f"no latent label matches --label {pattern!r}{extra}")
+    return out.select("latent", "label", "freq", pl.lit(None, pl.Float64).alias("score"),
+                      pl.lit(f"label matches {pattern!r}").alias("why"))
+
+
+def axis_words(axis: str) -> set[str]:
+    """Content words of an axis text and their plural/singular forms, lower-cased."""
+    words = {w for w in re.findall(r"[\w'’]+", axis.lower()) if len(w) > 2 and w not in STOPWORDS}
+    forms = set(words)
+    for w in words:
+        forms.add(w + "s")
+        if w.endswith("ies"):
+            forms.add(w[:-3] + "y")
+        elif w.endswith(("ses", "xes", "ches", "shes")):
+            forms.add(w[:-2])
+        elif w.endswith("s") and not w.endswith("ss"):
+            forms.add(w[:-1])
+        if w.endswith("y"):
+            forms.add(w[:-1] + "ies")
+    return forms
+
+
+def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_score: float, min_z: float,
+             reader_cfg: ReaderConfig | None) -> pl.DataFrame:
+    if not axis.strip():
+        raise ConfigError("--axis is empty; describe the axis in a few words, e.g. --axis sentiment")
+    cands = table.filter(
+        (pl.col("freq") >= min_freq) & pl.col("label").is_not_null() & (pl.col("label_source") != "frequent-words")
+    )
+    if cands.height == 0:
+        raise NotFoundError(
+            f"no latent matches --axis {axis!r}: no latent has a keyword label and fires in {min_freq:.0%} of "
+            "documents; run `saedata label` first"
+        )
+    labels = cands["label"].to_list()
+    forms = axis_words(axis)
+    lexical = np.array([bool(forms & set(re.findall(r"[\w'’]+", lab.lower()))) for lab in labels])
+    vecs = embed_texts([axis, *labels], reader_cfg)
+    sims = vecs[1:] @ vecs[0]
+    z = (sims - sims.mean()) / (sims.std() + 1e-12)
+    semantic = (sims >= min_score) & (z >= min_z)
+    order = np.lexsort((-sims, ~lexical))  # lexical matches first, then by similarity
+    keep = [i for i in order if lexical[i] or semantic[i]][:top]
+    if not keep:
+        raise NotFoundError(
+            f"no latent matches --axis {axis!r} (best label {labels[int(np.argmax(sims))]!r} has similarity "
+            f"{sims.max():.2f} < {min_score}); try other words, --label REGEX or --latents"
+        )
+    why = [
+        f"label word matches {axis!r}" if lexical[i] else f"label similar to {axis!r} (cos {sims[i]:.2f})"
+        for i in keep
+    ]
+    return cands[keep].select("latent", "label", "freq").with_columns(
+        pl.Series("score", sims[keep].astype(np.float64)), pl.Series("why", why)
+    )
+
+
+def embed_texts(texts: list[str], reader_cfg: ReaderConfig | None = None) -> np.ndarray:
+    """(n_texts, d_model) unit vectors: each text's last-layer reader activations, mean-pooled.
+
+    The reader and every text's vector are cached for the process, so repeated calls
+    (many axes over one SAE's labels) embed each label once.
+    """
+    from saedata.config import ReaderConfig
+
+    cfg = reader_cfg or ReaderConfig(layer=-1)
+    key = (cfg.model, cfg.layer, cfg.device, cfg.dtype)
+    todo = list(dict.fromkeys(t for t in texts if (key, t) not in _EMBEDDINGS))
+    if todo:
+        import torch
+
+        from saedata.reader import Reader
+
+        if key not in _READERS:
+            _READERS[key] = Reader(cfg)
+        reader = _READERS[key]
+        batch = reader.read(todo)
+        sums = torch.zeros(len(todo), batch.acts.shape[1], device=batch.acts.device)
+        sums.index_add_(0, batch.doc_index, batch.acts)
+        counts = torch.bincount(batch.doc_index, minlength=len(todo)).clamp(min=1)[:, None]
+        means = (sums / counts).cpu().numpy().astype(np.float64)
+        means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+        for text, v in zip(todo, means, strict=True):
+            _EMBEDDINGS[(key, text)] = v
+    return np.stack([_EMBEDDINGS[(key, t)] for t in texts])
