@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
 from saedata.errors import InputError
-from saedata.io import CorpusReader, count_documents
+from saedata.io import count_documents, open_corpus
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +42,11 @@ def collect_activations(
     """
     import torch
 
-    corpus = CorpusReader(source, input_cfg)
-    total = count_documents(source, input_cfg) if source != "-" else None
+    corpus = open_corpus(source, input_cfg)
+    if corpus.format == "images":
+        total = len(corpus)
+    else:
+        total = count_documents(source, input_cfg) if source != "-" else None
     chunks: list[torch.Tensor] = []
     n = 0
     stride = 1
@@ -94,10 +97,11 @@ def train(
     ``train_cfg.expansion`` x the reader width. Returns the
     trainer's result (the SAE and its FVU / L0 / dead-fraction metrics).
     """
-    from saedata.reader import Reader
+    from saedata.images import is_image_source
+    from saedata.reader import open_reader
     from saedata.sae import SAETrainer
 
-    reader = Reader(reader_cfg)
+    reader = open_reader(reader_cfg, images=is_image_source(source, input_cfg))
     log(f"reading activations of {reader.describe()}")
     acts = collect_activations(str(source), reader, input_cfg,
                                max_tokens=min(max_cached_tokens, train_cfg.max_tokens), progress=progress)

@@ -828,3 +828,12 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return _jsonable(value)
+
+
+def open_corpus(path: str | os.PathLike, cfg: InputConfig = InputConfig()):
+    """The reader for any corpus: images for a folder (or ``format="images"``), else text files."""
+    from saedata.images import ImageCorpusReader, is_image_source
+
+    if is_image_source(path, cfg):
+        return ImageCorpusReader(path, cfg)
+    return CorpusReader(path, cfg)

@@ -7,7 +7,8 @@ the word at the peak in each of its strongest documents (and the word before it)
 label is the few words most over-represented in that evidence relative to their
 document frequency in the whole corpus (e.g. "science / scientists / scientific").
 Labels are recomputed from the store alone -- the reader never runs again -- so they
-stay exact across resumed runs and appended datasets.
+stay exact across resumed runs and appended datasets. Image documents have no text
+position; their evidence is the words of their path (class folders such as ``cats/``).
 
 An LLM labeller (any OpenAI-compatible chat endpoint) can replace the keywords where one
 is configured: see :func:`llm_labels`.
@@ -51,21 +52,29 @@ _KEYWORD_SQL = """
 WITH top AS (
     SELECT a.latent, a.doc_id, a.peak
     FROM activations AS a
-    WHERE a.sae_id = $sae AND a.peak IS NOT NULL
+    WHERE a.sae_id = $sae
     QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= $top_docs
 ),
 evidence AS (
-    SELECT t.latent, word_at(d.text, t.peak) AS word, word_before(d.text, t.peak) AS prev
+    -- text: the word where the latent peaked, and the word before it
+    SELECT t.latent, t.doc_id, word_at(d.text, t.peak) AS word, word_before(d.text, t.peak) AS prev
     FROM top AS t JOIN documents AS d USING (doc_id)
+    WHERE t.peak IS NOT NULL
+    UNION ALL
+    -- images (no text position): every word of the document's path, e.g. its folder names
+    SELECT t.latent, t.doc_id, unnest(list_distinct(regexp_extract_all(lower(d.text), '[\\pL\\pN]+'))) AS word,
+           NULL AS prev
+    FROM top AS t JOIN documents AS d USING (doc_id)
+    WHERE t.peak IS NULL
 ),
-n_ev AS (SELECT latent, count(*) AS n FROM evidence GROUP BY latent),
+n_ev AS (SELECT latent, count(DISTINCT doc_id) AS n FROM evidence GROUP BY latent),
 total AS (
     SELECT greatest(count(*), 1) AS n_docs
     FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = $sae
 ),
 df AS (SELECT word, sum(df) AS df FROM word_counts WHERE sae_id = $sae GROUP BY word),
 words AS (
-    SELECT latent, word, count(*) AS c, mode(prev) AS prev,
+    SELECT latent, word, count(DISTINCT doc_id) AS c, mode(prev) AS prev,
            count(*) FILTER (WHERE prev = mode_prev) AS c_prev
     FROM (SELECT *, mode(prev) OVER (PARTITION BY latent, word) AS mode_prev FROM evidence)
     WHERE word IS NOT NULL

@@ -26,7 +26,7 @@ import polars as pl
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
 from saedata.errors import ConfigError, InputError, SAEFormatError
-from saedata.io import CorpusReader, Document, count_documents
+from saedata.io import CorpusReader, Document, count_documents, open_corpus
 from saedata.label import label_latents, word_document_frequency
 from saedata.store import Store
 
@@ -187,16 +187,20 @@ def embed(
     train_cfg: TrainConfig = TrainConfig(),
     progress: bool = False,
     log: Log = silent,
+    verbose: bool = False,
 ) -> EmbedResult:
     """Embed a corpus into the store at ``db`` as interpretable (SAE latent) vectors.
 
     ``sae`` is an SAE directory (saedata, SAELens or sparsify). Without it, the store's
     SAE is reused when it has one for the same reader; otherwise an SAE is trained on
     this corpus first and saved beside the store (``run.sae/``). Rerunning after an
-    interruption resumes; rerunning a complete dataset does nothing.
+    interruption resumes; rerunning a complete dataset does nothing. A folder (or
+    ``input_cfg.format="images"``) is read as images with a vision ``reader_cfg.model``;
+    unreadable files are skipped and counted, and listed through ``log`` when ``verbose``.
     """
     source = str(source)
-    corpus = CorpusReader(source, input_cfg)
+    corpus = open_corpus(source, input_cfg)
+    images = corpus.format == "images"
     name = name or default_dataset_name(source)
     with Store(db, read_only=False) as store:
         t0 = time.perf_counter()
@@ -207,7 +211,7 @@ def embed(
                                0, 0, 0, 0, time.perf_counter() - t0, False, already_complete=True)
         sae_path, trained = _resolve_sae_path(store, sae, existing, reader_cfg, db, source,
                                               input_cfg, train_cfg, progress, log)
-        from saedata.reader import Reader
+        from saedata.reader import open_reader
         from saedata.sae import load_sae
         from saedata.sae.formats import check_d_in
 
@@ -215,7 +219,7 @@ def embed(
 
         model = load_sae(sae_path, device="cpu")
         reader_cfg = _reader_for_sae(reader_cfg, model.cfg)
-        reader = Reader(reader_cfg)
+        reader = open_reader(reader_cfg, images=images)
         check_d_in(model, reader.d_model, reader.describe())
         model = model.to(reader.device).eval()
         # Read (and so validate) the first documents before writing anything: a corpus
@@ -245,7 +249,7 @@ def embed(
                 )
             log(f"resuming dataset {name!r}: {state.n_docs} documents already stored")
         n_new, n_acts, n_empty, n_trunc = _run(store, chunks, corpus, source, input_cfg, reader, model,
-                                               sae_id, state, embed_cfg, progress, log)
+                                               sae_id, state, embed_cfg, progress, log, verbose)
         store.finish_dataset(state.dataset_id)
         store.refresh_latent_stats(sae_id)
         store.fold_word_counts(sae_id)
@@ -339,10 +343,14 @@ def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None)
         yield buf
 
 
-def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state, embed_cfg, progress, log):
+def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state, embed_cfg, progress, log,
+         verbose=False):
     """Embed ``chunks`` (the corpus after the stored prefix); returns (new, activations, empty, truncated)."""
     next_id = store.next_doc_id()
-    total = count_documents(source, input_cfg) if source != "-" else None
+    if corpus.format == "images":
+        total = len(corpus)
+    else:
+        total = count_documents(source, input_cfg) if source != "-" else None
     n_new = n_acts = n_trunc = 0
     bar = progress_bar(total, f"embed {state.name}", progress)
     bar.update(state.n_docs)
@@ -352,13 +360,16 @@ def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state,
             batch = reader.read([d.text for d in docs])
             pooled = _pool_batch(model, batch, embed_cfg)
             doc_np, lat_np, val_np, peak_np = (t.cpu().numpy() for t in pooled)
-            # The peak token's last character: inside its word even when the token carries
-            # a leading space (GPT-2 style byte-level BPE).
-            peak_char = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0])
+            if corpus.format == "images":
+                peak = pl.Series("peak", [None] * len(doc_np), dtype=pl.Int32)  # no text position
+            else:
+                # The peak token's last character: inside its word even when the token
+                # carries a leading space (GPT-2 style byte-level BPE).
+                peak = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0]).astype(np.int32)
             acts = pl.DataFrame(
                 {"doc_id": ids[doc_np], "sae_id": np.full(len(doc_np), sae_id, dtype=np.int32),
                  "latent": lat_np.astype(np.int32), "value": round_significant(val_np, embed_cfg.value_digits),
-                 "peak": peak_char.astype(np.int32)}
+                 "peak": peak}
             )
             doc_frame = pl.DataFrame(
                 {"doc_id": ids, "dataset_id": np.full(len(docs), state.dataset_id, dtype=np.int32),
@@ -387,6 +398,12 @@ def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state,
     bar.close()
     # Every run reads the corpus from its start, so the reader's count is the dataset's.
     store.set_empty_count(state.dataset_id, corpus.n_empty)
+    if verbose:
+        for path, reason in getattr(corpus, "skipped", []):
+            log(f"skipped {path}: {reason}")
+    if corpus.format == "images" and corpus.n_empty:
+        log(f"{corpus.n_empty} files were skipped (not images or unreadable)"
+            + ("" if verbose else "; --verbose lists them"))
     if n_trunc:
         log(f"{n_trunc} documents were longer than {reader.max_tokens} tokens and were truncated "
             "(raise --max-tokens to keep more)")

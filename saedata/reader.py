@@ -71,66 +71,57 @@ def resolve_model(model: str) -> str:
     return model
 
 
-class Reader:
-    """A Hugging Face model read at one layer. Loads weights once; ``read`` is batched."""
+VISION_MODEL_TYPES = (
+    "vit", "deit", "beit", "dinov2", "dinov2_with_registers", "dinov3_vit", "clip_vision_model",
+    "siglip_vision_model", "siglip2_vision_model", "ijepa", "vit_mae", "vit_msn",
+)
 
-    def __init__(self, cfg: ReaderConfig = ReaderConfig()):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        # saedata draws its own progress bars; transformers' would garble stderr.
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
+def is_vision_config(hf_cfg: object) -> bool:
+    """Whether a Hugging Face config describes an image encoder (or a model with one)."""
+    return hasattr(hf_cfg, "vision_config") or getattr(hf_cfg, "model_type", "") in VISION_MODEL_TYPES
 
-        if cfg.model is None:
-            cfg = cfg.replace(model=DEFAULT_READER)
-        if cfg.layer is None:
-            cfg = cfg.replace(layer=-1)
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        source = resolve_model(cfg.model)
-        offline_hint = (
-            "" if os.path.isdir(source) else
-            " (not a local directory; loading a hub id needs network access or a warm cache)"
-        )
-        try:
-            hf_cfg = AutoConfig.from_pretrained(source)
-        except Exception as e:  # transformers raises OSError, ValueError, HTTP errors ...
-            raise ReaderError(f"cannot load reader model {cfg.model!r}{offline_hint}: {_short(e)}") from e
-        if getattr(hf_cfg, "is_encoder_decoder", False):
-            raise ReaderError(f"{cfg.model!r} is an encoder-decoder model; use an encoder or causal model")
-        if hasattr(hf_cfg, "vision_config") or getattr(hf_cfg, "model_type", "") in ("vit", "dinov2", "siglip_vision_model", "clip_vision_model"):
-            raise ReaderError(f"{cfg.model!r} is a vision model; text embedding needs a text model")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-            self.model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
-        except Exception as e:
-            raise ReaderError(f"cannot load reader model {cfg.model!r}{offline_hint}: {_short(e)}") from e
-        if not getattr(self.tokenizer, "is_fast", False):
-            raise ReaderError(f"{cfg.model!r} has no fast tokenizer; saedata needs token offsets")
-        if self.tokenizer.pad_token is None:
-            # Causal LMs often lack a pad token; padding is masked out, any token will do.
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.tokenizer.padding_side = "right"
-        self.model.eval().to(self.device)
+
+def load_hf_config(model: str):
+    """The Hugging Face config of ``model`` (hub id or directory), as a ReaderError when it fails."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    # saedata draws its own progress bars; transformers' would garble stderr.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    source = resolve_model(model)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except Exception as e:  # transformers raises OSError, ValueError, HTTP errors ...
+        raise ReaderError(f"cannot load reader model {model!r}{_offline_hint(source)}: {_short(e)}") from e
+
+
+class _LayerReader:
+    """A Hugging Face model run up to one block, whose output is captured by a hook."""
+
+    model: torch.nn.Module
+    blocks: torch.nn.ModuleList
+    layer: int
+    name: str
+
+    def _setup_layer(self, cfg: ReaderConfig, hf_cfg: object) -> None:
         self.blocks = _find_blocks(self.model, hf_cfg)
         n = len(self.blocks)
-        layer = cfg.layer + n if cfg.layer < 0 else cfg.layer
+        layer = cfg.layer + n if cfg.layer < 0 else cfg.layer  # type: ignore[operator]
         if not 0 <= layer < n:
             raise ReaderError(f"--layer {cfg.layer} is out of range: {cfg.model!r} has {n} layers (0..{n - 1})")
         self.layer = layer
         self.n_layers = n
         self.d_model = int(getattr(hf_cfg, "hidden_size", 0) or getattr(hf_cfg, "n_embd", 0))
-        self.name = cfg.model
-        max_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
-        self.max_tokens = min(cfg.max_tokens, int(max_pos)) if max_pos else cfg.max_tokens
+        self.name = str(cfg.model)
 
     def describe(self) -> str:
         return f"{self.name} layer {self.layer} (d_model={self.d_model})"
 
     @torch.inference_mode()
-    def forward_layer(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Run the model on tokenised input up to ``self.layer``; (batch, seq, d_model)."""
+    def forward_layer(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run the model on prepared inputs up to ``self.layer``; (batch, seq, d_model)."""
         captured: list[torch.Tensor] = []
 
         def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
@@ -140,7 +131,7 @@ class Reader:
         handle = self.blocks[self.layer].register_forward_hook(hook)
         try:
             kwargs = {"use_cache": False} if "use_cache" in _forward_params(self.model) else {}
-            self.model(**enc, **kwargs)
+            self.model(**inputs, **kwargs)
         except _StopForward:
             pass
         finally:
@@ -148,6 +139,48 @@ class Reader:
         if not captured:
             raise ReaderError(f"layer {self.layer} of {self.name!r} produced no output")
         return captured[0]
+
+
+def _with_defaults(cfg: ReaderConfig) -> ReaderConfig:
+    if cfg.model is None:
+        cfg = cfg.replace(model=DEFAULT_READER)
+    if cfg.layer is None:
+        cfg = cfg.replace(layer=-1)
+    return cfg
+
+
+class Reader(_LayerReader):
+    """A text model (encoder or causal LM) read at one layer. Loads weights once; ``read`` is batched."""
+
+    kind = "text"
+
+    def __init__(self, cfg: ReaderConfig = ReaderConfig()):
+        from transformers import AutoModel, AutoTokenizer
+
+        cfg = _with_defaults(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        source = resolve_model(cfg.model)
+        hf_cfg = load_hf_config(cfg.model)
+        if getattr(hf_cfg, "is_encoder_decoder", False):
+            raise ReaderError(f"{cfg.model!r} is an encoder-decoder model; use an encoder or causal model")
+        if is_vision_config(hf_cfg):
+            raise ReaderError(f"{cfg.model!r} is a vision model; text documents need a text model")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+            self.model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
+        except Exception as e:
+            raise ReaderError(f"cannot load reader model {cfg.model!r}{_offline_hint(source)}: {_short(e)}") from e
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ReaderError(f"{cfg.model!r} has no fast tokenizer; saedata needs token offsets")
+        if self.tokenizer.pad_token is None:
+            # Causal LMs often lack a pad token; padding is masked out, any token will do.
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.tokenizer.padding_side = "right"
+        self.model.eval().to(self.device)
+        self._setup_layer(cfg, hf_cfg)
+        max_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
+        self.max_tokens = min(cfg.max_tokens, int(max_pos)) if max_pos else cfg.max_tokens
 
     def tokenize(self, texts: list[str]) -> dict:
         return self.tokenizer(
@@ -200,6 +233,88 @@ class Reader:
         )
 
 
+class VisionReader(_LayerReader):
+    """An image encoder (ViT, CLIP or SigLIP vision tower, DINOv2, ...) read at one layer.
+
+    ``read(paths)`` loads the images (converted to RGB), preprocesses them with the
+    model's own image processor and returns one activation per *patch*: class and
+    register tokens are dropped. In the returned batch ``token_ids`` are patch indices
+    and ``offsets`` are (patch, patch + 1).
+    """
+
+    kind = "image"
+
+    def __init__(self, cfg: ReaderConfig):
+        from transformers import AutoImageProcessor, AutoModel
+
+        if cfg.model is None:
+            raise ReaderError("images need --model: a Hugging Face vision encoder id or local directory "
+                              "(ViT, CLIP, SigLIP, DINOv2, ...)")
+        cfg = _with_defaults(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        source = resolve_model(cfg.model)
+        hf_cfg = load_hf_config(cfg.model)
+        if not is_vision_config(hf_cfg):
+            raise ReaderError(f"{cfg.model!r} is not a vision model (model type "
+                              f"{getattr(hf_cfg, 'model_type', '?')!r}); images need an image encoder")
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(source)
+            model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
+        except Exception as e:
+            raise ReaderError(f"cannot load vision model {cfg.model!r}{_offline_hint(source)}: {_short(e)}") from e
+        # CLIP / SigLIP checkpoints hold a text tower too; read the vision tower only.
+        self.model = getattr(model, "vision_model", model)
+        vision_cfg = getattr(hf_cfg, "vision_config", hf_cfg)
+        self.model.eval().to(self.device)
+        self._setup_layer(cfg, vision_cfg)
+        image_size, patch = getattr(vision_cfg, "image_size", None), getattr(vision_cfg, "patch_size", None)
+        if isinstance(image_size, (list, tuple)):
+            image_size = image_size[0]
+        self.n_patches = (int(image_size) // int(patch)) ** 2 if image_size and patch else None
+        self.max_tokens = self.n_patches or 0
+
+    def load_images(self, paths: list[str]):
+        from PIL import Image
+
+        images = []
+        for p in paths:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        return images
+
+    def read(self, paths: list[str]) -> TokenBatch:
+        """Per-patch activations of the images at ``paths`` (in input order)."""
+        acts, doc_index, patch_ids = [], [], []
+        n_tokens = np.zeros(len(paths), dtype=np.int64)
+        for start in range(0, len(paths), self.cfg.batch_size):
+            chunk = paths[start : start + self.cfg.batch_size]
+            inputs = self.processor(images=self.load_images(chunk), return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in inputs.items() if k == "pixel_values"}
+            hidden = self.forward_layer(inputs)
+            b, seq, _ = hidden.shape
+            n_patch = self.n_patches if self.n_patches and self.n_patches <= seq else seq
+            patches = hidden[:, seq - n_patch :, :]  # class / register tokens come first
+            acts.append(patches.reshape(b * n_patch, -1).float())
+            doc_index.append(torch.arange(start, start + b, device=hidden.device).repeat_interleave(n_patch))
+            patch_ids.append(np.tile(np.arange(n_patch, dtype=np.int64), b))
+            n_tokens[start : start + b] = n_patch
+        ids = np.concatenate(patch_ids) if patch_ids else np.zeros(0, dtype=np.int64)
+        return TokenBatch(
+            acts=torch.cat(acts) if acts else torch.zeros(0, self.d_model, device=self.device),
+            doc_index=torch.cat(doc_index) if doc_index else torch.zeros(0, dtype=torch.int64),
+            token_ids=ids,
+            offsets=np.stack([ids, ids + 1], axis=1),
+            n_tokens=n_tokens,
+            truncated=np.zeros(len(paths), dtype=bool),
+        )
+
+
+def open_reader(cfg: ReaderConfig, images: bool = False) -> Reader | VisionReader:
+    """The reader for a corpus: a :class:`VisionReader` for images, else a text :class:`Reader`."""
+    return VisionReader(cfg) if images else Reader(cfg)
+
+
 class _StopForward(Exception):
     """Raised by the capture hook to skip the blocks after the reader layer."""
 
@@ -247,6 +362,12 @@ def _forward_params(model: torch.nn.Module) -> set[str]:
     import inspect
 
     return set(inspect.signature(model.forward).parameters)
+
+
+def _offline_hint(source: str) -> str:
+    if os.path.isdir(source):
+        return ""
+    return " (not a local directory; loading a hub id needs network access or a warm cache)"
 
 
 def _short(e: BaseException) -> str:

@@ -491,7 +491,9 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     # rows stay safe in the write-ahead log between checkpoints.
     config = {} if read_only else {"enable_optimistic_write": False, "checkpoint_threshold": "256MB"}
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=config)
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+        con.execute("SET enable_progress_bar = false")  # stderr belongs to saedata's own messages
+        return con
     except duckdb.IOException as e:
         msg = _first_line(e)
         if "lock" in msg.lower():

@@ -94,3 +94,39 @@ def demo_store(tmp_path_factory) -> dict:
     embed(str(a), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader, train_cfg=train)
     embed(str(b), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader)
     return {"db": str(db), "a": str(a), "b": str(b), "sae": str(root / "run.sae"), "root": str(root)}
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide ViT (32x32 input, 8x8 patches -> 16 patches) with random weights."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64)
+    _quiet_transformers()
+    ViTModel(cfg).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return str(path)
+
+
+def write_digit_images(root, classes=(0, 1, 7), per_class: int = 12, seed: int = 0):
+    """scikit-learn's 8x8 digits written as PNG files in one folder per class; returns the root."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c in classes:
+        (root / str(c)).mkdir(parents=True, exist_ok=True)
+        idx = rng.choice(np.flatnonzero(digits.target == c), per_class, replace=False)
+        for i in idx:
+            img = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+            Image.fromarray(img, mode="L").save(root / str(c) / f"digit{i:04d}.png")
+    return root
