@@ -1,0 +1,899 @@
+"""Dataset diffing: which concepts are more (or less) common in one corpus than in another.
+
+For every latent, the fraction of documents of A and of B where it is active (|pooled
+value| > ``threshold``), their difference and ratio, a two-proportion z-test and
+Benjamini-Hochberg q-values, ranked by significance then size of the difference:
+
+    result = saedata.diff("run.duckdb", "model_a", "model_b")
+    result.table.head(10)              # latent, label, freq_a, freq_b, diff, q, adj_diff, ...
+    result.write_report("diff.html")   # bars, table and example documents; opens offline
+
+Three designs share that output:
+
+- two datasets (``diff(store, "a", "b")``), with a **length-controlled** comparison on
+  top: max-pooled presence grows with document length, so documents are put in length
+  bins (quantiles of both sides' token counts) and each latent gets a
+  Cochran-Mantel-Haenszel test across the bins, a Mantel-Haenszel difference in
+  frequency and a common odds ratio (the ``adj_*`` columns, which then rank the table);
+- one dataset split by a metadata column (``by="model"``): each value against the rest;
+- paired documents (``paired_on="prompt_id"``: the same prompt answered by two models):
+  McNemar's exact test on the pairs where the latent is active on one side only.
+
+The per-latent counting is one aggregate scan in DuckDB (the ``latent_presence`` and
+``paired_presence`` macros of ``queries/macros.sql``); the statistics then run in numpy
+on at most (d_sae x groups x bins) counts. Near-duplicate latents (nearly the same
+documents active, or the same top documents and similar labels) are merged into the
+strongest one (its ``merged`` column) so that the top rows are different findings. Examples and the
+duplicate check read the first ``SAMPLE_DOCS`` documents of each dataset (all of them
+in smaller datasets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import polars as pl
+from scipy import sparse, stats
+
+from saedata.analysis.data import bh_qvalues, common_sae, dataset_states, latent_labels
+from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+from saedata.console import Log, silent
+from saedata.errors import ConfigError, InputError, NotFoundError
+from saedata.store import DatasetState, Store
+
+LENGTH_BINS = 5
+"""Length bins (quantiles of both sides' token counts) of the length-controlled comparison."""
+SAMPLE_DOCS = 20_000
+"""Documents per dataset (the first, by doc_id) that examples and duplicates are read from."""
+MERGE_CANDIDATES = 100
+"""Top-ranked latents (per group) checked for near-duplicates."""
+TOP_DOCS = 20
+"""Top documents per latent compared by the duplicate check."""
+DUPLICATE_JACCARD = 0.5
+"""Two latents whose top documents overlap this much (Jaccard) and whose labels share a
+word are duplicates..."""
+DUPLICATE_CORRELATION = 0.9
+"""...as are two whose presence across documents correlates this much (phi)..."""
+SIMILAR_LABELS = 0.5
+"""...and two whose labels share this fraction of their words (Jaccard), when their
+presence correlates or their top documents overlap at least this much too."""
+EXAMPLE_LATENTS = 20
+"""Top latents (per group) that get example documents."""
+MAX_GROUPS = 100
+"""Most values a ``by`` column may have."""
+FEW_DOCS = 30
+"""Below this many documents on a side, the result carries a warning."""
+
+
+# -- result ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """A ranked diff of two sets of documents.
+
+    ``table``: one row per latent active on either side, most significant first (then
+    largest |difference|; ties by latent). Columns: ``group`` (with ``by`` only),
+    latent, label, n_a and n_b (documents where the latent is active), freq_a, freq_b,
+    diff (= freq_b - freq_a), ratio (freq_b / freq_a, with half a document added to
+    each count so it stays finite), p (two-proportion z-test, or McNemar's exact test
+    when paired), q (Benjamini-Hochberg); when length-controlled, adj_diff
+    (Mantel-Haenszel difference in frequency across length bins), adj_log_or (log of
+    the Mantel-Haenszel common odds ratio), adj_p (Cochran-Mantel-Haenszel test) and
+    adj_q; when paired, n_a_only and n_b_only (discordant pairs); and merged (latents
+    folded into this row as near-duplicates).
+
+    ``examples``: latent, side, doc_id, ext_id, value, peak (character offset where the
+    latent peaked), at_word (the word there), text (plus ``group`` with ``by``): the
+    documents of each side where the top latents are strongest.
+
+    With ``by``, side "a" is the rest of the documents and side "b" the group.
+    """
+
+    table: pl.DataFrame
+    examples: pl.DataFrame
+    warnings: list[str]
+    a: str
+    b: str | None
+    by: str | None = None
+    paired_on: str | None = None
+    threshold: float = 0.0
+    length_controlled: bool = False
+    n_docs: dict[str, int] = field(default_factory=dict)
+    """Documents compared on each side (per group with ``by``)."""
+    sae_id: int = 0
+
+    @property
+    def effect(self) -> str:
+        """The column the ranking uses: ``adj_diff`` when length-controlled, else ``diff``."""
+        return "adj_diff" if self.length_controlled else "diff"
+
+    @property
+    def qvalue(self) -> str:
+        """The q-value column the ranking uses: ``adj_q`` when length-controlled, else ``q``."""
+        return "adj_q" if self.length_controlled else "q"
+
+    def significant(self, q: float = 0.05) -> pl.DataFrame:
+        """The rows whose (ranking) q-value is below ``q``."""
+        return self.table.filter(pl.col(self.qvalue) < q)
+
+    def title(self) -> str:
+        if self.by:
+            return f"{self.a} by {self.by}"
+        return f"{self.a} vs {self.b}" + (f" (paired on {self.paired_on})" if self.paired_on else "")
+
+    def summary(self) -> str:
+        """One line: what was compared and how many latents differ at q < 0.05."""
+        sizes = ", ".join(f"{k}: {v}" for k, v in self.n_docs.items())
+        how = "paired, McNemar" if self.paired_on else ("length-controlled" if self.length_controlled else
+                                                          "not length-controlled")
+        n_sig = self.significant().height
+        return (f"{self.title()} ({sizes} documents; SAE {self.sae_id}, threshold {self.threshold:g}, "
+                f"{how}): {n_sig} of {self.table.height} latent rows differ at q < 0.05")
+
+    def write_report(self, path: str | os.PathLike, top: int = 20) -> Path:
+        """Write a self-contained HTML report (bars of the ``top`` latents, the table,
+        example documents with the peak word marked, warnings first); returns the path."""
+        from saedata.analysis.diff_report import diff_report
+
+        return diff_report(self, top).write(path)
+
+
+# -- statistics (vectorised over latents) ----------------------------------------------
+
+
+class StratifiedTest(NamedTuple):
+    """Cochran-Mantel-Haenszel results, one entry per latent."""
+
+    diff: np.ndarray
+    """(n_latents,) Mantel-Haenszel difference in frequency (B - A) across strata."""
+    log_or: np.ndarray
+    """(n_latents,) log Mantel-Haenszel common odds ratio (B vs A), cells +0.5."""
+    p: np.ndarray
+    """(n_latents,) CMH chi-square p-value (1 df, no continuity correction)."""
+
+
+def two_proportion_test(x_a: np.ndarray, n_a: float, x_b: np.ndarray, n_b: float) -> np.ndarray:
+    """Two-sided pooled two-proportion z-test of x_a/n_a vs x_b/n_b, elementwise.
+
+    Returns p-values; 1.0 where the pooled proportion is 0 or 1 (nothing to test).
+    """
+    x_a = np.asarray(x_a, dtype=np.float64)
+    x_b = np.asarray(x_b, dtype=np.float64)
+    pooled = (x_a + x_b) / (n_a + n_b)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (x_b / n_b - x_a / n_a) / se
+    p = 2 * stats.norm.sf(np.abs(z))
+    return np.where(se > 0, p, 1.0)
+
+
+def cmh_test(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray) -> StratifiedTest:
+    """Cochran-Mantel-Haenszel comparison of B with A across strata, for many latents.
+
+    ``x_a``, ``x_b``: (n_latents, n_strata) active counts; ``n_a``, ``n_b``:
+    (n_strata,) documents per stratum. Strata holding fewer than two documents, or
+    documents of one side only, carry no information and drop out by construction.
+    """
+    x_a = np.asarray(x_a, dtype=np.float64)
+    x_b = np.asarray(x_b, dtype=np.float64)
+    n_a = np.asarray(n_a, dtype=np.float64)[None, :]
+    n_b = np.asarray(n_b, dtype=np.float64)[None, :]
+    n = n_a + n_b
+    informative = (n_a > 0) & (n_b > 0)
+    m = x_a + x_b  # active in the stratum
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviation = np.where(informative, x_b - n_b * m / n, 0.0)  # observed - expected active in B
+        var = np.where(informative & (n > 1), n_a * n_b * m * (n - m) / (n * n * (n - 1)), 0.0)
+        w = np.where(informative, n_a * n_b / n, 0.0)  # MH weights of the risk difference
+        rd = np.where(informative, x_b / n_b - x_a / n_a, 0.0)
+        diff = (w * rd).sum(1) / w.sum(1)
+        # MH common odds ratio with Haldane's +0.5 in every cell of an informative stratum
+        a, b = x_b + 0.5, n_b - x_b + 0.5
+        c, d = x_a + 0.5, n_a - x_a + 0.5
+        num = np.where(informative, a * d / (n + 2), 0.0).sum(1)
+        den = np.where(informative, b * c / (n + 2), 0.0).sum(1)
+        log_or = np.log(num / den)
+        v = var.sum(1)
+        chi2 = deviation.sum(1) ** 2 / v
+    p = np.where(v > 0, stats.chi2.sf(chi2, 1), 1.0)
+    return StratifiedTest(diff, log_or, p)
+
+
+def mcnemar_exact(n_a_only: np.ndarray, n_b_only: np.ndarray) -> np.ndarray:
+    """Two-sided exact McNemar p-values from discordant pair counts, elementwise.
+
+    Under no difference, the n_a_only + n_b_only discordant pairs split like fair
+    coin flips: p = min(1, 2 * P[Binomial(n, 1/2) <= min(n_a_only, n_b_only)]).
+    """
+    n01 = np.asarray(n_a_only, dtype=np.int64)
+    n10 = np.asarray(n_b_only, dtype=np.int64)
+    n = n01 + n10
+    p = np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(n01, n10), n, 0.5))
+    return np.where(n > 0, p, 1.0)
+
+
+def length_edges(lengths: np.ndarray, counts: np.ndarray, n_bins: int = LENGTH_BINS) -> list[int]:
+    """Interior edges of ``n_bins`` quantile bins of a length histogram.
+
+    ``lengths`` (n_values,) distinct token counts, ``counts`` (n_values,) documents of
+    each. A document of length L falls in bin ``sum(edge <= L for edge in edges)``;
+    ties can make fewer bins.
+    """
+    if n_bins < 2 or len(lengths) < 2:
+        return []
+    order = np.argsort(lengths)
+    values, weights = np.asarray(lengths)[order], np.asarray(counts, dtype=np.float64)[order]
+    shorter = (np.cumsum(weights) - weights) / weights.sum()  # share of documents shorter than each value
+    cuts = np.searchsorted(shorter, np.arange(1, n_bins) / n_bins, side="left")
+    return sorted({int(values[i]) for i in cuts if 0 < i < len(values)})
+
+
+def ks_from_histograms(lengths_a: np.ndarray, counts_a: np.ndarray, lengths_b: np.ndarray,
+                       counts_b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and (asymptotic) p-value from two length
+    histograms (distinct values and their document counts)."""
+    values = np.union1d(lengths_a, lengths_b)
+    cdf = []
+    for lengths, counts in ((lengths_a, counts_a), (lengths_b, counts_b)):
+        per = np.zeros(len(values))
+        per[np.searchsorted(values, lengths)] = counts
+        cdf.append(np.cumsum(per) / per.sum())
+    d = float(np.max(np.abs(cdf[0] - cdf[1])))
+    n_a, n_b = float(np.sum(counts_a)), float(np.sum(counts_b))
+    en = n_a * n_b / (n_a + n_b)
+    return d, float(stats.kstwo.sf(d, max(1, round(en))))
+
+
+def weighted_median(lengths: np.ndarray, counts: np.ndarray) -> float:
+    """The median of a histogram (lower median for an even count)."""
+    order = np.argsort(lengths)
+    cum = np.cumsum(np.asarray(counts)[order])
+    return float(np.asarray(lengths)[order][np.searchsorted(cum, (cum[-1] + 1) // 2)])
+
+
+# -- public API --------------------------------------------------------------------------
+
+
+def diff(
+    store_or_path: Store | str | os.PathLike,
+    a: str,
+    b: str | None = None,
+    *,
+    by: str | None = None,
+    threshold: float = 0.0,
+    length_control: bool = True,
+    paired_on: str | None = None,
+    merge_duplicates: bool = True,
+    examples: int = 3,
+    sae_id: int | None = None,
+    min_docs: int = 5,
+    length_bins: int = LENGTH_BINS,
+) -> DiffResult:
+    """Diff the concepts of dataset ``a`` against dataset ``b`` (or ``a`` split ``by`` a
+    metadata column, each value against the rest).
+
+    ``threshold``: a latent is active in a document when |pooled value| > threshold.
+    ``length_control``: add the length-stratified (CMH) columns and rank by them.
+    ``paired_on``: pair documents of a and b by this metadata field and use McNemar's
+    exact test. ``merge_duplicates``: fold near-duplicate latents into the strongest.
+    ``examples``: example documents per side for each top latent. ``min_docs``: fewer
+    documents on a side (or pairs) is an error. Same store, same arguments -> the same
+    table, byte for byte.
+    """
+    if isinstance(store_or_path, Store):
+        return _diff(store_or_path, a, b, by, threshold, length_control, paired_on, merge_duplicates,
+                     examples, sae_id, min_docs, length_bins)
+    with Store(store_or_path, read_only=True) as store:
+        return _diff(store, a, b, by, threshold, length_control, paired_on, merge_duplicates, examples,
+                     sae_id, min_docs, length_bins)
+
+
+def diff_files(
+    a_path: str | os.PathLike,
+    b_path: str | os.PathLike | None = None,
+    db: str | os.PathLike = "run.duckdb",
+    sae: str | os.PathLike | None = None,
+    *,
+    input_cfg: InputConfig = InputConfig(),
+    reader_cfg: ReaderConfig = ReaderConfig(),
+    embed_cfg: EmbedConfig = EmbedConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    progress: bool = False,
+    log: Log = silent,
+    **diff_kwargs: Any,
+) -> DiffResult:
+    """Embed one or two corpus files into the store at ``db`` and diff them.
+
+    Datasets are named after the files (``a.jsonl`` -> ``a``). Without ``sae`` the
+    store's SAE is reused, or one is trained on both corpora together (saved beside the
+    store, ``run.sae/``). A file already embedded under its name is not embedded again.
+    ``diff_kwargs`` go to :func:`diff` (``by``, ``threshold``, ``paired_on``, ...).
+    """
+    from saedata.pipeline import default_dataset_name, default_sae_dir, embed
+
+    paths = [str(a_path)] + ([str(b_path)] if b_path is not None else [])
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError("no such file", path=p)
+    names = [default_dataset_name(p) for p in paths]
+    if len(names) == 2 and names[0] == names[1]:
+        names[1] = f"{names[1]}-2"
+        log(f"both files are named {names[0]!r}: the second is dataset {names[1]!r}")
+    _check_sources(db, paths, names)
+    if sae is None and not _store_has_sae(db) and not (default_sae_dir(db) / "cfg.json").exists():
+        sae = _train_on_both(paths, db, input_cfg, reader_cfg, train_cfg, progress, log)
+    results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
+                     train_cfg=train_cfg, progress=progress, log=log) for p, n in zip(paths, names)]
+    diff_kwargs.setdefault("sae_id", results[0].sae_id)
+    return diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)
+
+
+def are_files(a: str, b: str | None) -> bool:
+    """Whether the CLI's arguments name corpus files (True) or datasets in a store (False).
+
+    Raises InputError when one argument is a file and the other is not, or when an
+    argument looks like a corpus file (has a corpus extension) that does not exist.
+    """
+    args = [a] + ([b] if b is not None else [])
+    exists = [Path(x).is_file() for x in args]
+    if all(exists):
+        return True
+    if any(exists):
+        missing = next(x for x, e in zip(args, exists) if not e)
+        raise InputError("no such file (give two corpus files, or two dataset names of the store)", path=missing)
+    corpus_ext = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".gz")
+    for x in args:
+        if x.lower().endswith(corpus_ext) or os.sep in x:
+            raise InputError("no such file", path=x)
+    return False
+
+
+# -- the diff itself -----------------------------------------------------------------------
+
+
+def _diff(store: Store, a: str, b: str | None, by: str | None, threshold: float, length_control: bool,
+          paired_on: str | None, merge_duplicates: bool, examples: int, sae_id: int | None, min_docs: int,
+          length_bins: int) -> DiffResult:
+    if threshold < 0:
+        raise ConfigError(f"--threshold must be >= 0 (got {threshold:g}); activity is |value| > threshold")
+    if examples < 0 or min_docs < 1:
+        raise ConfigError("examples must be >= 0 and min_docs >= 1")
+    if by is not None and paired_on is not None:
+        raise ConfigError("--by and --paired-on do not combine: --by splits one dataset, --paired-on pairs two")
+    if b is None and by is None:
+        raise ConfigError(f"give a second dataset to compare {a!r} with, or --by COLUMN to split it")
+    if b is not None and a == b:
+        raise ConfigError(f"both sides are dataset {a!r}; compare two different datasets, or use --by")
+    if paired_on is not None and b is None:
+        raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
+    names = [a] + ([b] if b is not None else [])
+    states = dataset_states(store, names)
+    sae = common_sae(store, states, sae_id)
+    labels = latent_labels(store, sae).select("latent", "label")
+    ctx = _Context(store, states, sae, float(threshold), labels, examples, merge_duplicates, min_docs)
+    if by is not None:
+        return _diff_by(ctx, by, length_control, length_bins)
+    if paired_on is not None:
+        return _diff_paired(ctx, paired_on)
+    return _diff_two(ctx, length_control, length_bins)
+
+
+@dataclass(frozen=True)
+class _Context:
+    store: Store
+    states: list[DatasetState]
+    sae_id: int
+    threshold: float
+    labels: pl.DataFrame
+    examples: int
+    merge: bool
+    min_docs: int
+
+    @property
+    def dataset_ids(self) -> list[int]:
+        return [s.dataset_id for s in self.states]
+
+
+def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResult:
+    sa, sb = ctx.states
+    for s in ctx.states:
+        if s.n_docs < ctx.min_docs:
+            raise ConfigError(f"dataset {s.name!r} has {s.n_docs} documents; a diff needs at least "
+                              f"{ctx.min_docs} per side")
+    warnings = _few_docs_warnings({sa.name: sa.n_docs, sb.name: sb.n_docs})
+    hist = _length_histogram(ctx, None, [])
+    groups = [sa.dataset_id, sb.dataset_id]
+    warnings += _length_warning(_hist_arrays(hist, groups[0]), _hist_arrays(hist, groups[1]), sa.name, sb.name,
+                                length_control)
+    edges = _edges(hist, length_bins) if length_control else []
+    counts, totals, latents = _presence(ctx, None, [], edges, groups, hist)
+    if length_control:
+        warnings += _overlap_warning(totals[0], totals[1], sa.name, sb.name)
+    table = _compare(counts[:, 0], totals[0], counts[:, 1], totals[1], latents, length_control)
+    table = _finish(ctx, table, length_control)
+    sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
+    table, examples = _merge_and_examples(ctx, table, None, [], length_control, {None: sides})
+    warnings += _significance_warning(table, length_control, f"{sa.name} and {sb.name}")
+    return DiffResult(table, examples, warnings, sa.name, sb.name, threshold=ctx.threshold,
+                      length_controlled=length_control, n_docs={sa.name: sa.n_docs, sb.name: sb.n_docs},
+                      sae_id=ctx.sae_id)
+
+
+def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> DiffResult:
+    name = " + ".join(s.name for s in ctx.states)
+    levels_df = ctx.store.sql(
+        "SELECT meta ->> ? AS value, count(*) AS n FROM documents "
+        "WHERE dataset_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY value NULLS LAST",
+        [by, ctx.dataset_ids],
+    )
+    present = levels_df.filter(pl.col("value").is_not_null())
+    if present.height == 0:
+        raise NotFoundError(f"no metadata field {by!r} in {name} (fields: {_fields(ctx) or 'none'})")
+    if present.height == 1:
+        raise ConfigError(f"column {by!r} has one value ({present['value'][0]!r}) in {name}; nothing to compare")
+    if present.height > MAX_GROUPS:
+        raise ConfigError(f"column {by!r} has {present.height} values in {name}; --by compares at most "
+                          f"{MAX_GROUPS} (is it an id?)")
+    levels = present["value"].to_list()
+    sizes = dict(zip(levels, present["n"].to_list()))
+    warnings: list[str] = []
+    missing = int(levels_df.filter(pl.col("value").is_null())["n"].sum())
+    if missing:
+        warnings.append(f"{missing} documents of {name} have no {by!r} and are left out")
+    total = sum(sizes.values())
+    tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
+    for v in levels:
+        if v not in tested:
+            warnings.append(f"{by}={v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
+                            "on its own, but counted in the rest")
+    if not tested:
+        raise ConfigError(f"no value of {by!r} has at least {ctx.min_docs} documents (and {ctx.min_docs} in "
+                          "the rest) to compare")
+    hist = _length_histogram(ctx, by, levels)
+    edges = _edges(hist, length_bins) if length_control else []
+    groups = list(range(1, len(levels) + 1))
+    counts, totals, latents = _presence(ctx, by, levels, edges, groups, hist)
+    all_counts, all_totals = counts.sum(1), totals.sum(0)
+    all_lengths = _hist_arrays(hist, None)
+    tables = []
+    for g, v in zip(groups, levels):
+        if v not in tested:
+            continue
+        x_b, n_b = counts[:, g - 1], totals[g - 1]
+        group_lengths = _hist_arrays(hist, g)
+        rest_lengths = (all_lengths[0], all_lengths[1] - _align(group_lengths, all_lengths[0]))
+        warnings += _length_warning(rest_lengths, group_lengths, "the rest", f"{by}={v}", length_control)
+        if length_control:
+            warnings += _overlap_warning(all_totals - n_b, n_b, "the rest", f"{by}={v}")
+        t = _compare(all_counts - x_b, all_totals - n_b, x_b, n_b, latents, length_control)
+        t = _finish(ctx, t, length_control)
+        tables.append(t.select(pl.lit(str(v)).alias("group"), pl.all()))
+    table = pl.concat(tables)
+    side_names = {str(v): {g: str(v)} for g, v in zip(groups, levels)}
+    table, examples = _merge_and_examples(ctx, table, by, levels, length_control, side_names)
+    warnings += _significance_warning(table, length_control, f"the values of {by!r}")
+    return DiffResult(table, examples, warnings, name, None, by=by, threshold=ctx.threshold,
+                      length_controlled=length_control, n_docs={str(v): sizes[v] for v in levels},
+                      sae_id=ctx.sae_id)
+
+
+def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
+    sa, sb = ctx.states
+    for s in ctx.states:
+        have = ctx.store.one(
+            "SELECT count(*) FROM documents WHERE dataset_id = ? AND meta ->> ? IS NOT NULL",
+            [s.dataset_id, field_name],
+        )[0]
+        if have == 0:
+            raise NotFoundError(f"no metadata field {field_name!r} in {s.name} "
+                                f"(fields: {_fields(ctx, [s.dataset_id]) or 'none'})")
+    n_pairs, n_repeat = ctx.store.one(
+        "SELECT count(*), count(*) FILTER (WHERE n_a > 1 OR n_b > 1) FROM doc_pairs(?, ?, ?)",
+        [sa.dataset_id, sb.dataset_id, field_name],
+    )
+    if n_pairs == 0:
+        raise ConfigError(f"no document of {sa.name} shares a value of {field_name!r} with one of {sb.name}; "
+                          "nothing to pair")
+    if n_pairs < ctx.min_docs:
+        raise ConfigError(f"only {n_pairs} pairs share a value of {field_name!r}; a paired diff needs at "
+                          f"least {ctx.min_docs}")
+    warnings = _few_docs_warnings({"pairs": n_pairs})
+    if n_repeat:
+        warnings.append(f"{n_repeat} values of {field_name!r} repeat within a dataset; the first document "
+                        "(by id) of each was paired")
+    for s in ctx.states:
+        if s.n_docs > n_pairs:
+            warnings.append(f"{s.n_docs - n_pairs} of {s.n_docs} documents of {s.name} have no partner and "
+                            "are left out")
+    hist = ctx.store.sql(
+        "WITH p AS (SELECT * FROM doc_pairs($a, $b, $field)) "
+        "SELECT d.dataset_id AS grp, coalesce(d.n_tokens, 0) AS n_tokens, count(*) AS n "
+        "FROM (SELECT doc_a AS doc_id FROM p UNION ALL SELECT doc_b FROM p) JOIN documents AS d USING (doc_id) "
+        "GROUP BY ALL ORDER BY ALL",
+        {"a": sa.dataset_id, "b": sb.dataset_id, "field": field_name},
+    )
+    warnings += _length_warning(_hist_arrays(hist, sa.dataset_id), _hist_arrays(hist, sb.dataset_id), sa.name,
+                                sb.name, None)
+    pres = ctx.store.macro("paired_presence", ctx.sae_id, ctx.threshold, sa.dataset_id, sb.dataset_id,
+                           field_name).sort("latent")
+    if pres.height == 0:
+        raise ConfigError(f"no latent is active above threshold {ctx.threshold:g} in the paired documents")
+    both = pres["n_both"].to_numpy().astype(np.int64)
+    a_only = pres["n_a_only"].to_numpy().astype(np.int64)
+    b_only = pres["n_b_only"].to_numpy().astype(np.int64)
+    n_a, n_b = both + a_only, both + b_only
+    p = mcnemar_exact(a_only, b_only)
+    table = pl.DataFrame({
+        "latent": pres["latent"].cast(pl.Int32),
+        "n_a": n_a, "n_b": n_b,
+        "freq_a": n_a / n_pairs, "freq_b": n_b / n_pairs,
+        "diff": (n_b - n_a) / n_pairs,
+        "ratio": _ratio(n_a, n_pairs, n_b, n_pairs),
+        "n_a_only": a_only, "n_b_only": b_only,
+        "p": p, "q": bh_qvalues(p),
+    })
+    table = _finish(ctx, table, False)
+    sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
+    table, examples = _merge_and_examples(ctx, table, None, [], False, {None: sides})
+    warnings += _significance_warning(table, False, f"the pairs of {sa.name} and {sb.name}")
+    return DiffResult(table, examples, warnings, sa.name, sb.name, paired_on=field_name,
+                      threshold=ctx.threshold, n_docs={sa.name: n_pairs, sb.name: n_pairs}, sae_id=ctx.sae_id)
+
+
+# -- pieces ---------------------------------------------------------------------------------
+
+
+def _length_histogram(ctx: _Context, by: str | None, levels: list[str]) -> pl.DataFrame:
+    """(grp, n_tokens, n): documents per group and length."""
+    return ctx.store.sql(
+        "SELECT grp::BIGINT AS grp, n_tokens, count(*) AS n "
+        "FROM doc_strata(?, field := ?, levels := ?) WHERE grp IS NOT NULL GROUP BY ALL ORDER BY ALL",
+        [ctx.dataset_ids, by, levels],
+    )
+
+
+def _edges(hist: pl.DataFrame, n_bins: int) -> list[int]:
+    return length_edges(*_hist_arrays(hist, None), n_bins)
+
+
+def _presence(ctx: _Context, by: str | None, levels: list[str], edges: list[int], groups: list[int],
+              hist: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Active counts (n_latents, n_groups, n_bins) from the latent_presence macro,
+    documents (n_groups, n_bins) from the length histogram ``hist``, and the latents
+    (n_latents,) active anywhere."""
+    pres = ctx.store.macro("latent_presence", ctx.sae_id, ctx.threshold, ctx.dataset_ids,
+                           field=by, levels=levels, edges=edges)
+    if pres.height == 0:
+        raise ConfigError(f"no latent is active above threshold {ctx.threshold:g} in "
+                          f"{' or '.join(s.name for s in ctx.states)}")
+    n_bins = len(edges) + 1
+    latents, l_idx = np.unique(pres["latent"].to_numpy(), return_inverse=True)
+    g_idx = _positions(groups, pres["grp"].to_numpy())
+    counts = np.zeros((len(latents), len(groups), n_bins), dtype=np.int64)
+    np.add.at(counts, (l_idx, g_idx, pres["bin"].to_numpy()), pres["n_active"].to_numpy())
+    totals = np.zeros((len(groups), n_bins), dtype=np.int64)
+    bins = np.searchsorted(np.asarray(edges, dtype=np.int64), hist["n_tokens"].to_numpy(), side="right")
+    np.add.at(totals, (_positions(groups, hist["grp"].to_numpy()), bins), hist["n"].to_numpy())
+    return counts, totals, latents.astype(np.int32)
+
+
+def _positions(groups: list[int], values: np.ndarray) -> np.ndarray:
+    """The index in ``groups`` of each of ``values`` (all of which are in ``groups``)."""
+    g = np.asarray(groups)
+    order = np.argsort(g)
+    return order[np.searchsorted(g[order], values)]
+
+
+def _ratio(x_a: np.ndarray, n_a: float, x_b: np.ndarray, n_b: float) -> np.ndarray:
+    return ((x_b + 0.5) / (n_b + 1)) / ((x_a + 0.5) / (n_a + 1))
+
+
+def _compare(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray, latents: np.ndarray,
+             length_control: bool) -> pl.DataFrame:
+    """The per-latent comparison of side B with side A from stratified counts.
+
+    ``x_a``, ``x_b``: (n_latents, n_bins) active counts; ``n_a``, ``n_b``: (n_bins,)
+    documents. Latents active on neither side are dropped.
+    """
+    keep = (x_a.sum(1) + x_b.sum(1)) > 0
+    x_a, x_b, latents = x_a[keep], x_b[keep], latents[keep]
+    ta, tb = x_a.sum(1), x_b.sum(1)
+    na, nb = float(n_a.sum()), float(n_b.sum())
+    p = two_proportion_test(ta, na, tb, nb)
+    cols: dict[str, Any] = {
+        "latent": latents,
+        "n_a": ta, "n_b": tb,
+        "freq_a": ta / na, "freq_b": tb / nb,
+        "diff": tb / nb - ta / na,
+        "ratio": _ratio(ta, na, tb, nb),
+        "p": p, "q": bh_qvalues(p),
+    }
+    if length_control:
+        s = cmh_test(x_a, n_a, x_b, n_b)
+        cols |= {"adj_diff": s.diff, "adj_log_or": s.log_or, "adj_p": s.p, "adj_q": bh_qvalues(s.p)}
+    return pl.DataFrame(cols)
+
+
+def _finish(ctx: _Context, table: pl.DataFrame, length_control: bool) -> pl.DataFrame:
+    """Add labels and rank: q-value, then larger |difference|, then latent."""
+    effect, q = ("adj_diff", "adj_q") if length_control else ("diff", "q")
+    table = table.with_columns(pl.col("latent").cast(pl.Int32)).join(ctx.labels, on="latent", how="left")
+    first = ["latent", "label"]
+    table = table.select(first + [c for c in table.columns if c not in first])
+    return (table.with_columns(_abs=pl.col(effect).abs().fill_nan(0.0))
+            .sort([q, "_abs", "latent"], descending=[False, True, False], nulls_last=True)
+            .drop("_abs"))
+
+
+def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, levels: list[str],
+                        length_control: bool, side_names: dict[Any, dict[int, str]]
+                        ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fold near-duplicate latents into the strongest (``merged``) and pick examples."""
+    has_group = "group" in table.columns
+    group_col = pl.col("group") if has_group else pl.lit(None, pl.String)
+    table = table.with_columns(_grp=group_col, _rank=pl.int_range(pl.len()).over(group_col))
+    candidates = table.filter(pl.col("_rank") < MERGE_CANDIDATES)
+    lat_ids = sorted(set(candidates["latent"].to_list()))
+    needed = lat_ids and (ctx.merge or ctx.examples > 0)
+    sample = ctx.store.macro("latent_docs", ctx.sae_id, ctx.threshold, lat_ids, ctx.dataset_ids,
+                             field=by, levels=levels, n=SAMPLE_DOCS) if needed else _empty_sample()
+    sample = _ranked(sample)  # strongest first within each latent
+    effect = "adj_diff" if length_control else "diff"
+    merged: dict[tuple[Any, int], list[int]] = {}
+    dropped: set[tuple[Any, int]] = set()
+    if ctx.merge and sample.height:
+        labels = dict(ctx.labels.iter_rows())
+        dup = _duplicates(sample, lat_ids, sum(min(s.n_docs, SAMPLE_DOCS) for s in ctx.states), labels)
+        for grp, rows in candidates.group_by("_grp", maintain_order=True):
+            kept: list[tuple[int, float]] = []
+            for latent, sign in zip(rows["latent"].to_list(), np.sign(rows[effect].fill_nan(0).to_numpy())):
+                key = (grp[0], latent)
+                home = next((k for k, s in kept if s == sign and dup(k, latent)), None)
+                if home is None:
+                    kept.append((latent, sign))
+                    merged[key] = []
+                else:
+                    merged[(grp[0], home)].append(latent)
+                    dropped.add(key)
+    folded = pl.DataFrame(
+        {"_grp": [k[0] for k in merged], "latent": [k[1] for k in merged],
+         "merged": [sorted(v) for v in merged.values()]},
+        schema={"_grp": pl.String, "latent": pl.Int32, "merged": pl.List(pl.Int32)},
+    )
+    gone = pl.DataFrame({"_grp": [k[0] for k in dropped], "latent": [k[1] for k in dropped]},
+                        schema={"_grp": pl.String, "latent": pl.Int32})
+    table = (table.join(gone, on=["_grp", "latent"], how="anti", nulls_equal=True, maintain_order="left")
+             .join(folded, on=["_grp", "latent"], how="left", nulls_equal=True, maintain_order="left")
+             .with_columns(pl.col("merged").fill_null(pl.lit([], dtype=pl.List(pl.Int32)))))
+    table = table.with_columns(_rank=pl.int_range(pl.len()).over(pl.col("_grp")))
+    examples = _examples(ctx, table.filter(pl.col("_rank") < EXAMPLE_LATENTS), sample, side_names, has_group)
+    return table.drop("_grp", "_rank"), examples
+
+
+def _empty_sample() -> pl.DataFrame:
+    return pl.DataFrame(schema={"doc_id": pl.Int64, "grp": pl.Int64, "latent": pl.Int32,
+                                "value": pl.Float32, "peak": pl.Int32})
+
+
+def _duplicates(sample: pl.DataFrame, latents: list[int], n_docs: int, labels: dict[int, str | None]):
+    """A predicate dup(l1, l2) for two latents: their presence across documents correlates
+    (phi >= DUPLICATE_CORRELATION); or their top documents overlap (Jaccard >=
+    DUPLICATE_JACCARD) and their labels share a word; or their labels mostly share
+    their words and either phi or the top-document overlap is >= SIMILAR_LABELS.
+
+    ``sample``: (doc_id, latent, value) where the ``latents`` (sorted) are active among
+    ``n_docs`` documents."""
+    lat = np.asarray(latents)
+    docs, rows = np.unique(sample["doc_id"].to_numpy(), return_inverse=True)
+    cols = np.searchsorted(lat, sample["latent"].to_numpy())
+    S = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(docs), len(lat)))
+    co = (S.T @ S).toarray()  # (n_latents, n_latents) documents where both are active
+    n_j = np.diag(co).copy()
+    n = float(max(n_docs, 1))
+    top = sample.filter(pl.col("_rank") < TOP_DOCS)
+    T = sparse.csr_matrix((np.ones(top.height), (np.searchsorted(lat, top["latent"].to_numpy()),
+                                                 np.searchsorted(docs, top["doc_id"].to_numpy()))),
+                          shape=(len(lat), len(docs)))
+    shared = (T @ T.T).toarray()  # top documents in common
+    size = np.diag(shared).copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = (n * co - np.outer(n_j, n_j)) / np.sqrt(np.outer(n_j * (n - n_j), n_j * (n - n_j)))
+        overlap = shared / (size[:, None] + size[None, :] - shared)
+    phi = np.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0)
+    overlap = np.nan_to_num(overlap, nan=0.0)
+    words = [_label_words(labels.get(int(x))) for x in lat]
+    index = {int(x): i for i, x in enumerate(lat)}
+
+    def dup(l1: int, l2: int) -> bool:
+        i, j = index[l1], index[l2]
+        w1, w2 = words[i], words[j]
+        same_words = len(w1 & w2) / len(w1 | w2) if w1 and w2 else 0.0
+        return bool(phi[i, j] >= DUPLICATE_CORRELATION
+                    or (overlap[i, j] >= DUPLICATE_JACCARD and same_words > 0)
+                    or (same_words >= SIMILAR_LABELS and max(phi[i, j], overlap[i, j]) >= SIMILAR_LABELS))
+
+    return dup
+
+
+def _label_words(label: str | None) -> set[str]:
+    """The words (two letters or more, or numbers) of a label, lower-cased."""
+    return set(re.findall(r"[^\W\d_]{2,}|\d+", label.lower())) if label else set()
+
+
+def _ranked(sample: pl.DataFrame) -> pl.DataFrame:
+    """``sample`` (ordered by latent, strongest first, as latent_docs returns it) with each
+    row's position within its latent as ``_rank``."""
+    return sample.with_columns(_rank=pl.int_range(pl.len()).over("latent"))
+
+
+def _examples(ctx: _Context, top: pl.DataFrame, sample: pl.DataFrame, side_names: dict[Any, dict[int, str]],
+              has_group: bool) -> pl.DataFrame:
+    """The strongest sample documents of each side for the top latents, in table order."""
+    schema = {"latent": pl.Int32, "side": pl.String, "doc_id": pl.Int64, "ext_id": pl.String,
+              "value": pl.Float32, "peak": pl.Int32, "at_word": pl.String, "text": pl.String}
+    if has_group:
+        schema = {"group": pl.String} | schema
+    if ctx.examples == 0 or top.height == 0 or sample.height == 0:
+        return pl.DataFrame(schema=schema)
+    order = top.select("latent", _grp=pl.col("_grp").cast(pl.String)).with_row_index("_row")
+    sample = sample.filter(pl.col("latent").is_in(order["latent"].unique().implode()))
+    picks = []
+    for grp, sides in side_names.items():
+        rows = sample if grp is None else sample.filter(pl.col("latent").is_in(
+            order.filter(pl.col("_grp") == grp)["latent"].implode()))
+        if grp is None:  # two datasets: each side is one grp value
+            split = [(name, rows.filter(pl.col("grp") == g)) for g, name in sides.items()]
+        else:  # by: the group's documents against the rest's
+            ((g, name),) = sides.items()
+            split = [(name, rows.filter(pl.col("grp") == g)),
+                     ("rest", rows.filter(pl.col("grp").is_not_null() & (pl.col("grp") != g)))]
+        for k, (name, part) in enumerate(split):
+            # ``part`` keeps the sample's order: strongest first within each latent
+            chosen = part.with_columns(_rank=pl.int_range(pl.len()).over("latent")).filter(
+                pl.col("_rank") < ctx.examples)
+            picks.append(chosen.with_columns(side=pl.lit(name), _side=pl.lit(k), _grp=pl.lit(grp, pl.String)))
+    frame = (pl.concat(picks).join(order, on=["latent", "_grp"], nulls_equal=True)
+             .sort("_row", "_side", "_rank").with_row_index("i"))
+    if frame.height == 0:
+        return pl.DataFrame(schema=schema)
+    texts = ctx.store.sql(
+        "SELECT p.i, d.ext_id, word_at(d.text, p.peak) AS at_word, d.text "
+        "FROM (SELECT unnest(?) AS i, unnest(?) AS doc_id, unnest(?) AS peak) AS p "
+        "JOIN documents AS d USING (doc_id) ORDER BY p.i",
+        [frame["i"].to_list(), frame["doc_id"].to_list(), frame["peak"].to_list()],
+    ).with_columns(pl.col("i").cast(pl.UInt32))
+    out = frame.join(texts, on="i", how="left").sort("i").rename({"_grp": "group"})
+    return out.select(list(schema)).cast(schema)  # type: ignore[arg-type]
+
+
+# -- warnings -----------------------------------------------------------------------------------
+
+
+def _few_docs_warnings(sizes: dict[str, int]) -> list[str]:
+    return [f"only {n} documents in {name}: with fewer than {FEW_DOCS} per side the p-values are rough"
+            for name, n in sizes.items() if n < FEW_DOCS]
+
+
+def _hist_arrays(hist: pl.DataFrame, grp: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, counts) of one group of a (grp, n_tokens, n) histogram; all groups when None."""
+    rows = hist if grp is None else hist.filter(pl.col("grp") == grp)
+    pooled = rows.group_by("n_tokens").agg(pl.col("n").sum()).sort("n_tokens")
+    return pooled["n_tokens"].to_numpy(), pooled["n"].to_numpy()
+
+
+def _align(hist: tuple[np.ndarray, np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """The counts of ``hist`` at ``lengths`` (a superset of its lengths)."""
+    out = np.zeros(len(lengths), dtype=np.int64)
+    out[np.searchsorted(lengths, hist[0])] = hist[1]
+    return out
+
+
+def _length_warning(hist_a: tuple[np.ndarray, np.ndarray], hist_b: tuple[np.ndarray, np.ndarray], name_a: str,
+                    name_b: str, length_control: bool | None) -> list[str]:
+    """A warning when the two sides' length distributions differ (KS p < 0.01)."""
+    (la, ca), (lb, cb) = hist_a, hist_b
+    keep_a, keep_b = ca > 0, cb > 0
+    la, ca, lb, cb = la[keep_a], ca[keep_a], lb[keep_b], cb[keep_b]
+    if len(la) == 0 or len(lb) == 0:
+        return []
+    _, p = ks_from_histograms(la, ca, lb, cb)
+    if p >= 0.01:
+        return []
+    ma, mb = weighted_median(la, ca), weighted_median(lb, cb)
+    longer = name_b if mb > ma else name_a
+    msg = (f"document lengths differ: median {ma:g} tokens in {name_a}, {mb:g} in {name_b} (KS p={p:.2g}); "
+           f"max-pooled latents fire more often in longer documents, so {longer} looks richer in many concepts")
+    if length_control is None:
+        msg += "; the paired test does not control for this"
+    elif length_control:
+        msg += "; the adj_* columns compare documents of similar length"
+    else:
+        msg += "; rerun with length control (without --no-length-control)"
+    return [msg]
+
+
+def _overlap_warning(n_a: np.ndarray, n_b: np.ndarray, name_a: str, name_b: str) -> list[str]:
+    shared = (n_a > 0) & (n_b > 0)
+    frac_a = n_a[shared].sum() / max(n_a.sum(), 1)
+    frac_b = n_b[shared].sum() / max(n_b.sum(), 1)
+    if min(frac_a, frac_b) >= 0.5:
+        return []
+    return [f"the lengths of {name_a} and {name_b} barely overlap: only {frac_a:.0%} and {frac_b:.0%} of their "
+            "documents fall in length bins both sides share, so the adj_* columns rest on few documents"]
+
+
+def _significance_warning(table: pl.DataFrame, length_control: bool, what: str) -> list[str]:
+    q = "adj_q" if length_control else "q"
+    if table.height == 0:
+        return [f"no latent is active in {what}"]
+    best = table[q].drop_nans().min()
+    if best is None or best >= 0.05:
+        shown = "n/a" if best is None else f"{best:.2g}"
+        return [f"no latent differs significantly between {what} (smallest {q} = {shown})"]
+    return []
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _fields(ctx: _Context, dataset_ids: Sequence[int] | None = None) -> str:
+    rows = ctx.store.rows(
+        "SELECT DISTINCT unnest(json_keys(meta)) AS k FROM documents "
+        "WHERE dataset_id IN (SELECT unnest(?)) AND meta IS NOT NULL ORDER BY k",
+        [list(dataset_ids or ctx.dataset_ids)],
+    )
+    return ", ".join(r[0] for r in rows)
+
+
+def _store_has_sae(db: str | os.PathLike) -> bool:
+    if not Path(db).exists():
+        return False
+    with Store(db, read_only=True) as store:
+        return store.one("SELECT count(*) FROM saes")[0] > 0
+
+
+def _check_sources(db: str | os.PathLike, paths: list[str], names: list[str]) -> None:
+    """A dataset already in the store under a file's name must come from that file."""
+    if not Path(db).exists():
+        return
+    with Store(db, read_only=True) as store:
+        for path, name in zip(paths, names):
+            row = store.one("SELECT source FROM datasets WHERE name = ?", [name])
+            if row and row[0] and Path(row[0]).resolve() != Path(path).resolve():
+                raise ConfigError(f"dataset {name!r} in {db} was embedded from {row[0]}, not {path}; "
+                                  "use another --db, or rename the file")
+
+
+def _train_on_both(paths: list[str], db: str | os.PathLike, input_cfg: InputConfig, reader_cfg: ReaderConfig,
+                   train_cfg: TrainConfig, progress: bool, log: Log) -> Path:
+    """Train the SAE on the texts of both corpora (so neither side's concepts are missing)."""
+    import json
+    import tempfile
+
+    from saedata.fit import train
+    from saedata.io import CorpusReader
+    from saedata.pipeline import default_sae_dir
+
+    out = default_sae_dir(db)
+    with tempfile.TemporaryDirectory() as tmp:
+        both = Path(tmp) / "both.jsonl"
+        n = 0
+        with both.open("w", encoding="utf-8") as f:
+            for p in paths:
+                for batch in CorpusReader(p, input_cfg):
+                    for d in batch:
+                        f.write(json.dumps({"text": d.text}, ensure_ascii=False) + "\n")
+                        n += 1
+        if n == 0:
+            raise InputError("no documents to embed (the corpus is empty or every document is blank)", path=paths[0])
+        log(f"no --sae given: training an SAE on {' and '.join(paths)} together (saved to {out}/)")
+        train(str(both), out, input_cfg=InputConfig(), reader_cfg=reader_cfg, train_cfg=train_cfg,
+              progress=progress, log=log)
+    return out
