@@ -107,10 +107,7 @@ def _explicit(table: pl.DataFrame, sae_id: int, latents: list[int]) -> pl.DataFr
 
 
 def _by_pattern(table: pl.DataFrame, pattern: str, min_freq: float) -> pl.DataFrame:
-    try:
-        hit = table["label"].str.contains(pattern).fill_null(False)
-    except pl.exceptions.PolarsError as e:
-        raise ConfigError(f"--label {pattern!r} is not a valid regular expression: {str(e).splitlines()[0]}") from e
+    hit = label_matches(table, pattern)
     out = table.filter(hit & (pl.col("freq") >= min_freq))
     if out.height == 0:
         n_any = int(hit.sum())
@@ -118,6 +115,20 @@ def _by_pattern(table: pl.DataFrame, pattern: str, min_freq: float) -> pl.DataFr
         raise NotFoundError(f"no latent label matches --label {pattern!r}{extra}")
     return out.select("latent", "label", "freq", pl.lit(None, pl.Float64).alias("score"),
                       pl.lit(f"label matches {pattern!r}").alias("why"))
+
+
+def regex_problem(e: BaseException) -> str:
+    """The one line of a polars regex error that says what is wrong ("unclosed group")."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    return next((ln[len("error: "):] for ln in lines if ln.startswith("error: ")), lines[0] if lines else "")
+
+
+def label_matches(table: pl.DataFrame, pattern: str) -> pl.Series:
+    """Boolean mask of rows whose ``label`` contains the regex ``pattern``; ConfigError if it is invalid."""
+    try:
+        return table["label"].str.contains(pattern).fill_null(False)
+    except pl.exceptions.PolarsError as e:
+        raise ConfigError(f"--label {pattern!r} is not a valid regular expression ({regex_problem(e)})") from e
 
 
 def axis_words(axis: str) -> set[str]:
@@ -180,7 +191,8 @@ def embed_texts(texts: list[str], reader_cfg: ReaderConfig | None = None) -> np.
     """
     from saedata.config import ReaderConfig
 
-    cfg = reader_cfg or ReaderConfig(layer=-1)
+    # labels are a few words: big batches of short inputs
+    cfg = reader_cfg or ReaderConfig(layer=-1, batch_size=128, max_tokens=32)
     key = (cfg.model, cfg.layer, cfg.device, cfg.dtype)
     todo = list(dict.fromkeys(t for t in texts if (key, t) not in _EMBEDDINGS))
     if todo:

@@ -1,0 +1,474 @@
+"""Filtered clustering: cluster documents along an axis the user names.
+
+Clustering on every latent groups documents by whatever dominates them (usually
+topic). To cluster by something else -- sentiment, say -- pick the latents of that axis
+(:func:`saedata.analysis.axes.select_latents`: an axis text, a label regex or a list)
+and cluster on those alone:
+
+1. features: the (n_docs, n_selected) pooled values of the selected latents, each row
+   scaled to unit length (``scale="values"``); ``"binary"`` uses 1 where a latent fires
+   instead, ``"tfidf"`` weights those 1s by ln((1 + n) / (1 + df)) + 1 so rare latents
+   count more. Rows scaled to unit length make Euclidean k-means behave like cosine
+   k-means; documents with none of the latents stay at the origin, together.
+2. k-means (k given, or estimated from the silhouette over 2..max_k: its first peak,
+   see :func:`pick_k`; n_init=10, random_state=seed) or HDBSCAN (noise label -1). Features
+   wider than 256 latents are first reduced to 64 dimensions by truncated SVD.
+3. each cluster described by the latents -- among *all* latents, not only the selected
+   -- with the highest lift (frequency in the cluster / frequency overall) that fire in
+   at least a quarter of its documents and in ``min_support`` of them.
+4. a 2-D UMAP map of the features, coloured by cluster (:func:`write_cluster_report`
+   writes it as PNG and an offline HTML report).
+
+``unfiltered=True`` also clusters on all latents and reports the adjusted Rand index
+(ARI) between the two clusterings, and with ``eval_field`` the ARI and NMI of each
+against a metadata column.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings as _warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import polars as pl
+from scipy import sparse
+
+from saedata.analysis.axes import SELECTED_SCHEMA, select_latents
+from saedata.analysis.correlate import Scope, opened, require_macros, resolve_scope
+from saedata.analysis.data import documents_frame, latent_labels, latent_matrix
+from saedata.errors import ConfigError
+
+if TYPE_CHECKING:
+    from saedata.config import ReaderConfig
+    from saedata.store import Store
+
+Method = Literal["kmeans", "hdbscan"]
+Scale = Literal["values", "binary", "tfidf"]
+MIN_MAP_DOCS = 10
+"""Fewer documents than this: no UMAP map (its neighbourhood graph needs some points)."""
+MIN_CLUSTER_FREQ = 0.25
+"""A describing latent fires in at least this fraction of the cluster's documents."""
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    """Documents clustered on a set of latents, with cluster descriptions and a 2-D map."""
+
+    assignments: pl.DataFrame
+    """doc_id, dataset, ext_id, cluster (-1: HDBSCAN noise), x, y (the map; null without one),
+    and cluster_all (the clustering on all latents) with ``unfiltered``."""
+    clusters: pl.DataFrame
+    """cluster, size, share, top_latents: one row per cluster, largest first (0 is the largest)."""
+    descriptions: pl.DataFrame
+    """cluster, rank, latent, label, freq_in, freq_all, lift, selected: the latents most
+    over-represented in each cluster (``selected``: one of the latents clustered on)."""
+    examples: pl.DataFrame
+    """cluster, doc_id, dataset, ext_id, word, text: the documents nearest each cluster's
+    centre, with the word where their strongest selected latent peaked."""
+    latents_used: pl.DataFrame
+    """latent, label, freq, score, why: the latents the documents were clustered on."""
+    comparison: pl.DataFrame
+    """clustering, n_latents, k, silhouette, field, ari, nmi: one row per clustering
+    (filtered, and all latents with ``unfiltered``); ari/nmi against ``eval_field``."""
+    k_scores: pl.DataFrame
+    """k, silhouette of every k tried when k-means estimated k (empty otherwise)."""
+    method: str
+    k: int
+    """Clusters found (noise excluded)."""
+    silhouette: float | None
+    ari_unfiltered: float | None
+    """ARI between the filtered clustering and the one on all latents (``unfiltered``)."""
+    n_docs: int
+    datasets: tuple[str, ...]
+    sae_id: int
+    scale: str
+    seed: int
+    axis: str | None
+    warnings: tuple[str, ...] = ()
+
+
+def cluster(
+    store_or_path: Store | str | os.PathLike,
+    dataset: str | list[str] | None = None,
+    *,
+    axis: str | None = None,
+    latents: list[int] | None = None,
+    label_pattern: str | None = None,
+    method: Method = "kmeans",
+    k: int | None = None,
+    max_k: int = 12,
+    seed: int = 0,
+    min_cluster_size: int = 10,
+    scale: Scale = "values",
+    map: bool = True,  # noqa: A002 - the issue's name for it
+    unfiltered: bool = False,
+    eval_field: str | None = None,
+    top: int = 20,
+    min_support: int = 5,
+    n_describe: int = 5,
+    n_examples: int = 3,
+    reader_cfg: ReaderConfig | None = None,
+    sae_id: int | None = None,
+) -> ClusterResult:
+    """Cluster the documents of ``dataset`` on the latents of an axis (see the module doc).
+
+    ``axis`` / ``latents`` / ``label_pattern`` pick the latents (their union; ``top``
+    caps the axis picks); with none of them, every latent firing in ``min_support``
+    documents is used. ``k`` fixes the number of k-means clusters, else it is estimated
+    by silhouette over 2..``max_k`` (:func:`pick_k`). ``min_cluster_size`` is HDBSCAN's. ``map``
+    computes the 2-D UMAP map (skipped with a warning under 10 documents).
+    """
+    if method not in ("kmeans", "hdbscan"):
+        raise ConfigError(f"--method must be kmeans or hdbscan, got {method!r}")
+    if scale not in ("values", "binary", "tfidf"):
+        raise ConfigError(f"--scale must be values, binary or tfidf, got {scale!r}")
+    if k is not None and k < 2:
+        raise ConfigError(f"--k must be at least 2, got {k}")
+    if max_k < 2:
+        raise ConfigError(f"--max-k must be at least 2, got {max_k}")
+    if min_cluster_size < 2:
+        raise ConfigError(f"--min-cluster-size must be at least 2, got {min_cluster_size}")
+    warnings: list[str] = []
+    with opened(store_or_path) as store:
+        scope = resolve_scope(store, dataset, sae_id)
+        require_macros(store, "search_matches")
+        n = scope.n_docs
+        where = f"the {n} documents of {scope.describe()}"
+        if n < 3:
+            raise ConfigError(f"too few documents to cluster: {where}")
+        if k is not None and k > n:
+            raise ConfigError(f"--k {k} is more than {where}")
+        if method == "hdbscan" and min_cluster_size > n:
+            raise ConfigError(f"--min-cluster-size {min_cluster_size} is more than {where}")
+        fields = [eval_field] if eval_field else []
+        docs = documents_frame(store, list(scope.names), fields=fields or None)
+        lm = latent_matrix(store, list(scope.names), scope.sae_id)
+        active = lm.active()
+        support = np.asarray(active.sum(axis=0)).ravel()
+        labels = latent_labels(store, scope.sae_id)
+        if axis is None and latents is None and label_pattern is None:
+            used = _all_latents(labels, support, min_support, n)
+        else:
+            used = select_latents(store, scope.sae_id, axis=axis, latents=latents, label_pattern=label_pattern,
+                                  top=top, reader_cfg=reader_cfg)
+        cols = used["latent"].to_numpy().astype(np.int64)
+        F = features(lm.X[:, cols], scale)
+        n_empty = int((F.getnnz(axis=1) == 0).sum())
+        if n_empty == n:
+            raise ConfigError(f"none of the {len(cols)} selected latents fires in {where}")
+        if n_empty:
+            warnings.append(f"{n_empty} of {n} documents have none of the selected latents; they sit together "
+                            "at the origin (usually as one cluster)")
+        assign, k_scores, sil, more = _fit(F, method, k, max_k, seed, min_cluster_size, where)
+        warnings += more
+        descriptions = describe(active, assign, labels, set(cols.tolist()), min_support, n_describe)
+        examples = _examples(store, scope, F, assign, docs, cols, n_examples)
+    out = docs.select("doc_id", "dataset", "ext_id").with_columns(pl.Series("cluster", assign))
+    xy = None
+    if map:
+        if n < MIN_MAP_DOCS:
+            warnings.append(f"map skipped: only {n} documents (UMAP needs at least {MIN_MAP_DOCS})")
+        else:
+            xy = umap_xy(F, seed)
+    out = out.with_columns(pl.Series("x", xy[:, 0] if xy is not None else [None] * n, dtype=pl.Float64),
+                           pl.Series("y", xy[:, 1] if xy is not None else [None] * n, dtype=pl.Float64))
+    k_found = len(set(assign.tolist()) - {-1})
+    filtered = axis is not None or latents is not None or label_pattern is not None
+    comp = [("filtered" if filtered else "all latents", len(cols), k_found, sil, assign)]
+    ari_between = None
+    if unfiltered:
+        all_used = _all_latents(labels, support, min_support, n)
+        F_all = features(lm.X[:, all_used["latent"].to_numpy().astype(np.int64)], scale)
+        assign_all, _, sil_all, more = _fit(F_all, method, k, max_k, seed, min_cluster_size, where)
+        warnings += [f"all latents: {w}" for w in more]
+        out = out.with_columns(pl.Series("cluster_all", assign_all))
+        comp.append(("all latents", all_used.height, len(set(assign_all.tolist()) - {-1}), sil_all, assign_all))
+        from sklearn.metrics import adjusted_rand_score
+
+        ari_between = float(adjusted_rand_score(assign, assign_all))
+    if eval_field and docs[eval_field].null_count() == n:
+        raise ConfigError(f"metadata field {eval_field!r} is empty in every document of {scope.describe()}")
+    comparison = _compare(comp, docs, eval_field)
+    clusters = _summary(assign, descriptions)
+    return ClusterResult(out, clusters, descriptions, examples, used.cast(SELECTED_SCHEMA),  # type: ignore[arg-type]
+                         comparison, k_scores, method, k_found, sil, ari_between, n, scope.names, scope.sae_id,
+                         scale, seed, axis, tuple(warnings))
+
+
+def features(X: sparse.csr_matrix, scale: Scale = "values") -> sparse.csr_matrix:
+    """(n_docs, n_latents) clustering features from pooled values ``X``, rows at unit length (zero rows stay zero)."""
+    from sklearn.preprocessing import normalize
+
+    A = sparse.csr_matrix(X, dtype=np.float64, copy=True)
+    A.data = np.abs(A.data)
+    A.eliminate_zeros()
+    if scale in ("binary", "tfidf"):
+        A.data[:] = 1.0
+    if scale == "tfidf":
+        df = np.asarray(A.sum(axis=0)).ravel()
+        idf = np.log((1 + A.shape[0]) / (1 + df)) + 1
+        A = sparse.csr_matrix(A.multiply(idf[None, :]))
+    return sparse.csr_matrix(normalize(A))
+
+
+def _all_latents(labels: pl.DataFrame, support: np.ndarray, min_support: int, n: int) -> pl.DataFrame:
+    cols = np.flatnonzero(support >= min(min_support, n))
+    if cols.size == 0:
+        raise ConfigError(f"no latent fires in {min_support} or more of the {n} documents; lower --min-support")
+    return (
+        pl.DataFrame({"latent": cols.astype(np.int32)})
+        .join(labels.select("latent", "label"), on="latent", how="left", maintain_order="left")
+        .with_columns(pl.Series("freq", support[cols] / n), pl.lit(None, pl.Float64).alias("score"),
+                      pl.lit("all latents").alias("why"))
+        .select("latent", "label", "freq", "score", "why")
+    )
+
+
+def reduce(F: sparse.csr_matrix, seed: int = 0, max_width: int = 256, dims: int = 64) -> np.ndarray:
+    """Dense features for the clustering algorithms: ``F`` itself when at most ``max_width``
+    latents wide, else its ``dims``-dimensional truncated SVD (k-means, HDBSCAN and UMAP on
+    thousands of sparse columns are slow, and the leading components keep the structure)."""
+    if F.shape[1] <= max_width or min(F.shape) <= dims:
+        return F.toarray()
+    from sklearn.decomposition import TruncatedSVD
+
+    return TruncatedSVD(n_components=dims, random_state=seed).fit_transform(F)
+
+
+def _fit(F: sparse.csr_matrix, method: Method, k: int | None, max_k: int, seed: int, min_cluster_size: int,
+         where: str) -> tuple[np.ndarray, pl.DataFrame, float | None, list[str]]:
+    """Cluster labels (relabelled by size: 0 is the largest), the k scan, the silhouette, warnings."""
+    from sklearn.cluster import HDBSCAN, KMeans
+
+    n = F.shape[0]
+    warnings: list[str] = []
+    n_distinct = _n_distinct(F)
+    Z = reduce(F, seed)
+    scores = pl.DataFrame(schema={"k": pl.Int64, "silhouette": pl.Float64})
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        if method == "kmeans":
+            if k is None:
+                ks = list(range(2, min(max_k, n - 1, n_distinct) + 1))
+                if not ks:
+                    raise ConfigError(f"too few distinct documents to cluster ({n_distinct} in {where})")
+                fits = {kk: KMeans(kk, n_init=10, random_state=seed).fit_predict(Z) for kk in ks}
+                sil = {kk: _silhouette(Z, lab, seed) for kk, lab in fits.items()}
+                scores = pl.DataFrame({"k": ks, "silhouette": [sil[kk] for kk in ks]},
+                                      schema={"k": pl.Int64, "silhouette": pl.Float64})
+                k = pick_k(sil)
+                labels = fits[k]
+            else:
+                if k > n_distinct:
+                    warnings.append(f"only {n_distinct} distinct feature rows in {where}; using k = {n_distinct}")
+                    k = n_distinct
+                labels = KMeans(k, n_init=10, random_state=seed).fit_predict(Z)
+        else:
+            labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(Z)
+            if (labels == -1).all():
+                warnings.append(f"HDBSCAN found no cluster in {where} (all noise); lower --min-cluster-size")
+    labels = _relabel(np.asarray(labels))
+    return labels, scores, _silhouette(Z, labels, seed), warnings
+
+
+def pick_k(silhouettes: dict[int, float | None], floor: float = 0.75) -> int:
+    """k from the silhouette of each k tried: the first peak of the curve (a k scoring at
+    least as well as the next one) that reaches ``floor`` x the best silhouette.
+
+    On sparse concept features the silhouette often creeps up again at large k (small,
+    tight clusters of near-identical documents); the first good peak keeps the broad
+    groups. The best k is always such a peak, so there is always an answer.
+    """
+    valid = sorted((k, s) for k, s in silhouettes.items() if s is not None)
+    if not valid:
+        return min(silhouettes)
+    best = max(s for _, s in valid)
+    return next(k for i, (k, s) in enumerate(valid)
+                if (i + 1 == len(valid) or s >= valid[i + 1][1]) and s >= floor * best)
+
+
+def _n_distinct(F: sparse.csr_matrix) -> int:
+    F = sparse.csr_matrix(F)
+    F.sort_indices()
+    rows = {(F.indices[F.indptr[i]:F.indptr[i + 1]].tobytes(), np.round(F.data[F.indptr[i]:F.indptr[i + 1]], 9)
+             .tobytes()) for i in range(F.shape[0])}
+    return len(rows)
+
+
+def _silhouette(F, labels: np.ndarray, seed: int) -> float | None:
+    """Silhouette of the non-noise points (on at most 2,000 of them), None if undefined."""
+    from sklearn.metrics import silhouette_score
+
+    keep = labels != -1
+    n_labels = len(set(labels[keep].tolist()))
+    if n_labels < 2 or n_labels >= keep.sum():
+        return None
+    size = min(int(keep.sum()), 2000)
+    return float(silhouette_score(F[keep], labels[keep], sample_size=size, random_state=seed))
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Clusters renumbered by size (largest 0), ties by first document; noise stays -1."""
+    ids = [c for c in dict.fromkeys(labels.tolist()) if c != -1]
+    sizes = {c: int((labels == c).sum()) for c in ids}
+    order = sorted(ids, key=lambda c: (-sizes[c], ids.index(c)))
+    mapping = {c: i for i, c in enumerate(order)}
+    mapping[-1] = -1
+    return np.array([mapping[c] for c in labels.tolist()], dtype=np.int64)
+
+
+def describe(active: sparse.csr_matrix, assign: np.ndarray, labels: pl.DataFrame, selected: set[int],
+             min_support: int = 5, n_describe: int = 5) -> pl.DataFrame:
+    """Per cluster, the latents with the highest lift (freq in cluster / freq overall) among those
+    firing in at least a quarter of the cluster's documents and in ``min_support`` of them."""
+    A = sparse.csr_matrix(active, dtype=np.float64)
+    n = A.shape[0]
+    freq_all = np.asarray(A.sum(axis=0)).ravel() / n
+    label_of = dict(labels.select("latent", "label").iter_rows())
+    rows = []
+    for c in sorted(set(assign.tolist()) - {-1}):
+        members = np.flatnonzero(assign == c)
+        count = np.asarray(A[members].sum(axis=0)).ravel()
+        freq_in = count / len(members)
+        ok = (count >= min(min_support, len(members))) & (freq_in >= MIN_CLUSTER_FREQ)
+        cand = np.flatnonzero(ok)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift = np.where(freq_all > 0, freq_in / freq_all, 0.0)
+        best = cand[np.lexsort((cand, -freq_in[cand], -lift[cand]))][:n_describe]
+        for r, j in enumerate(best, start=1):
+            rows.append((int(c), r, int(j), label_of.get(int(j)), float(freq_in[j]), float(freq_all[j]),
+                         float(lift[j]), int(j) in selected))
+    return pl.DataFrame(rows, orient="row", schema={
+        "cluster": pl.Int64, "rank": pl.Int64, "latent": pl.Int32, "label": pl.String, "freq_in": pl.Float64,
+        "freq_all": pl.Float64, "lift": pl.Float64, "selected": pl.Boolean})
+
+
+def _summary(assign: np.ndarray, descriptions: pl.DataFrame) -> pl.DataFrame:
+    n = len(assign)
+    rows = []
+    for c in sorted(set(assign.tolist()), key=lambda c: (c == -1, c)):
+        size = int((assign == c).sum())
+        if c == -1:
+            top = "(noise: no cluster)"
+        else:
+            d = descriptions.filter(pl.col("cluster") == c)
+            top = "; ".join(f"{lab or lat} ({lift:.1f}x)" for lat, lab, lift in d.select("latent", "label", "lift")
+                            .iter_rows()) or "(no latent over-represented)"
+        rows.append((int(c), size, size / n, top))
+    return pl.DataFrame(rows, orient="row", schema={"cluster": pl.Int64, "size": pl.Int64, "share": pl.Float64,
+                                                    "top_latents": pl.String})
+
+
+def _examples(store: Store, scope: Scope, F: sparse.csr_matrix, assign: np.ndarray, docs: pl.DataFrame,
+              cols: np.ndarray, n_examples: int) -> pl.DataFrame:
+    schema = {"cluster": pl.Int64, "doc_id": pl.Int64, "dataset": pl.String, "ext_id": pl.String,
+              "word": pl.String, "text": pl.String}
+    picks: list[tuple[int, int]] = []
+    for c in sorted(set(assign.tolist()), key=lambda c: (c == -1, c)):
+        members = np.flatnonzero(assign == c)
+        centre = np.asarray(F[members].mean(axis=0)).ravel()
+        Fm = F[members]
+        # squared distance to the centre: |x|^2 - 2 x.c + |c|^2, without densifying
+        dist = np.asarray(Fm.multiply(Fm).sum(axis=1)).ravel() - 2 * (Fm @ centre) + centre @ centre
+        for i in members[np.lexsort((members, dist))][:n_examples]:
+            picks.append((int(c), int(i)))
+    if not picks or n_examples <= 0:
+        return pl.DataFrame(schema=schema)
+    rows = [i for _, i in picks]
+    doc_ids = docs["doc_id"].to_numpy()[rows].tolist()
+    words = store.macro("search_matches", scope.sae_id, doc_ids, cols.tolist())
+    best = (words.sort(["doc_id", "value", "latent"], descending=[False, True, False])
+            .group_by("doc_id", maintain_order=True).agg(pl.col("word").first()))
+    word_of = dict(best.iter_rows())
+    d = docs.select("doc_id", "dataset", "ext_id", "text")
+    return pl.DataFrame(
+        [(c, *d.row(i)[:3], word_of.get(int(d["doc_id"][i])), d["text"][i]) for c, i in picks],
+        orient="row", schema=schema)
+
+
+def _compare(comp: list, docs: pl.DataFrame, eval_field: str | None) -> pl.DataFrame:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    rows = []
+    truth = None
+    if eval_field:
+        truth = docs[eval_field].cast(pl.String)
+    for name, n_latents, k, sil, assign in comp:
+        ari = nmi = None
+        if truth is not None:
+            ok = truth.is_not_null().to_numpy()
+            t = truth.filter(pl.Series(ok)).to_list()
+            ari = float(adjusted_rand_score(t, assign[ok]))
+            nmi = float(normalized_mutual_info_score(t, assign[ok]))
+        rows.append((name, n_latents, k, sil, eval_field, ari, nmi))
+    return pl.DataFrame(rows, orient="row", schema={
+        "clustering": pl.String, "n_latents": pl.Int64, "k": pl.Int64, "silhouette": pl.Float64,
+        "field": pl.String, "ari": pl.Float64, "nmi": pl.Float64})
+
+
+def umap_xy(F: sparse.csr_matrix, seed: int = 0) -> np.ndarray:
+    """(n_docs, 2) UMAP coordinates of unit-length feature rows (Euclidean on unit rows is
+    cosine, and stays defined for the all-zero rows); n_neighbors = min(15, n - 1)."""
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        import umap
+
+        n = F.shape[0]
+        reducer = umap.UMAP(n_neighbors=min(15, n - 1), n_components=2, metric="euclidean", random_state=seed,
+                            init="spectral" if n > 20 else "random")
+        return np.asarray(reducer.fit_transform(reduce(F, seed)), dtype=np.float64)
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def cluster_map(result: ClusterResult):
+    """The 2-D map of documents coloured by cluster (a matplotlib figure), or None without one."""
+    from saedata import plot
+
+    a = result.assignments
+    if a["x"].null_count() == a.height:
+        return None
+    what = f"axis {result.axis!r}" if result.axis else f"{result.latents_used.height} latents"
+    return plot.scatter_map(a.select("x", "y").to_numpy(), a["cluster"].to_numpy(),
+                            title=f"UMAP of documents on {what} ({result.method})", legend_title="cluster")
+
+
+def write_cluster_report(result: ClusterResult, path: str | os.PathLike, png: str | os.PathLike | None = None
+                         ) -> tuple[Path, Path | None]:
+    """Write the offline HTML report (map, comparison, clusters with their latents and example
+    documents) and the map as PNG (default: beside the HTML, same name). Returns both paths."""
+    from saedata import plot
+
+    html_path = Path(path)
+    png_path = Path(png) if png is not None else html_path.with_suffix(".png")
+    blocks: list = [plot.Text(w) for w in result.warnings]
+    fig = cluster_map(result)
+    if fig is not None:
+        png_bytes = plot.figure_png(fig)
+        png_path.write_bytes(png_bytes)
+        blocks.append(plot.Figure(png_bytes, "documents (points) coloured by cluster; grey: noise"))
+    else:
+        png_path = None
+    blocks += [plot.Text("Clusterings", 2), plot.Table(result.comparison)]
+    if result.ari_unfiltered is not None:
+        blocks.append(plot.Text(f"Adjusted Rand index between the filtered clustering and the one on all "
+                                f"latents: {result.ari_unfiltered:.3f} (1: identical, 0: unrelated)."))
+    blocks += [plot.Text("Latents clustered on", 2), plot.Table(result.latents_used),
+               plot.Text("Clusters", 2), plot.Table(result.clusters)]
+    for c in result.clusters["cluster"].to_list():
+        size = int(result.clusters.filter(pl.col("cluster") == c)["size"][0])
+        blocks.append(plot.Text(f"Cluster {c} ({size} documents)" if c != -1 else f"Noise ({size} documents)", 3))
+        d = result.descriptions.filter(pl.col("cluster") == c).drop("cluster")
+        if d.height:
+            blocks.append(plot.Table(d))
+        for row in result.examples.filter(pl.col("cluster") == c).iter_rows(named=True):
+            blocks.append(plot.Html(plot.highlight_words(row["text"], [row["word"]] if row["word"] else [])))
+    what = f"axis {result.axis!r}" if result.axis else f"{result.latents_used.height} latents"
+    plot.write_report(html_path, f"Clusters on {what}: {', '.join(result.datasets)}", blocks,
+                      subtitle=f"{result.method}, k = {result.k}, scale = {result.scale}, seed = {result.seed}, "
+                               f"{result.n_docs} documents, SAE {result.sae_id}")
+    return html_path, png_path

@@ -1,0 +1,653 @@
+"""Concept correlation: which latents fire together, and which go with a metadata column.
+
+Latent-latent (:func:`correlate`): every pair of latents that fire together in at
+least ``min_support`` documents is counted in DuckDB (the ``cooccur`` macro: a
+self-join of the activations on doc_id, never a dense d_sae x d_sae matrix). Each pair
+is a 2x2 table (both fire / only one / neither) over the N documents in scope, scored by
+
+    NPMI = ln(p_ij / (p_i p_j)) / -ln p_ij      in [-1, 1]: 0 independent, 1 always together
+    phi  = (N n_ij - n_i n_j) / sqrt(n_i n_j (N - n_i) (N - n_j))
+
+and tested for independence: Pearson's chi-square (1 df), or Fisher's exact test (the
+hypergeometric tail in the observed direction, doubled) where an expected cell count is
+below 5; Benjamini-Hochberg q-values over all pairs tested.
+
+Latent-metadata (:func:`correlate_metadata`): for a categorical column, each latent's
+activation frequency per class and a chi-square test of the 2 x K table; for a numeric
+column, Spearman's rho between the latent's pooled value (0 where it is silent) and the
+column. Reports (HTML, offline) come from :func:`write_correlate_report` and
+:func:`write_metadata_report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from saedata.analysis.axes import select_latents
+from saedata.analysis.data import (
+    bh_qvalues,
+    common_sae,
+    dataset_states,
+    documents_frame,
+    latent_labels,
+    latent_matrix,
+)
+from saedata.errors import ConfigError, NotFoundError, StoreError
+from saedata.store import DatasetState, Store
+
+REDUNDANT_JACCARD = 0.9
+"""Pairs whose activation sets overlap this much (|both| / |either|) are flagged ``redundant``."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The datasets an analysis reads and the SAE they share."""
+
+    names: tuple[str, ...]
+    states: tuple[DatasetState, ...]
+    sae_id: int
+
+    @property
+    def dataset_ids(self) -> list[int]:
+        return [s.dataset_id for s in self.states]
+
+    @property
+    def n_docs(self) -> int:
+        return sum(s.n_docs for s in self.states)
+
+    def describe(self) -> str:
+        return ", ".join(self.names)
+
+
+@contextlib.contextmanager
+def opened(store_or_path: Store | str | os.PathLike) -> Iterator[Store]:
+    """A Store as given, or one opened read-only from a path (and closed after)."""
+    if isinstance(store_or_path, Store):
+        yield store_or_path
+        return
+    from saedata.store import open as open_store
+
+    store = open_store(store_or_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def resolve_scope(store: Store, dataset: str | list[str] | None, sae_id: int | None = None) -> Scope:
+    """The named datasets (default: every dataset of the SAE), checked to exist, be complete
+    and non-empty, and share one SAE. Errors name the datasets there are."""
+    if isinstance(dataset, str):
+        names = [dataset]
+    elif dataset:
+        names = list(dict.fromkeys(dataset))
+    else:
+        sae = store.resolve_sae(sae_id)
+        names = [r[0] for r in store.rows(
+            "SELECT name FROM datasets WHERE sae_id = ? ORDER BY dataset_id", [sae])]
+        if not names:
+            raise NotFoundError(f"{store.path} has no dataset embedded with SAE {sae}; run `saedata embed` first")
+    states = dataset_states(store, names)
+    sae = common_sae(store, states, sae_id)
+    return Scope(tuple(names), tuple(states), sae)
+
+
+def require_macros(store: Store, *names: str) -> None:
+    """StoreError (one line) when the store predates the named macros of ``queries/macros.sql``."""
+    have = {r[0] for r in store.rows(
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE list_contains(?, function_name)", [list(names)])}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise StoreError(
+            f"{store.path} was written by an older saedata without the {', '.join(missing)} macro(s); "
+            "open it once for writing to add them (e.g. `saedata index`)"
+        )
+
+
+def _quiet_progress(store: Store) -> None:
+    # DuckDB draws its own progress bar on long queries; saedata's stderr is for messages.
+    with contextlib.suppress(Exception):
+        store.con.execute("SET enable_progress_bar = false")
+
+
+# -- latent x latent ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorrelateResult:
+    """Co-occurring latent pairs, best first, with example documents."""
+
+    pairs: pl.DataFrame
+    """rank, latent_i, label_i, latent_j, label_j, n_ij, n_i, n_j, expected, npmi, phi, jaccard,
+    p, q, significant, redundant: the ``top`` pairs (significant ones first, by NPMI)."""
+    examples: pl.DataFrame
+    """rank, latent_i, latent_j, doc_id, dataset, ext_id, word_i, word_j, text: up to
+    ``n_examples`` documents per top pair where both fire, with the word where each peaked."""
+    matrix: np.ndarray
+    """(m, m) NPMI among ``matrix_latents`` (-1 where two never fire together; 1 on the diagonal)."""
+    matrix_latents: pl.DataFrame
+    """(latent, label) of the heatmap's rows and columns, in order."""
+    n_docs: int
+    n_latents: int
+    """Latents firing in at least ``min_support`` documents (the ones paired)."""
+    n_tested: int
+    """Pairs firing together in at least ``min_support`` documents (the BH family)."""
+    n_significant: int
+    datasets: tuple[str, ...]
+    sae_id: int
+    min_support: int
+    alpha: float
+    warnings: tuple[str, ...] = ()
+
+
+def correlate(
+    store_or_path: Store | str | os.PathLike,
+    dataset: str | list[str] | None = None,
+    *,
+    min_support: int = 5,
+    threshold: float = 0.0,
+    label_pattern: str | None = None,
+    latents: list[int] | None = None,
+    top: int = 50,
+    alpha: float = 0.05,
+    n_examples: int = 3,
+    heatmap_latents: int = 20,
+    sae_id: int | None = None,
+) -> CorrelateResult:
+    """Latent pairs that fire together in the documents of ``dataset`` more than chance says.
+
+    A latent fires in a document when its pooled |value| > ``threshold``. Only latents
+    and pairs firing in at least ``min_support`` documents are considered;
+    ``label_pattern`` (a regex on labels) and ``latents`` restrict both sides of every
+    pair to those latents.
+
+    Ranking: pairs with q <= ``alpha`` first, then by NPMI (then by n_ij). NPMI
+    measures how unexpected a pair is on a scale that does not grow with the latents'
+    frequencies (raw PMI favours rare latents, raw counts and p-values favour frequent
+    ones); but the NPMI of two rare latents rests on a handful of documents, and the
+    significance filter (with ``min_support``) removes pairs whose NPMI could be luck.
+    Negative associations are tested too but rank last: pairs that never fire together
+    have no co-occurrence row to count. ``redundant`` flags pairs whose activation sets
+    nearly coincide (Jaccard >= 0.9): two latents for one concept, worth knowing but not
+    a finding about the data.
+    """
+    if min_support < 1:
+        raise ConfigError(f"--min-support must be at least 1, got {min_support}")
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    if not 0 < alpha <= 1:
+        raise ConfigError(f"alpha must be in (0, 1], got {alpha}")
+    with opened(store_or_path) as store:
+        scope = resolve_scope(store, dataset, sae_id)
+        require_macros(store, "cooccur", "cooccur_docs")
+        _quiet_progress(store)
+        keep = _restrict(store, scope.sae_id, label_pattern, latents)
+        n = scope.n_docs
+        if n < max(min_support, 2):
+            raise ConfigError(
+                f"too few documents for co-occurrence: {n} in {scope.describe()}, --min-support is {min_support}"
+            )
+        counts = store.macro("cooccur", scope.sae_id, scope.dataset_ids, min_support=int(min_support),
+                             threshold=float(threshold), keep_latents=keep)
+        n_latents = _n_supported(store, scope, min_support, threshold, keep)
+        labels = latent_labels(store, scope.sae_id).select("latent", "label")
+        warnings: list[str] = []
+        if counts.height == 0:
+            warnings.append(
+                f"no pair of latents fires together in {min_support} or more of the {n} documents of "
+                f"{scope.describe()}; lower --min-support"
+            )
+            return CorrelateResult(_empty_pairs(), _empty_examples(), np.zeros((0, 0)),
+                                   pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String}), n, n_latents,
+                                   0, 0, scope.names, scope.sae_id, min_support, alpha, tuple(warnings))
+        scored = pair_stats(counts)
+        scored = scored.with_columns((pl.col("q") <= alpha).alias("significant"))
+        n_sig = int(scored["significant"].sum())
+        if n_sig == 0:
+            warnings.append(
+                f"none of the {scored.height} pairs is significant at q <= {alpha}; the table shows the "
+                "highest NPMI anyway (more documents or a higher --min-support help)"
+            )
+        pairs = (
+            _best(scored, top)
+            .with_row_index("rank", offset=1)
+            .join(labels.rename({"latent": "latent_i", "label": "label_i"}), on="latent_i", how="left")
+            .join(labels.rename({"latent": "latent_j", "label": "label_j"}), on="latent_j", how="left")
+            .select("rank", "latent_i", "label_i", "latent_j", "label_j", "n_ij", "n_i", "n_j", "expected",
+                    "npmi", "phi", "jaccard", "p", "q", "significant", "redundant")
+            .sort("rank")
+            .with_columns(pl.col("rank").cast(pl.Int64))
+        )
+        examples = _examples(store, scope, pairs, n_examples, threshold)
+        m_latents = _matrix_latents(pairs, heatmap_latents)
+        matrix = _npmi_matrix(store, scope, m_latents, threshold)
+        m_frame = pl.DataFrame({"latent": m_latents}, schema={"latent": pl.Int32}).join(
+            labels, on="latent", how="left", maintain_order="left")
+    return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, scored.height, n_sig, scope.names,
+                           scope.sae_id, min_support, alpha, tuple(warnings))
+
+
+def _best(scored: pl.DataFrame, top: int) -> pl.DataFrame:
+    """The ``top`` rows by (significant, npmi, n_ij), ties broken by latent ids, without sorting them all."""
+    pool = scored.filter(pl.col("significant")) if scored["significant"].any() else scored
+    if pool.height > top:
+        cut = pool["npmi"].top_k(top).min()
+        pool = pool.filter(pl.col("npmi") >= cut)
+    rest = scored.filter(~pl.col("significant")) if pool.height < top and scored["significant"].any() else None
+    if rest is not None and rest.height:
+        cut = rest["npmi"].top_k(min(top, rest.height)).min()
+        pool = pl.concat([pool, rest.filter(pl.col("npmi") >= cut)])
+    return pool.sort(["significant", "npmi", "n_ij", "latent_i", "latent_j"],
+                     descending=[True, True, True, False, False]).head(top)
+
+
+def pair_stats(counts: pl.DataFrame) -> pl.DataFrame:
+    """NPMI, phi, Jaccard, expected count, p and BH q for rows of (latent_i, latent_j, n_ij, n_i, n_j, n_docs)."""
+    nij = counts["n_ij"].to_numpy().astype(np.float64)
+    ni = counts["n_i"].to_numpy().astype(np.float64)
+    nj = counts["n_j"].to_numpy().astype(np.float64)
+    N = counts["n_docs"].to_numpy().astype(np.float64)
+    npmi = npmi_from_counts(nij, ni, nj, N)
+    denom = np.sqrt(ni * nj * (N - ni) * (N - nj))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(denom > 0, (N * nij - ni * nj) / denom, 0.0)
+    p = independence_pvalues(nij, ni, nj, N)
+    jaccard = nij / (ni + nj - nij)
+    return counts.select("latent_i", "latent_j", "n_ij", "n_i", "n_j").with_columns(
+        pl.Series("expected", ni * nj / N),
+        pl.Series("npmi", npmi),
+        pl.Series("phi", phi),
+        pl.Series("jaccard", jaccard),
+        pl.Series("p", p),
+        pl.Series("q", bh_qvalues(p)),
+        pl.Series("redundant", jaccard >= REDUNDANT_JACCARD),
+    )
+
+
+def npmi_from_counts(nij: np.ndarray, ni: np.ndarray, nj: np.ndarray, N: np.ndarray | float) -> np.ndarray:
+    """Normalised PMI of pairs from counts: ln(p_ij / (p_i p_j)) / -ln p_ij; -1 when n_ij = 0, 1 when p_ij = 1."""
+    nij, ni, nj = (np.asarray(a, dtype=np.float64) for a in (nij, ni, nj))
+    N = np.broadcast_to(np.asarray(N, dtype=np.float64), nij.shape)
+    out = np.full(nij.shape, -1.0)
+    pos = nij > 0
+    pij = nij[pos] / N[pos]
+    pmi = np.log(nij[pos] * N[pos] / (ni[pos] * nj[pos]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[pos] = np.where(pij < 1, pmi / -np.log(pij), 1.0)
+    return np.clip(out, -1.0, 1.0)
+
+
+def independence_pvalues(a: np.ndarray, n1: np.ndarray, n2: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of independence for 2x2 tables given (both, row total, column total, N).
+
+    Pearson's chi-square (1 df) where every expected count is at least 5, else Fisher's
+    exact test (hypergeometric tail in the observed direction, doubled, at most 1).
+    """
+    from scipy import special, stats
+
+    a, n1, n2, N = (np.asarray(x, dtype=np.float64) for x in (a, n1, n2, N))
+    e = np.stack([n1 * n2, n1 * (N - n2), (N - n1) * n2, (N - n1) * (N - n2)]) / N
+    small = e.min(axis=0) < 5
+    p = np.ones_like(a)
+    big = ~small
+    if big.any():
+        d = N[big] * a[big] - n1[big] * n2[big]
+        den = n1[big] * n2[big] * (N[big] - n1[big]) * (N[big] - n2[big])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = np.where(den > 0, N[big] * d * d / den, 0.0)
+        p[big] = special.erfc(np.sqrt(stat / 2))  # chi-square survival function with 1 df
+    if small.any():
+        k, M, n, m = a[small], N[small], n1[small], n2[small]
+        upper = k >= n * m / M
+        tail = np.empty_like(k)
+        tail[upper] = stats.hypergeom.sf(k[upper] - 1, M[upper], n[upper], m[upper])
+        tail[~upper] = stats.hypergeom.cdf(k[~upper], M[~upper], n[~upper], m[~upper])
+        p[small] = np.minimum(1.0, 2 * tail)
+    return p
+
+
+def _restrict(store: Store, sae_id: int, label_pattern: str | None, latents: list[int] | None) -> list[int] | None:
+    if label_pattern is None and latents is None:
+        return None
+    picked = select_latents(store, sae_id, latents=latents, label_pattern=label_pattern, min_freq=0.0)
+    return sorted(picked["latent"].to_list())
+
+
+def _n_supported(store: Store, scope: Scope, min_support: int, threshold: float, keep: list[int] | None) -> int:
+    row = store.one(
+        "SELECT count(*) FROM (SELECT a.latent FROM activations AS a JOIN documents AS d USING (doc_id) "
+        "WHERE a.sae_id = ? AND list_contains(?, d.dataset_id) AND abs(a.value) > ? "
+        "AND (?::INTEGER[] IS NULL OR list_contains(?::INTEGER[], a.latent)) "
+        "GROUP BY a.latent HAVING count(*) >= ?)",
+        [scope.sae_id, scope.dataset_ids, threshold, keep, keep, min_support],
+    )
+    return int(row[0]) if row else 0
+
+
+def _examples(store: Store, scope: Scope, pairs: pl.DataFrame, n: int, threshold: float) -> pl.DataFrame:
+    if n <= 0 or pairs.height == 0:
+        return _empty_examples()
+    docs = store.macro("cooccur_docs", scope.sae_id, scope.dataset_ids, pairs["latent_i"].to_list(),
+                       pairs["latent_j"].to_list(), n=int(n), threshold=float(threshold))
+    return (
+        docs.join(pairs.select("rank", "latent_i", "latent_j"), on=["latent_i", "latent_j"])
+        .select("rank", "latent_i", "latent_j", "doc_id", "dataset", "ext_id", "word_i", "word_j", "text")
+        .sort("rank", maintain_order=True)
+    )
+
+
+def _matrix_latents(pairs: pl.DataFrame, limit: int) -> list[int]:
+    out: list[int] = []
+    for i, j in pairs.select("latent_i", "latent_j").iter_rows():
+        for lat in (i, j):
+            if lat not in out and len(out) < limit:
+                out.append(lat)
+    return out
+
+
+def _npmi_matrix(store: Store, scope: Scope, lats: list[int], threshold: float) -> np.ndarray:
+    m = len(lats)
+    mat = np.eye(m)
+    if m < 2:
+        return mat
+    c = store.macro("cooccur", scope.sae_id, scope.dataset_ids, min_support=1, threshold=float(threshold),
+                    keep_latents=lats)
+    pos = {lat: k for k, lat in enumerate(lats)}
+    mat[~np.eye(m, dtype=bool)] = -1.0
+    if c.height:
+        v = npmi_from_counts(c["n_ij"].to_numpy(), c["n_i"].to_numpy(), c["n_j"].to_numpy(), c["n_docs"].to_numpy())
+        for (i, j), val in zip(c.select("latent_i", "latent_j").iter_rows(), v, strict=True):
+            mat[pos[i], pos[j]] = mat[pos[j], pos[i]] = val
+    return mat
+
+
+def _empty_pairs() -> pl.DataFrame:
+    return pl.DataFrame(schema={
+        "rank": pl.Int64, "latent_i": pl.Int32, "label_i": pl.String, "latent_j": pl.Int32, "label_j": pl.String,
+        "n_ij": pl.Int64, "n_i": pl.Int64, "n_j": pl.Int64, "expected": pl.Float64, "npmi": pl.Float64,
+        "phi": pl.Float64, "jaccard": pl.Float64, "p": pl.Float64, "q": pl.Float64, "significant": pl.Boolean,
+        "redundant": pl.Boolean,
+    })
+
+
+def _empty_examples() -> pl.DataFrame:
+    return pl.DataFrame(schema={
+        "rank": pl.Int64, "latent_i": pl.Int32, "latent_j": pl.Int32, "doc_id": pl.Int64, "dataset": pl.String,
+        "ext_id": pl.String, "word_i": pl.String, "word_j": pl.String, "text": pl.String,
+    })
+
+
+# -- latent x metadata -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetadataResult:
+    """How latents go with one metadata column."""
+
+    column: str
+    kind: Literal["categorical", "numeric"]
+    latents: pl.DataFrame
+    """One row per latent tested, most significant first. Categorical: latent, label, n_docs,
+    freq, chi2, p, q, cramers_v, top_class, top_lift. Numeric: latent, label, n_docs, freq,
+    rho, p, q."""
+    classes: pl.DataFrame
+    """Categorical only: class, n_class, rank, latent, label, freq_in, freq_out, lift, q: per
+    class, the significant latents most over-represented in it (by lift). Empty for numeric."""
+    frequencies: pl.DataFrame
+    """Categorical only: class, latent, label, freq: the per-class activation frequency of
+    the latents in ``classes`` (the heatmap's cells)."""
+    n_docs: int
+    n_missing: int
+    """Documents left out because the column is missing or null for them."""
+    datasets: tuple[str, ...]
+    sae_id: int
+    alpha: float
+    warnings: tuple[str, ...] = ()
+
+
+def correlate_metadata(
+    store_or_path: Store | str | os.PathLike,
+    dataset: str | list[str] | None,
+    column: str,
+    *,
+    kind: Literal["auto", "categorical", "numeric"] = "auto",
+    min_support: int = 5,
+    threshold: float = 0.0,
+    label_pattern: str | None = None,
+    latents: list[int] | None = None,
+    per_class: int = 5,
+    alpha: float = 0.05,
+    sae_id: int | None = None,
+) -> MetadataResult:
+    """Latents associated with the metadata ``column`` over the documents of ``dataset``.
+
+    ``kind="auto"`` treats integer and float columns as numeric, everything else
+    (strings, booleans) as categorical. Categorical: each latent's firing frequency per
+    class, a chi-square test of independence on its 2 x K table (firing or not x class),
+    q-values, Cramer's V; per class, the ``per_class`` latents with q <= ``alpha`` that
+    fire in at least ``min_support`` of its documents and most over-represented there
+    (lift = frequency in the class / frequency in the other documents, with half a
+    document added to each count so it stays finite). Numeric: Spearman's rho
+    between the latent's pooled value (0 where silent) and the column, with its
+    t-approximation p-value and q-values. Latents firing in fewer than ``min_support``
+    documents are not tested; ``label_pattern`` / ``latents`` restrict the latents.
+    """
+    if kind not in ("auto", "categorical", "numeric"):
+        raise ConfigError(f"kind must be auto, categorical or numeric, got {kind!r}")
+    if min_support < 1:
+        raise ConfigError(f"--min-support must be at least 1, got {min_support}")
+    with opened(store_or_path) as store:
+        scope = resolve_scope(store, dataset, sae_id)
+        _quiet_progress(store)
+        docs = documents_frame(store, list(scope.names), fields=[column])
+        keep = _restrict(store, scope.sae_id, label_pattern, latents)
+        lm = latent_matrix(store, list(scope.names), scope.sae_id)
+        labels = latent_labels(store, scope.sae_id).select("latent", "label")
+    if not np.array_equal(lm.doc_ids, docs["doc_id"].to_numpy()):  # pragma: no cover - both sort by doc_id
+        raise ConfigError("documents and activations disagree; re-run `saedata embed`")
+    values = docs[column]
+    ok = values.is_not_null().to_numpy()
+    if values.dtype == pl.Float64 or values.dtype == pl.Float32:
+        ok &= ~values.is_nan().fill_null(True).to_numpy()
+    n_missing = int((~ok).sum())
+    warnings: list[str] = []
+    if n_missing:
+        warnings.append(f"{n_missing} of {len(ok)} documents have no value for {column!r}; they are left out")
+    values = values.filter(pl.Series(ok))
+    if kind == "auto":
+        kind = "numeric" if values.dtype.is_numeric() and values.dtype != pl.Boolean else "categorical"
+    if kind == "numeric" and not values.dtype.is_numeric():
+        raise ConfigError(f"column {column!r} of {scope.describe()} is not numeric ({values.dtype}); "
+                          "treat it as categorical")
+    X = lm.X[np.flatnonzero(ok)]
+    A = X.copy()
+    A.data = (np.abs(A.data) > threshold).astype(np.float32)
+    A.eliminate_zeros()
+    support = np.asarray(A.sum(axis=0)).ravel()
+    cols = np.flatnonzero(support >= min_support)
+    if keep is not None:
+        cols = np.intersect1d(cols, np.asarray(keep, dtype=np.int64))
+    n = int(ok.sum())
+    if n < 3:
+        raise ConfigError(f"too few documents with {column!r} in {scope.describe()} to test: {n}")
+    if cols.size == 0:
+        raise ConfigError(
+            f"no latent fires in {min_support} or more of the {n} documents of {scope.describe()}; "
+            "lower --min-support"
+        )
+    base = pl.DataFrame({"latent": cols.astype(np.int32), "n_docs": support[cols].astype(np.int64),
+                         "freq": support[cols].astype(np.float64) / n})
+    base = base.join(labels, on="latent", how="left", maintain_order="left")
+    base = base.select("latent", "label", "n_docs", "freq")
+    if kind == "numeric":
+        table = _spearman(X[:, cols], values.cast(pl.Float64).to_numpy(), column, scope)
+        out = (pl.concat([base, table], how="horizontal")
+               .sort([pl.col("q"), pl.col("rho").abs()], descending=[False, True], nulls_last=True))
+        empty = pl.DataFrame()
+        return MetadataResult(column, "numeric", out, empty, empty, n, n_missing, scope.names, scope.sae_id, alpha,
+                              tuple(warnings))
+    classes = values.cast(pl.String).to_numpy()
+    table, per_class, freqs, more = _categorical(A[:, cols], classes, base, column, scope, min_support,
+                                                 per_class, alpha)
+    warnings.extend(more)
+    return MetadataResult(column, "categorical", table, per_class, freqs, n, n_missing, scope.names, scope.sae_id,
+                          alpha, tuple(warnings))
+
+
+def _spearman(X, x: np.ndarray, column: str, scope: Scope) -> pl.DataFrame:
+    """Spearman rho and p of each column of sparse X (n, L) with x (n,)."""
+    from scipy import stats
+
+    n = len(x)
+    if np.all(x == x[0]):
+        raise ConfigError(f"column {column!r} has one value ({x[0]:g}) in every document of {scope.describe()}")
+    rx = stats.rankdata(x)
+    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
+    rho = np.empty(X.shape[1])
+    X = X.tocsc()
+    for start in range(0, X.shape[1], 1024):  # dense blocks of at most n x 1024
+        block = np.abs(X[:, start : start + 1024].toarray())
+        r = stats.rankdata(block, axis=0)
+        r -= r.mean(axis=0)
+        norm = np.linalg.norm(r, axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho[start : start + block.shape[1]] = np.where(norm > 0, (rx @ r) / norm, 0.0)
+    rho = np.clip(rho, -1.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = rho * np.sqrt((n - 2) / np.maximum(1e-300, 1 - rho**2))
+    p = 2 * stats.t.sf(np.abs(t), n - 2)
+    return pl.DataFrame({"rho": rho, "p": p, "q": bh_qvalues(p)})
+
+
+def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope: Scope, min_support: int,
+                 per_class: int, alpha: float):
+    from scipy import sparse, stats
+
+    names, idx = np.unique(classes, return_inverse=True)
+    if len(names) < 2:
+        raise ConfigError(
+            f"column {column!r} has one value ({names[0]!r}) in every document of {scope.describe()}; "
+            "nothing to compare"
+        )
+    warnings = []
+    n = len(classes)
+    C = sparse.csr_matrix((np.ones(n), (np.arange(n), idx)), shape=(n, len(names)))
+    n_k = np.asarray(C.sum(axis=0)).ravel()  # (K,)
+    small = [f"{c!r} ({int(m)})" for c, m in zip(names, n_k, strict=True) if m < 5]
+    if small:
+        warnings.append(f"classes of {column!r} with fewer than 5 documents: {', '.join(small[:5])}; "
+                        "their tests are rough")
+    if len(names) > 50:
+        warnings.append(f"column {column!r} has {len(names)} distinct values; is it numeric or an id?")
+    O = np.asarray((C.T @ A).todense(), dtype=np.float64)  # (K, L) documents of class k where latent fires
+    n_l = np.asarray(A.sum(axis=0)).ravel().astype(np.float64)  # (L,)
+    E1 = np.outer(n_k, n_l) / n
+    E0 = np.outer(n_k, n - n_l) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cells = np.where(E1 > 0, (O - E1) ** 2 / E1, 0.0) + np.where(E0 > 0, ((n_k[:, None] - O) - E0) ** 2 / E0, 0.0)
+    stat = cells.sum(axis=0)
+    p = stats.chi2.sf(stat, len(names) - 1)
+    q = bh_qvalues(p)
+    freq_in = O / n_k[:, None]
+    rest = (n - n_k)[:, None]
+    out_count = n_l[None, :] - O
+    with np.errstate(divide="ignore", invalid="ignore"):
+        freq_out = np.where(rest > 0, out_count / rest, 0.0)
+    # lift with half a document added to each count, so it stays finite and rare latents don't dominate
+    lift = ((O + 0.5) / (n_k[:, None] + 1)) / ((out_count + 0.5) / (rest + 1))
+    best = np.argmax(lift, axis=0)
+    table = base.with_columns(
+        pl.Series("chi2", stat), pl.Series("p", p), pl.Series("q", q),
+        pl.Series("cramers_v", np.sqrt(stat / n)),  # for a 2 x K table, V = sqrt(chi2 / n)
+        pl.Series("top_class", names[best].astype(str)),
+        pl.Series("top_lift", lift[best, np.arange(len(best))]),
+    ).sort(["q", "cramers_v"], descending=[False, True])
+    rows = []
+    lat = base["latent"].to_numpy()
+    lab = base["label"].to_list()
+    for k, name in enumerate(names):
+        ok = (q <= alpha) & (O[k] >= min_support) & (freq_in[k] > freq_out[k])
+        cand = np.flatnonzero(ok)
+        order = cand[np.lexsort((-freq_in[k][cand], -lift[k][cand]))][:per_class]
+        if order.size == 0:
+            warnings.append(f"no latent is significantly over-represented in {column} = {name!r}")
+        for r, j in enumerate(order, start=1):
+            rows.append((str(name), int(n_k[k]), r, int(lat[j]), lab[j], float(freq_in[k, j]),
+                         float(freq_out[k, j]), float(lift[k, j]), float(q[j])))
+    per = pl.DataFrame(rows, schema={"class": pl.String, "n_class": pl.Int64, "rank": pl.Int64,
+                                     "latent": pl.Int32, "label": pl.String, "freq_in": pl.Float64,
+                                     "freq_out": pl.Float64, "lift": pl.Float64, "q": pl.Float64}, orient="row")
+    shown = list(dict.fromkeys(per["latent"].to_list()))
+    col_of = {int(v): j for j, v in enumerate(lat)}
+    freqs = pl.DataFrame(
+        [(str(c), int(v), lab[col_of[v]], float(freq_in[k, col_of[v]])) for k, c in enumerate(names) for v in shown],
+        schema={"class": pl.String, "latent": pl.Int32, "label": pl.String, "freq": pl.Float64}, orient="row",
+    )
+    return table, per, freqs, warnings
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+def write_correlate_report(result: CorrelateResult, path: str | os.PathLike, title: str | None = None):
+    """Write an offline HTML report: NPMI heatmap of the top pairs' latents, the pair table
+    and the example documents with both peak words highlighted. Returns the path."""
+    from saedata import plot
+
+    blocks: list = [plot.Text(w) for w in result.warnings]
+    blocks.append(plot.Text(
+        f"{result.n_tested} pairs of {result.n_latents} latents fire together in at least {result.min_support} "
+        f"of {result.n_docs} documents; {result.n_significant} are significant at q <= {result.alpha}. "
+        "Ranked by NPMI among significant pairs."))
+    if result.matrix.shape[0] >= 2:
+        names = [_short(lat, lab) for lat, lab in result.matrix_latents.iter_rows()]
+        fig = plot.heatmap(result.matrix, names, names, title="NPMI among the latents of the top pairs",
+                           cbar_label="NPMI", vmin=-1, vmax=1)
+        blocks.append(plot.Figure(fig, "NPMI: 1 always together, 0 independent, -1 never together"))
+    blocks += [plot.Text("Top pairs", 2), plot.Table(result.pairs)]
+    if result.examples.height:
+        blocks.append(plot.Text("Documents where both fire", 2))
+        for (rank,), group in result.examples.group_by("rank", maintain_order=True):
+            pair = result.pairs.filter(pl.col("rank") == rank).row(0, named=True)
+            blocks.append(plot.Text(
+                f"#{rank}: {_short(pair['latent_i'], pair['label_i'])}  +  {_short(pair['latent_j'], pair['label_j'])}"
+                f"  (NPMI {pair['npmi']:.2f}, {pair['n_ij']} documents)", 3))
+            for row in group.iter_rows(named=True):
+                words = [w for w in (row["word_i"], row["word_j"]) if w]
+                blocks.append(plot.Html(plot.highlight_words(row["text"], words)))
+    title = title or f"Concept correlation: {', '.join(result.datasets)}"
+    return plot.write_report(path, title, blocks, subtitle=f"SAE {result.sae_id}")
+
+
+def write_metadata_report(result: MetadataResult, path: str | os.PathLike, title: str | None = None):
+    """Write an offline HTML report for a metadata association: a class x latent frequency
+    heatmap and the per-class table (categorical), or the rho table (numeric)."""
+    from saedata import plot
+
+    blocks: list = [plot.Text(w) for w in result.warnings]
+    if result.kind == "categorical":
+        if result.frequencies.height:
+            wide = result.frequencies.pivot(on="class", index=["latent", "label"], values="freq",
+                                            maintain_order=True)
+            classes = [c for c in wide.columns if c not in ("latent", "label")]
+            rows = [_short(lat, lab) for lat, lab in wide.select("latent", "label").iter_rows()]
+            fig = plot.heatmap(wide.select(classes).to_numpy().T, classes, rows,
+                               title=f"Activation frequency by {result.column}", cbar_label="fraction of documents",
+                               cmap="viridis", vmin=0, vmax=1)
+            blocks.append(plot.Figure(fig, f"rows: values of {result.column}; columns: the latents below"))
+        blocks += [plot.Text(f"Most over-represented latents per {result.column}", 2), plot.Table(result.classes)]
+    blocks += [plot.Text("All latents tested", 2), plot.Table(result.latents, max_rows=50)]
+    title = title or f"Latents and {result.column}: {', '.join(result.datasets)}"
+    return plot.write_report(path, title, blocks, subtitle=f"{result.kind} column; {result.n_docs} documents")
+
+
+def _short(latent: int, label: str | None, width: int = 38) -> str:
+    text = f"{latent} {label or ''}".strip()
+    return text if len(text) <= width else text[: width - 3] + "..."
