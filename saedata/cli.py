@@ -78,8 +78,10 @@ def _input_options(f: Callable) -> Callable:
                      help="Field (JSONL/Parquet) or column (CSV) holding the text."),
         click.option("--id-field", default=None,
                      help="Field holding a unique document id [default: the line/row number]."),
-        click.option("--input-format", type=click.Choice(["jsonl", "csv", "parquet", "txt"]), default=None,
-                     help="Corpus format [default: from the file extension; jsonl for stdin]."),
+        click.option("--input-format", type=click.Choice(["jsonl", "csv", "parquet", "txt", "images"]),
+                     default=None,
+                     help="Corpus format [default: from the file extension; jsonl for stdin; images for a "
+                          "folder]. 'images' with a file reads it as a list of image paths."),
     ]):
         f = opt(f)
     return f
@@ -205,18 +207,20 @@ def train(ctx, corpus, out, activation, k, expansion, train_tokens, seed, model,
 @click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
+@click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
 @_reader_options
 @_input_options
 @_train_options
 @_quiet_option
 @click.pass_context
-def embed(ctx, corpus, sae_path, db, name, pooling, model, layer, max_tokens, batch_size, device, dtype,
+def embed(ctx, corpus, sae_path, db, name, pooling, verbose, model, layer, max_tokens, batch_size, device, dtype,
           text_field, id_field, input_format, activation, k, expansion, train_tokens, seed):
     """Embed CORPUS files into the store as interpretable concept vectors.
 
     Each file becomes a dataset. Without --sae, the store's SAE is reused, or one is
     trained on the first corpus (saved beside the store as NAME.sae/). Interrupted
-    runs resume when rerun with the same arguments.
+    runs resume when rerun with the same arguments. A folder is read as images
+    (recursively) with a vision encoder given by --model (ViT, CLIP, SigLIP, DINOv2).
     """
     from saedata.config import EmbedConfig
     from saedata.pipeline import embed as run_embed
@@ -230,7 +234,7 @@ def embed(ctx, corpus, sae_path, db, name, pooling, model, layer, max_tokens, ba
             reader_cfg=_reader_cfg(model, layer, max_tokens, batch_size, device, dtype),
             embed_cfg=EmbedConfig(pooling=pooling),
             train_cfg=_train_cfg(activation, k, expansion, train_tokens, seed, device),
-            progress=not _quiet(ctx), log=_log(ctx),
+            progress=not _quiet(ctx), log=_log(ctx), verbose=verbose,
         )
         if result.already_complete:
             continue
@@ -294,8 +298,9 @@ def show(doc, db, dataset, top, fmt):
 def sql(query, db, fmt):
     """Run any SQL QUERY over the concept store.
 
-    Tables: datasets, documents, saes, latents, activations; view: concepts; macros:
-    latent_freq, latent_stats, top_docs, doc_concepts. The store opens read-only.
+    Tables: datasets, documents, saes, latents, activations, word_counts; view:
+    concepts; macros: latent_freq, latent_stats, top_docs, doc_concepts, word_at,
+    word_before, cooccur, cooccur_docs and the analyses' own. The store opens read-only.
     """
     from saedata.store import open as open_store
 
@@ -377,6 +382,538 @@ def demo(ctx, path, n_docs, seed):
 
     write_jsonl(make_corpus(n_docs, seed=seed), path)
     _log(ctx)(f"wrote {n_docs} documents to {path}")
+
+
+@main.command()
+@click.argument("query", required=False)
+@_db_option
+@click.option("--latents", "latent_ids", default=None,
+              help="Comma-separated latent ids to score by, instead of the latents the query maps to.")
+@click.option("--dataset", default=None, help="Search one dataset [default: every dataset of the SAE].")
+@click.option("--top", type=int, default=50, show_default=True, help="Documents to return.")
+@click.option("--eval-field", default=None, help="Metadata field to report precision@top against.")
+@click.option("--eval-value", default=None,
+              help="Value of --eval-field that counts as relevant [default: true, for boolean fields].")
+@click.option("--query-latents", type=int, default=128, show_default=True,
+              help="Latents kept from the query's own activations (label matches come on top).")
+@click.option("--sae-id", type=int, default=None, help="SAE to search with when the store has several.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the query is read.")
+@_format_option
+@_quiet_option
+@click.pass_context
+def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, sae_id, device, fmt):
+    """Find the documents that show a property described by QUERY, best first.
+
+    QUERY is read by the SAE's reader and mapped to latents (weighted by rarity, plus
+    latents whose labels share its words); documents are scored from the stored
+    activations alone. Phrase it as an example: "Why did the dog do that?".
+    """
+    from saedata.analysis.retrieve import search as run_search
+    from saedata.config import ReaderConfig
+
+    ids = None
+    if latent_ids:
+        try:
+            ids = [int(x) for x in latent_ids.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {latent_ids!r}",
+                                     param_hint="--latents") from None
+    if not (query and query.strip()) and not ids:
+        raise click.UsageError("give a QUERY or --latents")
+    result = run_search(db, query, latents=ids, dataset=dataset, top=top, eval_field=eval_field,
+                        eval_value=eval_value, reader_cfg=ReaderConfig(device=device), sae_id=sae_id,
+                        query_latents=query_latents)
+    log = _log(ctx)
+    n = result.query_latents.height
+    log(f"{n} latents ({'by-latent index' if result.used_index else 'full scan'}), heaviest first:")
+    for row in result.query_latents.head(10).iter_rows(named=True):
+        log(f"  {row['latent']:>6}  {row['weight']:6.3f}  {row['source']:<11}  {row['label'] or ''}")
+    if n > 10:
+        log(f"  ... and {n - 10} more")
+    _emit(result.docs, fmt)
+    if result.precision is not None:
+        click.echo(f"precision@{result.docs.height}: {result.precision:.2f} "
+                   f"(base rate {result.base_rate:.2f}, {eval_field} = {result.eval_value})", err=True)
+
+
+@main.command()
+@_db_option
+@_quiet_option
+@click.pass_context
+def index(ctx, db):
+    """Build the by-latent copy of the activations that makes `saedata search` fast on large stores.
+
+    Rebuild it after embedding more documents: until then search notices it is stale
+    and scans the activations instead.
+    """
+    from saedata.store import Store
+
+    with Store(db, read_only=False) as store:
+        n = store.build_latent_index()
+    _log(ctx)(f"indexed {n} activations by latent in {db}")
+
+
+# -- vae ---------------------------------------------------------------------------------
+
+
+def _size_option(f: Callable) -> Callable:
+    def parse(_ctx: click.Context, _p: click.Parameter, value: str | None) -> tuple[int, int] | None:
+        if value is None:
+            return None
+        try:
+            w, _, h = value.lower().partition("x")
+            size = (int(w), int(h or w))
+        except ValueError:
+            raise click.BadParameter(f"expected WIDTHxHEIGHT or one number, got {value!r}") from None
+        if min(size) <= 0:
+            raise click.BadParameter(f"sizes must be positive, got {value!r}")
+        return size
+
+    return click.option("--size", default=None, callback=parse,
+                        help="Resize images to WIDTHxHEIGHT (or N for NxN) [default: the first image's size].")(f)
+
+
+def _vae_data_options(f: Callable) -> Callable:
+    for opt in reversed([
+        click.option("--label-field", default=None,
+                     help="Label column of a table (images: labels are their subfolder names)."),
+        _size_option,
+        click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+                     help="HTML report to write; the figures go beside it as vae_*.png."),
+        click.option("-v", "--verbose", is_flag=True, help="List every skipped file."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _vae_summary(ctx: click.Context, data: Any, summary: Any, report: Any, files: list, verbose: bool,
+                 fmt: str) -> None:
+    log = _log(ctx)
+    if verbose:
+        for path, why in data.skipped:
+            log(f"skipped {path}: {why}")
+    _emit(report.filter(report["relevant"]).sort("relevance", descending=True), fmt)
+    s = summary
+    line = (f"relevant dims: {s.n_relevant}/{s.n_dims}  active units: {s.n_active}  KL: {s.kl:.2f} nats  "
+            f"rows: {s.n_rows}  skipped files: {len(data.skipped)}")
+    if s.recon_mse is not None:
+        line += f"  recon MSE: {s.recon_mse:.5f}"
+    if s.probe_accuracy is not None:
+        line += f"  linear probe: {s.probe_accuracy:.3f} ± {s.probe_std:.3f}"
+    click.echo(line, err=fmt != "table")
+    for f in files:
+        log(f"wrote {f}")
+
+
+@main.group(cls=_Group)
+def vae() -> None:
+    """VAE latent probes: which latent dimensions of a VAE (or of a given encoder) matter.
+
+    \b
+    saedata vae fit digits/ --out digits.vae --prior ard --report vae.html
+    saedata vae probe digits.vae digits/ --sae
+    """
+
+
+@vae.command("fit")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to save the VAE in.")
+@click.option("--prior", type=click.Choice(["ard", "standard"]), default="ard", show_default=True,
+              help="ard: per-dimension prior variances estimated from the encoded data (ARD-VAE); standard: N(0, I).")
+@click.option("--latent-dim", type=int, default=32, show_default=True, help="Latent dimensions.")
+@click.option("--epochs", type=int, default=100, show_default=True, help="Passes over the training rows.")
+@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the KL term.")
+@click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default="gaussian", show_default=True,
+              help="Reconstruction loss: squared error, or cross-entropy for values in [0, 1].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: same data + seed -> same VAE.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_vae_data_options
+@_format_option
+@_quiet_option
+@click.pass_context
+def vae_fit(ctx, data, out, prior, latent_dim, epochs, beta, likelihood, seed, device, label_field, size,
+            report_path, verbose, fmt):
+    """Fit a VAE on DATA and report which latent dimensions are relevant.
+
+    DATA is a folder of images (PNG, JPEG, ...; in class subfolders to give labels) or an
+    embedding table (.parquet, .csv, .npy). Prints the relevant dimensions (per-dimension
+    KL, ARD variance, relevance) and a summary: relevant and active counts, held-out
+    reconstruction MSE, linear-probe accuracy of the relevant dimensions (with labels).
+    The report (default OUT/report.html) holds the figures.
+    """
+    from saedata.analysis.vae_report import fit_on_data
+
+    run = fit_on_data(data, out, report_path, label_field=label_field, size=size, progress=not _quiet(ctx),
+                      log=_log(ctx), prior=prior, d_latent=latent_dim, epochs=epochs, beta=beta,
+                      likelihood=likelihood, seed=seed, device=device)
+    _vae_summary(ctx, run.data, run.result.summary, run.result.report, [run.out, *run.files], verbose, fmt)
+
+
+@vae.command("probe")
+@click.argument("encoder", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--sae", "train_sae", is_flag=True,
+              help="Train an SAE on the relevant dimensions and list its latents' top rows and classes.")
+@click.option("--k", "sae_k", type=int, default=4, show_default=True, help="Active SAE latents per row (--sae).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@_vae_data_options
+@_format_option
+@_quiet_option
+@click.pass_context
+def vae_probe(ctx, encoder, data, train_sae, sae_k, device, label_field, size, report_path, verbose, fmt):
+    """Report which latent dimensions of ENCODER matter on DATA.
+
+    ENCODER is a VAE saved by `saedata vae fit`, or a diffusers AutoencoderKL directory
+    (pip install 'saedata[diffusers]'). DATA as for `saedata vae fit`.
+    """
+    from saedata.analysis.vae_report import probe_on_data
+
+    run = probe_on_data(encoder, data, report_path, label_field=label_field, size=size, sae=train_sae,
+                        sae_k=sae_k, device=device, log=_log(ctx))
+    _vae_summary(ctx, run.data, run.summary, run.report, run.files, verbose, fmt)
+    if run.concepts is not None:
+        click.echo("SAE latents on the relevant dimensions:", err=fmt != "table")
+        _emit(run.concepts.head(20).with_columns(run.concepts["top_rows"].head(20).list.join(", ")), fmt)
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@_db_option
+@click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="SAE directory for embedding files [default: the store's SAE, else train one on both].")
+@click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")
+@click.option("--threshold", type=float, default=0.0, show_default=True,
+              help="A latent is active in a document when |pooled value| > this.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows to show (0 for all).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write an offline HTML report (bars, table, example documents) here.")
+@click.option("--no-length-control", is_flag=True,
+              help="Skip the length-stratified comparison (adj_* columns) and rank by the raw difference.")
+@click.option("--paired-on", default=None, help="Pair documents of A and B by this metadata field (McNemar).")
+@click.option("--by", default=None, help="Split dataset A by this metadata column: each value vs the rest.")
+@click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
+@click.option("--examples", type=int, default=3, show_default=True, help="Example documents per side and latent.")
+@_format_option
+@_reader_options
+@_input_options
+@_train_options
+@_quiet_option
+@click.pass_context
+def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length_control, paired_on, by,
+         no_merge, examples, fmt, model, layer, max_tokens, batch_size, device, dtype, text_field, id_field,
+         input_format, activation, k, expansion, train_tokens, seed):
+    """Diff the concepts of A and B: which latents are more common on one side.
+
+    A and B are two corpus files (embedded into --db first, training an SAE on both
+    when the store has none) or two dataset names in --db. With --by COLUMN, A alone
+    is split by a metadata column into one-vs-rest diffs. Ranked by q-value, then by
+    the size of the difference; the adj_* columns compare documents of similar length.
+    """
+    from saedata.analysis.diff import are_files, diff_files
+    from saedata.analysis.diff import diff as run_diff
+    from saedata.analysis.diff_report import display_table
+
+    options = dict(by=by, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
+                   merge_duplicates=not no_merge, examples=examples, sae_id=sae_id)
+    if are_files(a, b):
+        from saedata.config import EmbedConfig
+
+        result = diff_files(
+            a, b, db, sae_path, input_cfg=_input_cfg(text_field, id_field, input_format),
+            reader_cfg=_reader_cfg(model, layer, max_tokens, batch_size, device, dtype), embed_cfg=EmbedConfig(),
+            train_cfg=_train_cfg(activation, k, expansion, train_tokens, seed, device),
+            progress=not _quiet(ctx), log=_log(ctx), **options,
+        )
+    else:
+        result = run_diff(db, a, b, **options)
+    for w in result.warnings:
+        _log(ctx)(f"warning: {w}")
+    if report_path:
+        _log(ctx)(f"wrote {result.write_report(report_path)}")
+    table = result.table.head(top) if top else result.table
+    if fmt == "table":
+        click.echo(result.summary())
+        adjusted = ["adj_diff", "adj_q"] if result.length_controlled else []
+        paired = ["n_a_only", "n_b_only"] if result.paired_on else []
+        cols = (["group"] if result.by else []) + ["latent", "label", "freq_a", "freq_b", "diff", *paired, "q",
+                                                    *adjusted, "merged"]
+        table = _readable_q(display_table(table.select(cols)))
+    elif fmt == "csv":
+        table = display_table(table)
+    _emit(table, fmt)
+
+
+@main.command()
+@click.option("--target", required=True, help="Metadata column to predict (binary or numeric).")
+@click.option("--dataset", default=None, help="Dataset to use [default: every dataset of the SAE].")
+@_db_option
+@click.option("--n-latents", type=int, default=10, show_default=True, help="Latents the sparse model keeps.")
+@click.option("--threshold", type=float, default=0.0, show_default=True,
+              help="A latent is present in a document when |pooled value| > this.")
+@click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows to show (0 for all).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the cross-validation folds.")
+@_format_option
+@_quiet_option
+@click.pass_context
+def associate(ctx, target, dataset, db, n_latents, threshold, sae_id, top, seed, fmt):
+    """Find the latents that predict a metadata column (--target), with no LLM.
+
+    A binary target (two values) gets an L1 logistic regression, a numeric one the
+    Lasso, each keeping about --n-latents latents, and a cross-validated score (AUC or
+    R^2). Every latent gets an effect size, a p-value and a q-value; chosen latents
+    come first.
+    """
+    from saedata.analysis.associate import associate as run_associate
+
+    result = run_associate(db, dataset, target, n_latents=n_latents, threshold=threshold, sae_id=sae_id,
+                           seed=seed)
+    for w in result.warnings:
+        _log(ctx)(f"warning: {w}")
+    table = result.table.head(top) if top else result.table
+    if fmt == "table":
+        click.echo(result.summary())
+        table = _readable_q(table)
+    else:
+        _log(ctx)(result.summary())
+    _emit(table, fmt)
+
+
+def _readable_q(df: Any) -> Any:
+    """p- and q-value columns as short text (3.2e-09), for the table format."""
+    import polars as pl
+
+    cols = [c for c in df.columns if c in ("p", "q", "adj_p", "adj_q")]
+    return df.with_columns(pl.col(c).map_elements(lambda v: f"{v:.2g}", return_dtype=pl.String) for c in cols)
+
+
+def _sci(df: Any, *cols: str) -> Any:
+    """Columns of small numbers (p- and q-values) as text in scientific notation, for table output."""
+    import polars as pl
+
+    return df.with_columns(pl.col(c).map_elements(lambda v: f"{v:.1e}", return_dtype=pl.String) for c in cols)
+
+
+def _latent_list(value: str | None, option: str) -> list[int] | None:
+    """Parse a comma-separated list of latent ids (None when not given)."""
+    if not value:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=option) from None
+
+
+@main.command()
+@_db_option
+@click.option("--dataset", "datasets_", multiple=True, help="Dataset to use (repeatable) [default: every dataset "
+              "of the SAE].")
+@click.option("--with", "column", default=None,
+              help="Associate latents with this metadata column instead of with each other.")
+@click.option("--as", "kind", type=click.Choice(["auto", "categorical", "numeric"]), default="auto",
+              show_default=True, help="How to treat the --with column (auto: numbers are numeric).")
+@click.option("--min-support", type=int, default=5, show_default=True,
+              help="Latents and pairs must fire in at least this many documents.")
+@click.option("--threshold", type=float, default=0.0, show_default=True,
+              help="A latent fires in a document when |pooled value| > this.")
+@click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
+@click.option("--latents", "latent_ids", default=None, help="Only these comma-separated latent ids.")
+@click.option("--top", type=int, default=20, show_default=True,
+              help="Pairs to show (metadata: latents per class, or rows for a numeric column).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="q-value cut for significance.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write an offline HTML report (heatmap, table, example documents) here.")
+@click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")
+@_format_option
+@_quiet_option
+@click.pass_context
+def correlate(ctx, db, datasets_, column, kind, min_support, threshold, pattern, latent_ids, top, alpha,
+              report_path, sae_id, fmt):
+    """Find latents that fire together more than chance, or that go with a metadata column.
+
+    Pairs are counted in DuckDB, scored by NPMI (-1..1) and phi, tested (chi-square,
+    or Fisher's exact test for small counts) with BH q-values, and ranked by NPMI
+    among significant pairs; `redundant` marks two latents with nearly the same
+    documents. With --with COLUMN: per-class frequencies and a chi-square test per
+    latent (categorical), or Spearman's rho (numeric).
+    """
+    from saedata.analysis import correlate as corr
+
+    names = list(datasets_) or None
+    ids = _latent_list(latent_ids, "--latents")
+    log = _log(ctx)
+    if top < 1:
+        raise click.BadParameter(f"must be at least 1, got {top}", param_hint="--top")
+    if column is not None:
+        result = corr.correlate_metadata(db, names, column, kind=kind, min_support=min_support,
+                                         threshold=threshold, label_pattern=pattern, latents=ids, per_class=top,
+                                         alpha=alpha, sae_id=sae_id)
+        for w in result.warnings:
+            log(f"warning: {w}")
+        log(f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.latents.height} latents tested "
+            f"against {result.kind} column {column!r}; {int((result.latents['q'] <= alpha).sum())} with "
+            f"q <= {alpha}")
+        if report_path:
+            log(f"wrote {corr.write_metadata_report(result, report_path)}")
+        if result.kind == "categorical":
+            _emit(_sci(result.classes, "q") if fmt == "table" else result.classes, fmt)
+        else:
+            table = result.latents.head(top)
+            _emit(_sci(table.select("latent", "label", "n_docs", "freq", "rho", "q"), "q") if fmt == "table"
+                  else table, fmt)
+        return
+    result = corr.correlate(db, names, min_support=min_support, threshold=threshold, label_pattern=pattern,
+                            latents=ids, top=top, alpha=alpha, sae_id=sae_id)
+    for w in result.warnings:
+        log(f"warning: {w}")
+    log(f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.n_tested} pairs of "
+        f"{result.n_latents} latents fire together in >= {min_support} documents; {result.n_significant} "
+        f"significant at q <= {alpha}")
+    if report_path:
+        log(f"wrote {corr.write_correlate_report(result, report_path)}")
+    pairs = result.pairs
+    if fmt == "table":
+        pairs = _sci(pairs.select("rank", "latent_i", "label_i", "latent_j", "label_j", "n_ij", "npmi", "phi", "q",
+                                  "redundant"), "q")
+    _emit(pairs, fmt)
+
+
+@main.command()
+@_db_option
+@click.option("--dataset", "datasets_", multiple=True, help="Dataset to use (repeatable) [default: every dataset "
+              "of the SAE].")
+@click.option("--axis", default=None,
+              help="Cluster along this axis, in words (e.g. sentiment): latents whose label has one of "
+                   "its words, or whose label's embedding is close to it.")
+@click.option("--label", "pattern", default=None, help="Cluster on latents whose label matches this regex.")
+@click.option("--latents", "latent_ids", default=None, help="Cluster on these comma-separated latent ids.")
+@click.option("--method", type=click.Choice(["kmeans", "hdbscan"]), default="kmeans", show_default=True)
+@click.option("--k", type=int, default=None, help="Number of k-means clusters [default: estimated by silhouette].")
+@click.option("--max-k", type=int, default=12, show_default=True, help="Largest k tried when estimating k.")
+@click.option("--min-cluster-size", type=int, default=10, show_default=True, help="HDBSCAN's smallest cluster.")
+@click.option("--scale", type=click.Choice(["values", "binary", "tfidf"]), default="values", show_default=True,
+              help="Features: pooled values, 0/1, or 0/1 weighted by rarity (rows at unit length).")
+@click.option("--top", type=int, default=20, show_default=True, help="Most latents an --axis picks.")
+@click.option("--compare", is_flag=True, help="Also cluster on all latents and compare (adjusted Rand index).")
+@click.option("--eval-field", default=None, help="Score the clusterings against this metadata column (ARI, NMI).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write an offline HTML report here, and the 2-D map beside it as PNG.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the 2-D map (UMAP, coloured by cluster) as PNG here.")
+@click.option("--assignments", is_flag=True, help="Print one row per document instead of one per cluster.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: same input + seed -> same clusters.")
+@click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")
+@_format_option
+@_quiet_option
+@click.pass_context
+def cluster(ctx, db, datasets_, axis, pattern, latent_ids, method, k, max_k, min_cluster_size, scale, top, compare,
+            eval_field, report_path, png_path, assignments, seed, sae_id, fmt):
+    """Cluster documents on the latents of one axis, and describe each cluster.
+
+    --axis TEXT picks latents whose label contains a word of TEXT (or its plural or
+    singular), plus those whose label, embedded with the default reader, is most
+    similar to TEXT (cosine >= 0.3 and 3 SD above the average label); --label and
+    --latents name them directly. Without any, all latents are used. The latents
+    picked are listed on stderr. Clusters are described by the latents (of all) with
+    the highest lift in them.
+    """
+    from saedata.analysis.cluster import cluster as run_cluster
+    from saedata.analysis.cluster import cluster_map, write_cluster_report
+
+    log = _log(ctx)
+    result = run_cluster(db, list(datasets_) or None, axis=axis, latents=_latent_list(latent_ids, "--latents"),
+                         label_pattern=pattern, method=method, k=k, max_k=max_k, seed=seed,
+                         min_cluster_size=min_cluster_size, scale=scale, map=bool(report_path or png_path),
+                         unfiltered=compare, eval_field=eval_field, top=top, sae_id=sae_id)
+    used = result.latents_used
+    log(f"clustering {result.n_docs} documents ({', '.join(result.datasets)}) on {used.height} latents:")
+    for row in used.head(30).iter_rows(named=True):
+        score = f"{row['score']:.2f}" if row["score"] is not None else "   -"
+        log(f"  {row['latent']:>6}  {score}  {row['label'] or ''}")
+    if used.height > 30:
+        log(f"  ... and {used.height - 30} more")
+    for w in result.warnings:
+        log(f"warning: {w}")
+    for row in result.comparison.iter_rows(named=True):
+        sil = f"{row['silhouette']:.3f}" if row["silhouette"] is not None else "n/a"
+        ev = f"; vs {row['field']}: ARI {row['ari']:.3f}, NMI {row['nmi']:.3f}" if row["field"] else ""
+        log(f"{row['clustering']} ({row['n_latents']} latents): {method}, k = {row['k']}, silhouette {sil}{ev}")
+    if result.ari_unfiltered is not None:
+        log(f"ARI between the filtered clustering and the one on all latents: {result.ari_unfiltered:.3f}")
+    if report_path:
+        html_path, png_written = write_cluster_report(result, report_path, png=png_path)
+        log(f"wrote {html_path}" + (f" and {png_written}" if png_written else ""))
+    elif png_path:
+        fig = cluster_map(result)
+        if fig is not None:
+            from saedata.plot import save_png
+
+            log(f"wrote {save_png(fig, png_path)}")
+    _emit(result.assignments if assignments else result.clusters, fmt)
+
+
+@main.group(cls=_Group)
+def probe() -> None:
+    """Probe a stored dataset's SAE codes against the reader's dense embedding.
+
+    \b
+    saedata probe codes --dataset photos --label-field folder   # linear probe + concept purity
+    saedata probe ood --in photos --out other_photos            # out-of-distribution AUROC
+    """
+
+
+@probe.command("codes")
+@click.option("--dataset", required=True, help="Dataset to probe.")
+@click.option("--label-field", required=True, help="Metadata column with the class (e.g. folder for images).")
+@_db_option
+@click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@_format_option
+@_quiet_option
+@click.pass_context
+def probe_codes(ctx, dataset, label_field, db, cv, device, fmt):
+    """Linear-probe accuracy and concept purity of SAE codes vs the dense embedding.
+
+    The dense embedding is the mean reader activation of each document at the SAE's
+    layer (the reader runs once over the dataset); codes are the stored activations.
+    """
+    import polars as pl
+
+    from saedata.analysis.probe_store import probe_dataset
+
+    r = probe_dataset(db, dataset, label_field, cv=cv, device=device)
+    _log(ctx)(f"{r.dataset}: {r.n_docs} documents, {r.n_classes} classes of {r.label_field!r}")
+    _emit(pl.DataFrame({
+        "features": ["sae codes", "dense embedding"],
+        "probe_accuracy": [r.codes_accuracy, r.dense_accuracy],
+        "accuracy_std": [r.codes_accuracy_std, r.dense_accuracy_std],
+        "median_best_auroc": r.summary["median_best_auroc"].to_list(),
+        "mean_class_auroc": r.summary["mean_class_auroc"].to_list(),
+        "median_entropy": r.summary["median_entropy"].to_list(),
+    }), fmt)
+
+
+@probe.command("ood")
+@click.option("--in", "in_dataset", required=True, help="In-distribution dataset (the SAE's own data).")
+@click.option("--out", "out_dataset", required=True, help="Dataset to tell apart from it.")
+@_db_option
+@click.option("--holdout", type=float, default=0.3, show_default=True,
+              help="Share of the in-dataset held out as in-distribution test rows.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@_format_option
+@_quiet_option
+def probe_ood_cmd(in_dataset, out_dataset, db, holdout, device, fmt):
+    """Out-of-distribution detection from SAE codes and reconstruction error (AUROC)."""
+    import polars as pl
+
+    from saedata.analysis.probe_store import probe_ood
+
+    r = probe_ood(db, in_dataset, out_dataset, holdout=holdout, device=device)
+    _emit(pl.DataFrame({"score": ["codes + reconstruction", "reconstruction error", "code distance"],
+                        "auroc": [r.auroc, r.auroc_recon_only, r.auroc_codes_only],
+                        "n_test_in": [r.n_test_in] * 3, "n_test_out": [r.n_test_out] * 3}), fmt)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -195,9 +195,76 @@ class InputConfig(_Serialisable):
     """Field (JSONL/Parquet) or column (CSV) holding the document text."""
     id_field: str | None = None
     """Field holding a unique document id; None numbers documents by line/row (1-based)."""
-    format: Literal["jsonl", "csv", "parquet", "txt"] | None = None
-    """File format; None infers it from the extension (stdin defaults to jsonl)."""
+    format: Literal["jsonl", "csv", "parquet", "txt", "images"] | None = None
+    """File format; None infers it from the extension (stdin defaults to jsonl; a folder is
+    read as images); "images" reads a folder or a list file of image paths."""
     batch_size: int = 1024
     """Documents per batch yielded by the reader (memory stays flat in corpus size)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Reserved for format-specific options."""
+
+
+@dataclass(frozen=True)
+class VAEConfig(_Serialisable):
+    """A variational autoencoder on flat vectors (images flattened to H*W*C) and how it is fitted:
+    encoder x -> (mu, logvar) (n, d_latent), decoder z -> x^ (n, d_in), MLPs with ReLU."""
+
+    d_in: int
+    """Width of the input vectors (pixels H*W*C of an image, or embedding features)."""
+    d_latent: int = 32
+    """Latent dimensions L; ARD finds how many of them are relevant."""
+    hidden: tuple[int, ...] = (256, 128)
+    """Hidden layer widths of the encoder (the decoder mirrors them)."""
+    prior: Literal["standard", "ard"] = "ard"
+    """standard: p(z) = N(0, I); ard: the hierarchical ARD prior of ARD-VAE (Saha et al., 2025),
+    N(0, diag(s^2)) with per-dimension variances s^2 re-estimated from the encoded data each epoch."""
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+    """gaussian: squared error on inputs centred and scaled to unit mean variance; bernoulli:
+    cross-entropy on inputs in [0, 1] (pixels), no rescaling."""
+    beta: float = 1.0
+    """Weight of the KL term: loss = reconstruction + beta x KL (the paper's single trade-off weight)."""
+    epochs: int = 100
+    """Passes over the training rows."""
+    batch_size: int = 128
+    """Rows per optimisation step."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    holdout: float = 0.1
+    """Fraction of rows held out (seeded) for the reported reconstruction error and probes; 0 keeps none."""
+    ard_samples: int = 10_000
+    """Training rows (drawn afresh each epoch) whose encodings estimate the ARD variances."""
+    relevance_mass: float = 0.99
+    """Relevant dimensions: the fewest, by decreasing relevance score, holding this share of the total."""
+    active_threshold: float = 0.01
+    """Active units (Burda et al., 2016): Var_x(E[z_j | x]) / prior variance_j above this."""
+    image_shape: tuple[int, int, int] | None = None
+    """(height, width, channels) when the inputs are flattened images (for traversal grids)."""
+    seed: int = 0
+    """Seed for initialisation, the hold-out split, shuffling and sampling; same data + seed -> same VAE."""
+    device: Device = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+        if self.d_in <= 0 or self.d_latent <= 0:
+            raise ConfigError(f"d_in and d_latent must be positive, got {self.d_in} and {self.d_latent}")
+        if any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"hidden widths must be positive, got {list(self.hidden)}")
+        if self.prior not in ("standard", "ard"):
+            raise ConfigError(f"unknown prior {self.prior!r}; choose standard or ard")
+        if self.likelihood not in ("gaussian", "bernoulli"):
+            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose gaussian or bernoulli")
+        if self.beta <= 0 or self.lr <= 0:
+            raise ConfigError(f"beta and lr must be positive, got {self.beta} and {self.lr}")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.ard_samples <= 0:
+            raise ConfigError("epochs, batch_size and ard_samples must be positive")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        if not 0 < self.relevance_mass <= 1:
+            raise ConfigError(f"relevance_mass must be in (0, 1], got {self.relevance_mass}")
+        if self.image_shape is not None and (
+            len(self.image_shape) != 3 or self.image_shape[0] * self.image_shape[1] * self.image_shape[2] != self.d_in
+        ):
+            raise ConfigError(f"image_shape {self.image_shape} does not match d_in={self.d_in}")

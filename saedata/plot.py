@@ -177,7 +177,19 @@ def write_report(path: str | os.PathLike, title: str, blocks: list, subtitle: st
 
 
 def doc_snippet(text: str, word: str | None = None, width: int = 300) -> str:
-    """Escaped HTML of a document excerpt, with ``word`` highlighted where it first occurs."""
+    """Escaped HTML of a document excerpt, with ``word`` highlighted where it first occurs.
+
+    An image document (its text is the path of an image file) shows as a thumbnail.
+    """
+    from saedata.images import IMAGE_EXTENSIONS, thumbnail_png
+
+    if text.lower().endswith(IMAGE_EXTENSIONS) and "\n" not in text and os.path.isfile(text):
+        png = thumbnail_png(text)
+        if png is not None:
+            data = base64.b64encode(png).decode()
+            return (f"<div class='doc'><img alt='{html.escape(os.path.basename(text))}' "
+                    f"src='data:image/png;base64,{data}' style='image-rendering:pixelated'> "
+                    f"{html.escape(os.path.basename(text))}</div>")
     if word:
         i = text.lower().find(word.lower())
         if i >= 0:
@@ -258,3 +270,105 @@ def scatter_map(xy, groups, title: str = "", legend_title: str = ""):
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def highlight_words(text: str, words: list[str], width: int = 400) -> str:
+    """Escaped HTML of a document excerpt with every whole-word occurrence of ``words`` marked.
+
+    The excerpt (at most ``width`` characters) starts a little before the first hit.
+    """
+    import re
+
+    wanted = [w for w in dict.fromkeys(w.lower() for w in words if w) if w.strip()]
+    if not wanted:
+        return doc_snippet(text, None, width)
+    pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in wanted) + r")(?!\w)", re.IGNORECASE)
+    first = pattern.search(text)
+    start = max(0, first.start() - width // 4) if first else 0
+    excerpt = text[start : start + width]
+    out, pos = [], 0
+    for m in pattern.finditer(excerpt):
+        out.append(html.escape(excerpt[pos : m.start()]))
+        out.append(f"<mark>{html.escape(m.group(0))}</mark>")
+        pos = m.end()
+    out.append(html.escape(excerpt[pos:]))
+    pre = "..." if start else ""
+    post = "..." if start + width < len(text) else ""
+    return f"<div class='doc'>{pre}{''.join(out)}{post}</div>"
+
+
+# -- VAE latent probes ------------------------------------------------------------------
+
+
+def relevance_bars(dims: list[int], kl: list[float], ard_variance: list[float], relevance: list[float],
+                   relevant: list[bool], title: str = ""):
+    """Per latent dimension: KL to the prior (top), ARD variance and relevance score (bottom, log
+    scale); relevant dimensions in colour, the others grey."""
+    import numpy as np
+
+    plt = _pyplot()
+    x = np.arange(len(dims))
+    colours = ["#1b9e77" if r else "#bbbbbb" for r in relevant]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.25 * len(dims) + 2), 5.5), dpi=110, sharex=True)
+    ax1.bar(x, kl, color=colours)
+    ax1.set_ylabel("KL (nats)")
+    ax2.bar(x - 0.2, np.maximum(ard_variance, 1e-12), width=0.4, color=colours, label="ARD variance")
+    ax2.bar(x + 0.2, np.maximum(relevance, 1e-12), width=0.4, color=colours, alpha=0.5, hatch="//",
+            label="relevance share")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("variance / share")
+    ax2.legend(fontsize=7, frameon=False)
+    step = max(1, len(dims) // 32)
+    ax2.set_xticks(x[::step], [str(d) for d in dims][::step], fontsize=7)
+    ax2.set_xlabel("latent dimension (coloured: relevant)")
+    if title:
+        ax1.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, row_labels: list[str] | None = None, col_labels: list[str] | None = None,
+               title: str = "", cell: float = 0.6):
+    """A grid of small images, ``images`` (rows, cols, H, W, C) in [0, 1] (C = 1 or 3), as one
+    mosaic (e.g. a latent traversal: one row per dimension, one column per value)."""
+    import numpy as np
+
+    imgs = np.clip(np.asarray(images, dtype=float), 0, 1)
+    R, K, H, W, C = imgs.shape
+    pad = max(1, H // 8)
+    mosaic = np.ones((R * (H + pad) - pad, K * (W + pad) - pad, C))
+    for r in range(R):
+        for k in range(K):
+            mosaic[r * (H + pad): r * (H + pad) + H, k * (W + pad): k * (W + pad) + W] = imgs[r, k]
+    fig, ax = new_figure(max(3.0, cell * K + 1.2), max(2.0, cell * R + 0.8))
+    ax.imshow(mosaic[..., 0] if C == 1 else mosaic, cmap="gray" if C == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([k * (W + pad) + W / 2 - 0.5 for k in range(K)], col_labels or [""] * K, fontsize=7)
+    ax.set_yticks([r * (H + pad) + H / 2 - 0.5 for r in range(R)], row_labels or [""] * R, fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def doc_snippet_at(text: str, pos: int | None, width: int = 300) -> str:
+    """Escaped HTML of a document excerpt around character ``pos`` (0-based), with the
+    word there marked (or the character itself when it is punctuation); the start of
+    the document when ``pos`` is None or out of range."""
+    import re
+
+    if pos is None or not 0 <= pos < len(text):
+        return doc_snippet(text, None, width)
+    if re.match(r"\w", text[pos]):
+        start = pos - len(re.search(r"\w*$", text[: pos + 1]).group(0)) + 1
+        end = pos + 1 + len(re.match(r"\w*", text[pos + 1 :]).group(0))
+    else:
+        start, end = pos, pos + 1
+    lo = max(0, start - width // 2)
+    hi = min(len(text), max(end, lo + width))
+    pre = ("..." if lo else "") + html.escape(text[lo:start])
+    post = html.escape(text[end:hi]) + ("..." if hi < len(text) else "")
+    return f"<div class='doc'>{pre}<mark>{html.escape(text[start:end])}</mark>{post}</div>"
