@@ -67,3 +67,15 @@ def test_probe_cli(digit_store):
     assert r.exit_code == 0 and "auroc" in r.stdout
     r = CliRunner().invoke(main, ["probe", "ood", "--db", digit_store, "--in", "inside", "--out", "nope"])
     assert r.exit_code == 1 and "no dataset 'nope'" in r.stderr
+
+
+def test_analyses_work_on_image_datasets_unchanged(digit_store, tmp_path):
+    import saedata
+
+    result = saedata.diff(digit_store, "inside", "outside")
+    assert result.table.height > 0 and {"freq_a", "freq_b", "q"} <= set(result.table.columns)
+    report = result.write_report(tmp_path / "diff.html")
+    html = report.read_text() if hasattr(report, "read_text") else (tmp_path / "diff.html").read_text()
+    assert "data:image/png;base64," in html        # thumbnails where text would go
+    clusters = saedata.cluster(digit_store, "inside", label_pattern=".", k=3, map=False)
+    assert clusters.assignments.height == 60
