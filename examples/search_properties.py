@@ -5,7 +5,7 @@ this project), embeds it with the default reader and an SAE trained on it, build
 by-latent index, then searches for four properties and scores each result list against
 the planted truth (precision@top vs the base rate a random ranking would get).
 
-    python examples/search_properties.py --out search-demo         # ~1 minute on CPU
+    python examples/search_properties.py --out search-demo         # under a minute on CPU
     python examples/search_properties.py --quick --out search-demo  # ~30 seconds
 
 Outputs in --out: corpus.jsonl, run.duckdb (the store, with its SAE in run.sae/),
@@ -61,7 +61,8 @@ def main() -> None:
                            reader_cfg=ReaderConfig(device="cpu"), train_cfg=train)
     print(f"embedded {result.n_docs} documents, {result.n_activations} activations")
 
-    # 3. The by-latent index (what `saedata index` does); search uses it when current.
+    # 3. The by-latent index (what `saedata index` does). Search reads it on stores large
+    #    enough for it to pay off (over ~0.5M activations); here a full scan is as fast.
     with saedata.Store(db, read_only=False) as store:
         store.build_latent_index()
 

@@ -8,8 +8,8 @@ set of latents in two ways:
   ``min(value / max_act, 1) x idf``, with ``idf = ln(1 / freq)`` from the latent's
   document frequency in the store (rare, specific latents count more than ones that
   fire everywhere); the ``query_latents`` heaviest are kept (a short query activates
-  ~200; on real text, precision@50 rose from 0.47 with 16 to 0.60 with 128, see
-  benchmarks/bench_analyses.py);
+  ~150-250; on CPython docs precision@50 rose from 0.58 with 16 to 0.65 with 128, on
+  planted corpora from 0.66 to 0.93: see benchmarks/bench_analyses.py);
 - **label latents**: latents whose keyword label shares a word with the query (plurals
   folded, stopwords ignored) weigh ``LABEL_WEIGHT x idf x`` the share of their label
   terms that match (a label match counts like a query activation at half strength);
@@ -19,9 +19,10 @@ Explicit ``latents`` replace both, each with weight 1. Documents are then scored
 the stored activations alone, with no reader pass over the corpus: ``score =
 sum(weight x value / max_act) / ln(1 + n_tokens)`` over the latents a document has
 (the ``score_docs`` macro; the length term keeps long documents, which have more
-latents active, from matching everything). ``saedata index`` builds ``activations_by_latent``, a copy of the activations
-sorted by latent, that DuckDB can read only the row groups of the asked latents from;
-search uses it when it is current. With ``eval_field``, precision@top against a
+latents active, from matching everything). ``saedata index`` builds
+``activations_by_latent``, a copy of the activations sorted by latent, of which DuckDB
+reads only the row groups holding the asked latents; search uses it when it is current
+and pays off (:func:`index_pays_off`). With ``eval_field``, precision@top against a
 metadata column says how many of the returned documents have the property.
 """
 
@@ -361,10 +362,11 @@ ROW_GROUP = 122_880
 def index_pays_off(store: Store, sae_id: int, latents: list[int]) -> bool:
     """Whether reading these latents from ``activations_by_latent`` beats scanning.
 
-    The sorted copy reads about one row group per latent plus the latents' rows; the
-    scan reads every row group but filters them fast. The copy wins when it skips
-    at least three quarters of the row groups (measured on 1M documents x 32 latents:
-    16 latents 2.2x faster, 128 latents of 4,096 slightly slower than the scan).
+    The scan filters every row fast; the sorted copy reads only the row groups holding
+    the latents, but both then aggregate the matching rows. On 1M documents x 32 of
+    4,096 latents (2 cores), the copy scored 16 latents 3.2x faster, 128 1.8x, 256
+    1.4x, 512 (12% of the rows) as fast, 1,024 0.85x. So: use it on stores of more than
+    a few row groups, while the latents hold under a tenth of the activations.
     """
     (matched,) = store.one(
         "SELECT coalesce(sum(l.freq), 0) * (SELECT coalesce(sum(n_docs), 0) FROM datasets WHERE sae_id = $sae) "
@@ -372,8 +374,7 @@ def index_pays_off(store: Store, sae_id: int, latents: list[int]) -> bool:
         {"sae": sae_id, "lats": [int(x) for x in latents]},
     )
     (total,) = store.one("SELECT count(*) FROM activations_by_latent")
-    touched = len(latents) + float(matched) / ROW_GROUP
-    return touched < 0.25 * total / ROW_GROUP
+    return total > 4 * ROW_GROUP and float(matched) < 0.1 * total
 
 
 def score_documents(
