@@ -29,8 +29,6 @@ import polars as pl
 from saedata.errors import ConfigError, SaedataError
 
 if TYPE_CHECKING:
-    import torch
-
     from saedata.store import Store
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")

@@ -33,7 +33,7 @@ from saedata.store import Store
 if TYPE_CHECKING:
     import torch
 
-    from saedata.reader import Reader, TokenBatch
+    from saedata.reader import TokenBatch
     from saedata.sae import SparseAutoencoder
 
 
