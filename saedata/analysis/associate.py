@@ -35,6 +35,7 @@ from saedata.analysis.data import (
     documents_frame,
     latent_labels,
     latent_matrix,
+    opened,
 )
 from saedata.analysis.diff import two_proportion_test
 from saedata.errors import ConfigError
@@ -97,9 +98,7 @@ def associate(
         raise ConfigError(f"--n-latents must be >= 1 (got {n_latents})")
     if threshold < 0:
         raise ConfigError(f"--threshold must be >= 0 (got {threshold:g})")
-    if isinstance(store_or_path, Store):
-        return _associate(store_or_path, dataset, target, n_latents, threshold, sae_id, seed)
-    with Store(store_or_path, read_only=True) as store:
+    with opened(store_or_path) as store:
         return _associate(store, dataset, target, n_latents, threshold, sae_id, seed)
 
 

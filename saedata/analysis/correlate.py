@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +37,7 @@ from saedata.analysis.data import (
     documents_frame,
     latent_labels,
     latent_matrix,
+    opened,
 )
 from saedata.errors import ConfigError, NotFoundError, StoreError
 from saedata.store import DatasetState, Store
@@ -64,21 +64,6 @@ class Scope:
 
     def describe(self) -> str:
         return ", ".join(self.names)
-
-
-@contextlib.contextmanager
-def opened(store_or_path: Store | str | os.PathLike) -> Iterator[Store]:
-    """A Store as given, or one opened read-only from a path (and closed after)."""
-    if isinstance(store_or_path, Store):
-        yield store_or_path
-        return
-    from saedata.store import open as open_store
-
-    store = open_store(store_or_path)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def resolve_scope(store: Store, dataset: str | list[str] | None, sae_id: int | None = None) -> Scope:

@@ -8,6 +8,9 @@ as a frame, and Benjamini-Hochberg q-values. Nothing here touches the reader or 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +19,16 @@ from scipy import sparse
 
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import DatasetState, Store
+
+
+@contextmanager
+def opened(store_or_path: Store | str | os.PathLike) -> Iterator[Store]:
+    """A Store as given, or one opened read-only from a path (and closed after)."""
+    if isinstance(store_or_path, Store):
+        yield store_or_path
+        return
+    with Store(store_or_path, read_only=True) as store:
+        yield store
 
 
 @dataclass(frozen=True)

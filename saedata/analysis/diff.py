@@ -41,7 +41,13 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
-from saedata.analysis.data import bh_qvalues, common_sae, dataset_states, latent_labels
+from saedata.analysis.data import (
+    bh_qvalues,
+    common_sae,
+    dataset_states,
+    latent_labels,
+    opened,
+)
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, silent
 from saedata.errors import ConfigError, InputError, NotFoundError
@@ -287,10 +293,7 @@ def diff(
     documents on a side (or pairs) is an error. Same store, same arguments -> the same
     table, byte for byte.
     """
-    if isinstance(store_or_path, Store):
-        return _diff(store_or_path, a, b, by, threshold, length_control, paired_on, merge_duplicates,
-                     examples, sae_id, min_docs, length_bins)
-    with Store(store_or_path, read_only=True) as store:
+    with opened(store_or_path) as store:
         return _diff(store, a, b, by, threshold, length_control, paired_on, merge_duplicates, examples,
                      sae_id, min_docs, length_bins)
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from saedata.analysis.data import common_sae, dataset_states, documents_frame, latent_matrix
+from saedata.analysis.data import (
+    common_sae,
+    dataset_states,
+    documents_frame,
+    latent_matrix,
+    opened,
+)
 from saedata.analysis.probe import compare_purity, linear_probe, ood_auroc, ood_scores
 from saedata.config import ReaderConfig
 from saedata.errors import ConfigError, SAEFormatError
 from saedata.store import Store
-
-
-def _store(store_or_path: Store | str | os.PathLike) -> tuple[Store, bool]:
-    if isinstance(store_or_path, Store):
-        return store_or_path, False
-    return Store(store_or_path, read_only=True), True
 
 
 def _sae_reader_cfg(store: Store, sae_id: int, device: str) -> tuple[ReaderConfig, str]:
@@ -80,8 +80,7 @@ class ProbeReport:
 def probe_dataset(store_or_path: Store | str | os.PathLike, dataset: str, label_field: str, *,
                   cv: int = 5, seed: int = 0, device: str = "cpu") -> ProbeReport:
     """Linear-probe accuracy and concept purity of SAE codes vs the dense embedding."""
-    store, own = _store(store_or_path)
-    try:
+    with opened(store_or_path) as store:
         states = dataset_states(store, [dataset])
         sae_id = common_sae(store, states)
         docs = documents_frame(store, [dataset], fields=[label_field])
@@ -95,9 +94,6 @@ def probe_dataset(store_or_path: Store | str | os.PathLike, dataset: str, label_
                               f"{cv}-fold cross-validation needs at least {cv}")
         codes = latent_matrix(store, [dataset], sae_id, doc_ids=docs["doc_id"].to_numpy()).X
         dense = dense_embeddings(store, docs, sae_id, device=device)
-    finally:
-        if own:
-            store.close()
     a_codes = linear_probe(codes, labels, cv=cv, seed=seed)
     a_dense = linear_probe(dense, labels, cv=cv, seed=seed)
     purity = compare_purity(codes, dense, labels)
@@ -130,8 +126,7 @@ def probe_ood(store_or_path: Store | str | os.PathLike, in_dataset: str, out_dat
     """
     from saedata.sae import load_sae
 
-    store, own = _store(store_or_path)
-    try:
+    with opened(store_or_path) as store:
         states = dataset_states(store, [in_dataset, out_dataset])
         sae_id = common_sae(store, states)
         docs_in = documents_frame(store, [in_dataset], fields=[])
@@ -141,9 +136,6 @@ def probe_ood(store_or_path: Store | str | os.PathLike, in_dataset: str, out_dat
         E_in = dense_embeddings(store, docs_in, sae_id, device=device)
         E_out = dense_embeddings(store, docs_out, sae_id, device=device)
         _, path = _sae_reader_cfg(store, sae_id, device)
-    finally:
-        if own:
-            store.close()
     sae = load_sae(path, device=device).eval()
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(E_in))

@@ -33,14 +33,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from saedata.analysis.data import opened
 from saedata.config import EmbedConfig, ReaderConfig
 from saedata.errors import ConfigError, NotFoundError, SAEFormatError, StoreError
 from saedata.store import Store
@@ -129,7 +128,7 @@ def search(
         raise ConfigError(f"--query-latents must be positive, got {query_latents}")
     if not (query and query.strip()) and not latents:
         raise ConfigError("give a query text or --latents")
-    with _opened(store_or_path) as store:
+    with opened(store_or_path) as store:
         _check_macros(store)
         dataset_id, base_rate, precision = None, None, None
         if dataset is not None:
@@ -164,18 +163,6 @@ def _check_macros(store: Store) -> None:
             f"{store.path} was written by an older saedata without the search macros; "
             "open it once for writing to add them (e.g. `saedata index`)"
         )
-
-
-@contextmanager
-def _opened(store_or_path: Store | str | os.PathLike) -> Iterator[Store]:
-    if isinstance(store_or_path, Store):
-        yield store_or_path
-        return
-    store = Store(store_or_path, read_only=True)
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 # -- query -> latents --------------------------------------------------------------------
