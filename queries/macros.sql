@@ -28,6 +28,15 @@ CREATE OR REPLACE MACRO word_before(txt, pos) AS (
     END
 );
 
+-- length_floor(n): token count n with all but its 5 leading bits cleared (n itself
+-- below 32): the length classes of latent_counts. Monotone, and length_floor(e) = e
+-- for a class boundary e, so `n >= e` and `length_floor(n) >= e` agree.
+--   SELECT length_floor(103);   -- 100 (0b1100111 -> 0b1100100)
+CREATE OR REPLACE MACRO length_floor(n) AS (
+    CASE WHEN n < 32 THEN n
+         ELSE (n >> (floor(log2(n))::INTEGER - 4)) << (floor(log2(n))::INTEGER - 4) END
+);
+
 -- latent_stats(sae): per latent of SAE `sae`, over every document embedded with it:
 -- n_docs (documents where active), freq (their fraction) and max_act (largest value).
 --   SELECT * FROM latent_stats(1) ORDER BY freq DESC LIMIT 10;
@@ -198,7 +207,7 @@ JOIN datasets AS ds USING (dataset_id)
 ORDER BY b.latent_i, b.latent_j, least(abs(b.value_i), abs(b.value_j)) DESC, b.doc_id;
 
 -- doc_strata(dataset_ids, field := NULL, levels := [], edges := []): the documents of
--- the datasets `dataset_ids` with the group and length bin that `saedata diff`
+-- the datasets `dataset_ids` (doc_id, dataset_id, n_tokens) with the group and length bin that `saedata diff`
 -- compares. grp is the dataset_id when `field` is NULL, else the 1-based position in
 -- `levels` of the document's value of metadata field `field` (NULL when it has none,
 -- or one not in `levels`); bin counts the `edges` (ascending token counts) at or below
@@ -207,6 +216,7 @@ ORDER BY b.latent_i, b.latent_j, least(abs(b.value_i), abs(b.value_j)) DESC, b.d
 CREATE OR REPLACE MACRO doc_strata(dataset_ids, field := NULL, levels := [], edges := []) AS TABLE
 SELECT
     d.doc_id,
+    d.dataset_id,
     coalesce(d.n_tokens, 0) AS n_tokens,
     CASE WHEN field IS NULL THEN d.dataset_id
          ELSE list_position(levels::VARCHAR[], d.meta ->> field) END AS grp,
@@ -231,6 +241,18 @@ JOIN (
 WHERE a.sae_id = sae AND abs(a.value) > thr
 GROUP BY a.latent, s.stratum;
 
+-- counted_presence(sae, dataset_ids, edges := []): latent_presence(sae, 0, dataset_ids,
+-- edges := edges) read from the latent_counts of complete datasets instead of a scan of
+-- activations (grp is the dataset_id). Equal to it when every edge is a length_floor
+-- class boundary.
+--   SELECT grp, sum(n_active) FROM counted_presence(1, [1, 2]) GROUP BY grp;
+CREATE OR REPLACE MACRO counted_presence(sae, dataset_ids, edges := []) AS TABLE
+SELECT latent, dataset_id AS grp, len(list_filter(edges, lambda e: e <= len_floor)) AS bin,
+       sum(n_active)::BIGINT AS n_active
+FROM latent_counts
+WHERE sae_id = sae AND dataset_id IN (SELECT unnest(dataset_ids))
+GROUP BY ALL;
+
 -- latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000):
 -- where the latents of `latent_ids` are active (|value| > thr) among the first n
 -- documents (by doc_id) of each dataset, with each document's group as in doc_strata,
@@ -238,13 +260,16 @@ GROUP BY a.latent, s.stratum;
 -- documents and near-duplicate latents from.
 --   SELECT latent, count(*) FROM latent_docs(1, 0, [3, 42], [1, 2]) GROUP BY ALL;
 CREATE OR REPLACE MACRO latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000) AS TABLE
-WITH firsts AS (
-    SELECT doc_id
+WITH cut AS (
+    -- the n-th smallest doc_id of each dataset (a top-n aggregate, no sort)
+    SELECT dataset_id, list_max(min(doc_id, n)) AS last
     FROM documents
     WHERE dataset_id IN (SELECT unnest(dataset_ids))
-    QUALIFY row_number() OVER (PARTITION BY dataset_id ORDER BY doc_id) <= n
+    GROUP BY dataset_id
 ), sample AS (
-    SELECT s.doc_id, s.grp FROM doc_strata(dataset_ids, field, levels) AS s JOIN firsts USING (doc_id)
+    SELECT s.doc_id, s.grp
+    FROM doc_strata(dataset_ids, field, levels) AS s JOIN cut USING (dataset_id)
+    WHERE s.doc_id <= cut.last
 )
 SELECT a.doc_id, s.grp, a.latent, a.value, a.peak
 FROM sample AS s

@@ -85,3 +85,16 @@ CREATE TABLE IF NOT EXISTS word_counts (
     word    VARCHAR NOT NULL,
     df      BIGINT NOT NULL
 );
+
+-- Per complete dataset, SAE, latent and length class: in how many documents the latent
+-- is active (stored with a non-zero value). len_floor is length_floor(n_tokens): the
+-- token count with all but its 5 leading bits cleared, so about 16 classes per doubling
+-- of length. Written when a dataset completes (Store.finish_dataset); `saedata diff`
+-- counts from these few rows instead of scanning activations. One row per non-empty cell.
+CREATE TABLE IF NOT EXISTS latent_counts (
+    dataset_id INTEGER NOT NULL,
+    sae_id     INTEGER NOT NULL,
+    len_floor  INTEGER NOT NULL,
+    latent     INTEGER NOT NULL,
+    n_active   BIGINT NOT NULL
+);

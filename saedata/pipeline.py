@@ -356,34 +356,14 @@ def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state,
     bar.update(state.n_docs)
     try:
         for docs in chunks:
-            ids = np.arange(next_id, next_id + len(docs), dtype=np.int64)
-            batch = reader.read([d.text for d in docs])
-            pooled = _pool_batch(model, batch, embed_cfg)
-            doc_np, lat_np, val_np, peak_np = (t.cpu().numpy() for t in pooled)
-            if corpus.format == "images":
-                peak = pl.Series("peak", [None] * len(doc_np), dtype=pl.Int32)  # no text position
-            else:
-                # The peak token's last character: inside its word even when the token
-                # carries a leading space (GPT-2 style byte-level BPE).
-                peak = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0]).astype(np.int32)
-            acts = pl.DataFrame(
-                {"doc_id": ids[doc_np], "sae_id": np.full(len(doc_np), sae_id, dtype=np.int32),
-                 "latent": lat_np.astype(np.int32), "value": round_significant(val_np, embed_cfg.value_digits),
-                 "peak": peak}
-            )
-            doc_frame = pl.DataFrame(
-                {"doc_id": ids, "dataset_id": np.full(len(docs), state.dataset_id, dtype=np.int32),
-                 "ext_id": [d.ext_id for d in docs], "text": [d.text for d in docs],
-                 "meta": [json.dumps(d.meta, ensure_ascii=False) if d.meta else None for d in docs],
-                 "n_tokens": batch.n_tokens.astype(np.int32)},
-                schema_overrides={"meta": pl.String},
-            )
-            store.append_batch(doc_frame, acts, word_document_frequency([d.text for d in docs]), sae_id,
-                               (state.dataset_id, int(batch.truncated.sum())))
+            part = embed_chunk(docs, next_id, reader, model, sae_id, state.dataset_id, embed_cfg,
+                               images=corpus.format == "images")
+            store.append_batch(part.documents, part.activations, part.word_counts, sae_id,
+                               (state.dataset_id, part.n_truncated))
             next_id += len(docs)
             n_new += len(docs)
-            n_acts += len(doc_np)
-            n_trunc += int(batch.truncated.sum())
+            n_acts += part.activations.height
+            n_trunc += part.n_truncated
             bar.update(len(docs))
     except KeyboardInterrupt:
         bar.close()
@@ -408,6 +388,48 @@ def _run(store, chunks, corpus, source, input_cfg, reader, model, sae_id, state,
         log(f"{n_trunc} documents were longer than {reader.max_tokens} tokens and were truncated "
             "(raise --max-tokens to keep more)")
     return n_new, n_acts, corpus.n_empty, n_trunc
+
+
+class EmbeddedChunk(NamedTuple):
+    """One chunk of documents embedded: rows for the store's tables."""
+
+    documents: pl.DataFrame
+    """The ``documents`` table's columns."""
+    activations: pl.DataFrame
+    """The ``activations`` table's columns."""
+    word_counts: pl.DataFrame
+    """(word, df): the chunk's share of the background word counts labels contrast with."""
+    n_truncated: int
+
+
+def embed_chunk(docs: list[Document], first_id: int, reader, model: SparseAutoencoder, sae_id: int,
+                dataset_id: int, embed_cfg: EmbedConfig, images: bool = False) -> EmbeddedChunk:
+    """Read, encode and pool ``docs`` (doc ids ``first_id``, ``first_id + 1``, ...): the
+    unit of work that the single-process run and each distributed worker share."""
+    ids = np.arange(first_id, first_id + len(docs), dtype=np.int64)
+    texts = [d.text for d in docs]
+    batch = reader.read(texts)
+    pooled = _pool_batch(model, batch, embed_cfg)
+    doc_np, lat_np, val_np, peak_np = (t.cpu().numpy() for t in pooled)
+    if images:
+        peak = pl.Series("peak", [None] * len(doc_np), dtype=pl.Int32)  # no text position
+    else:
+        # The peak token's last character: inside its word even when the token
+        # carries a leading space (GPT-2 style byte-level BPE).
+        peak = np.maximum(batch.offsets[peak_np, 1] - 1, batch.offsets[peak_np, 0]).astype(np.int32)
+    acts = pl.DataFrame(
+        {"doc_id": ids[doc_np], "sae_id": np.full(len(doc_np), sae_id, dtype=np.int32),
+         "latent": lat_np.astype(np.int32), "value": round_significant(val_np, embed_cfg.value_digits),
+         "peak": peak}
+    )
+    doc_frame = pl.DataFrame(
+        {"doc_id": ids, "dataset_id": np.full(len(docs), dataset_id, dtype=np.int32),
+         "ext_id": [d.ext_id for d in docs], "text": texts,
+         "meta": [json.dumps(d.meta, ensure_ascii=False) if d.meta else None for d in docs],
+         "n_tokens": batch.n_tokens.astype(np.int32)},
+        schema_overrides={"meta": pl.String},
+    )
+    return EmbeddedChunk(doc_frame, acts, word_document_frequency(texts), int(batch.truncated.sum()))
 
 
 def _pool_batch(model: SparseAutoencoder, batch: TokenBatch, embed_cfg: EmbedConfig) -> Pooled:

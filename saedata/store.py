@@ -431,12 +431,44 @@ class Store:
         self.con.execute("UPDATE datasets SET n_empty = ? WHERE dataset_id = ?", [n_empty, dataset_id])
 
     def finish_dataset(self, dataset_id: int) -> None:
-        """Mark a dataset complete and set its document count from the stored rows."""
-        self.con.execute(
-            "UPDATE datasets SET complete = true, "
-            "n_docs = (SELECT count(*) FROM documents WHERE dataset_id = ?) WHERE dataset_id = ?",
-            [dataset_id, dataset_id],
+        """Mark a dataset complete, set its document count from the stored rows and
+        write its ``latent_counts``."""
+        with self.transaction() as con:
+            con.execute(
+                "UPDATE datasets SET complete = true, "
+                "n_docs = (SELECT count(*) FROM documents WHERE dataset_id = ?) WHERE dataset_id = ?",
+                [dataset_id, dataset_id],
+            )
+            self._write_latent_counts(con, dataset_id)
+
+    def refresh_latent_counts(self, dataset_id: int) -> None:
+        """Recompute a dataset's ``latent_counts`` rows from its activations."""
+        with self.transaction() as con:
+            self._write_latent_counts(con, dataset_id)
+
+    @staticmethod
+    def _write_latent_counts(con: duckdb.DuckDBPyConnection, dataset_id: int) -> None:
+        con.execute("DELETE FROM latent_counts WHERE dataset_id = ?", [dataset_id])
+        con.execute(
+            "INSERT INTO latent_counts "
+            "SELECT d.dataset_id, a.sae_id, length_floor(coalesce(d.n_tokens, 0)), a.latent, count(*) "
+            "FROM activations AS a JOIN documents AS d USING (doc_id) "
+            "WHERE d.dataset_id = ? AND a.value <> 0 GROUP BY ALL ORDER BY ALL",
+            [dataset_id],
         )
+
+    def has_latent_counts(self, dataset_ids: Sequence[int], sae_id: int) -> bool:
+        """Whether every one of ``dataset_ids`` is complete with its ``latent_counts``
+        written for SAE ``sae_id`` (a store from before the table, or a dataset with no
+        activations, reads False)."""
+        if not self.one("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'latent_counts'")[0]:
+            return False
+        (n,) = self.one(
+            "SELECT count(*) FROM datasets AS ds WHERE ds.dataset_id IN (SELECT unnest(?)) AND ds.complete "
+            "AND EXISTS (SELECT 1 FROM latent_counts AS c WHERE c.dataset_id = ds.dataset_id AND c.sae_id = ?)",
+            [list(dataset_ids), sae_id],
+        )
+        return n == len(set(dataset_ids))
 
     def refresh_latent_stats(self, sae_id: int) -> None:
         """Recompute every latent's freq and max_act from the activations table."""

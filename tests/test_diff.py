@@ -18,6 +18,7 @@ from saedata.analysis.diff import (
     cmh_test,
     diff,
     length_edges,
+    length_floor,
     mcnemar_exact,
     two_proportion_test,
 )
@@ -214,6 +215,41 @@ def test_length_difference_warns_and_length_control_removes_it(tmp_path):
     assert "median" in warning and "short" in warning and "long" in warning
     raw = diff(db, "short", "long", length_control=False)
     assert "adj_q" not in raw.table.columns and any("rerun with length control" in w for w in raw.warnings)
+
+
+def test_length_floor_keeps_five_leading_bits_in_python_and_sql(tmp_path):
+    n = np.arange(0, 5000)
+    floors = length_floor(n)
+    assert floors[:32].tolist() == list(range(32)) and length_floor(np.array([103, 4095])).tolist() == [100, 3968]
+    assert np.all(np.diff(floors) >= 0) and np.all(length_floor(floors) == floors)
+    assert len(np.unique(floors[64:128])) == 16  # 16 classes per doubling
+    with saedata.open(_build(tmp_path / "floor.duckdb", {"x": [{"latents": {0: 1.0}}]})) as store:
+        sql = store.sql("SELECT length_floor(range::INTEGER) AS f FROM range(5000) ORDER BY range")["f"]
+    assert sql.to_list() == floors.tolist()
+
+
+def test_counts_written_at_completion_give_the_same_diff_as_a_scan(tmp_path):
+    rng = np.random.default_rng(3)
+
+    def docs(p0, n=200):
+        return [{"latents": {j: 1.0 for j in range(6) if rng.random() < p0 + 0.05 * j}
+                 | ({7: -0.5} if rng.random() < 0.2 else {}),
+                 "n_tokens": int(rng.integers(5, 300))} for _ in range(n)]
+
+    db = _build(tmp_path / "counts.duckdb", {"a": docs(0.1), "b": docs(0.3)})
+    with saedata.open(db) as store:
+        assert store.has_latent_counts([1, 2], 1) and not store.has_latent_counts([1, 2], 2)
+        counted = store.sql("SELECT * FROM counted_presence(1, [1, 2], edges := [16, 64]) ORDER BY ALL")
+        scanned = store.sql("SELECT * FROM latent_presence(1, 0, [1, 2], edges := [16, 64]) ORDER BY ALL")
+        assert counted.equals(scanned.select(counted.columns).cast(counted.schema))
+        fast = diff(store, "a", "b")
+    with Store(db, read_only=False) as store:
+        store.con.execute("DELETE FROM latent_counts")  # a store embedded before the table existed
+    with saedata.open(db) as store:
+        assert not store.has_latent_counts([1, 2], 1)
+        slow = diff(store, "a", "b")
+    assert fast.table.equals(slow.table) and fast.table.height == 7
+    assert fast.table.filter(pl.col("latent") == 7)["n_a"][0] > 0  # negative values count as active
 
 
 def test_duplicate_latents_are_merged_into_one_row(tmp_path):

@@ -19,9 +19,11 @@ Three designs share that output:
 - paired documents (``paired_on="prompt_id"``: the same prompt answered by two models):
   McNemar's exact test on the pairs where the latent is active on one side only.
 
-The per-latent counting is one aggregate scan in DuckDB (the ``latent_presence`` and
-``paired_presence`` macros of ``queries/macros.sql``); the statistics then run in numpy
-on at most (d_sae x groups x bins) counts. Near-duplicate latents (nearly the same
+The per-latent counting is DuckDB's: two complete datasets at the default threshold
+read the per-length-class counts that embedding wrote (``latent_counts``, through the
+``counted_presence`` macro of ``queries/macros.sql``), anything else is one aggregate
+scan of activations (``latent_presence``, ``paired_presence``); the statistics then run
+in numpy on at most (d_sae x groups x bins) counts. Near-duplicate latents (nearly the same
 documents active, or the same top documents and similar labels) are merged into the
 strongest one (its ``merged`` column) so that the top rows are different findings. Examples and the
 duplicate check read the first ``SAMPLE_DOCS`` documents of each dataset (all of them
@@ -563,7 +565,18 @@ def _length_histogram(ctx: _Context, by: str | None, levels: list[str]) -> pl.Da
 
 
 def _edges(hist: pl.DataFrame, n_bins: int) -> list[int]:
-    return length_edges(*_hist_arrays(hist, None), n_bins)
+    """Quantile edges of the pooled lengths, moved down to length_floor class
+    boundaries so the per-class ``latent_counts`` bin the same way as the documents."""
+    edges = length_edges(*_hist_arrays(hist, None), n_bins)
+    return sorted({int(e) for e in length_floor(np.asarray(edges, dtype=np.int64))} - {0})
+
+
+def length_floor(n: np.ndarray) -> np.ndarray:
+    """``n`` (token counts >= 0) with all but the 5 leading bits cleared: the length
+    classes of the store's ``latent_counts`` (the ``length_floor`` SQL macro)."""
+    n = np.asarray(n, dtype=np.int64)
+    shift = np.maximum(0, np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) - 4)
+    return (n >> shift) << shift
 
 
 def _presence(ctx: _Context, by: str | None, levels: list[str], edges: list[int], groups: list[int],
@@ -571,8 +584,11 @@ def _presence(ctx: _Context, by: str | None, levels: list[str], edges: list[int]
     """Active counts (n_latents, n_groups, n_bins) from the latent_presence macro,
     documents (n_groups, n_bins) from the length histogram ``hist``, and the latents
     (n_latents,) active anywhere."""
-    pres = ctx.store.macro("latent_presence", ctx.sae_id, ctx.threshold, ctx.dataset_ids,
-                           field=by, levels=levels, edges=edges)
+    if by is None and ctx.threshold == 0 and ctx.store.has_latent_counts(ctx.dataset_ids, ctx.sae_id):
+        pres = ctx.store.macro("counted_presence", ctx.sae_id, ctx.dataset_ids, edges=edges)
+    else:
+        pres = ctx.store.macro("latent_presence", ctx.sae_id, ctx.threshold, ctx.dataset_ids,
+                               field=by, levels=levels, edges=edges)
     if pres.height == 0:
         raise ConfigError(f"no latent is active above threshold {ctx.threshold:g} in "
                           f"{' or '.join(s.name for s in ctx.states)}")
