@@ -49,7 +49,7 @@ def word_document_frequency(texts: list[str]) -> pl.DataFrame:
 _KEYWORD_SQL = """
 WITH top AS (
     SELECT a.latent, a.doc_id, a.peak
-    FROM activations AS a
+    FROM {candidates} AS a
     WHERE a.sae_id = $sae
     QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= $top_docs
 ),
@@ -71,12 +71,19 @@ total AS (
     FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = $sae
 ),
 df AS (SELECT word, sum(df) AS df FROM word_counts WHERE sae_id = $sae GROUP BY word),
+top_prev AS (
+    -- each word's commonest previous word (ties: the first alphabetically, so labels are
+    -- the same on every run)
+    SELECT latent, word, prev, count(*) AS c_prev
+    FROM evidence
+    WHERE word IS NOT NULL AND prev IS NOT NULL
+    GROUP BY latent, word, prev
+    QUALIFY row_number() OVER (PARTITION BY latent, word ORDER BY count(*) DESC, prev) = 1
+),
 words AS (
-    SELECT latent, word, count(DISTINCT doc_id) AS c, mode(prev) AS prev,
-           count(*) FILTER (WHERE prev = mode_prev) AS c_prev
-    FROM (SELECT *, mode(prev) OVER (PARTITION BY latent, word) AS mode_prev FROM evidence)
-    WHERE word IS NOT NULL
-    GROUP BY latent, word
+    SELECT w.latent, w.word, w.c, p.prev, coalesce(p.c_prev, 0) AS c_prev
+    FROM (SELECT latent, word, count(DISTINCT doc_id) AS c FROM evidence WHERE word IS NOT NULL GROUP BY ALL) AS w
+    LEFT JOIN top_prev AS p USING (latent, word)
 ),
 scored AS (
     SELECT w.latent, w.word, w.c, n_ev.n,
@@ -104,7 +111,8 @@ ORDER BY latent, rk
 """
 
 
-def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3) -> pl.DataFrame:
+def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3,
+                   candidates: str = "activations") -> pl.DataFrame:
     """Contrastive keyword labels for every latent with evidence: (latent, label, label_source).
 
     A word's score is its share of the latent's evidence times the log ratio of that
@@ -114,9 +122,14 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     filler found in a tenth of the corpus (e.g. "york" -> "new york", never "the york").
     A latent whose evidence has no over-represented word (it fires on "the" or "." all
     over the corpus) gets its commonest evidence words, with label_source
-    ``frequent-words`` to say the label is weak.
+    ``frequent-words`` to say the label is weak. ``candidates`` is the relation the
+    strongest rows per latent are picked from: ``activations``, or in a shard folder
+    ``label_candidates`` (every part's strongest rows, which hold the overall ones).
     """
-    rows = store.sql(_KEYWORD_SQL, {"sae": sae_id, "top_docs": top_docs, "n_words": n_words})
+    if candidates not in ("activations", "label_candidates"):
+        raise ValueError(f"candidates must be activations or label_candidates, not {candidates!r}")
+    rows = store.sql(_KEYWORD_SQL.replace("{candidates}", candidates),
+                     {"sae": sae_id, "top_docs": top_docs, "n_words": n_words})
     if rows.height == 0:
         return pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String, "label_source": pl.String})
     return (

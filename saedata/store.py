@@ -74,6 +74,16 @@ class Store:
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise NotFoundError(f"no store at {self.path}; create one with `saedata embed`")
+        if self.path.is_dir():
+            from saedata.shards import connect_shards, is_shard_folder
+
+            if not is_shard_folder(self.path):
+                raise StoreError(f"{self.path} is a folder, not a store file or a shard folder (no manifest.json)")
+            if not read_only:
+                raise StoreError(f"{self.path} is a shard folder, read-only here; `saedata import {self.path} "
+                                 "--db run.duckdb` copies it into a store file you can add to")
+            self.con = connect_shards(self.path)
+            return
         if not read_only and self.path.parent and not self.path.parent.exists():
             raise StoreError(f"cannot create store {self.path}: folder {self.path.parent} does not exist")
         self.con = _connect(self.path, read_only)
@@ -461,7 +471,7 @@ class Store:
         """Whether every one of ``dataset_ids`` is complete with its ``latent_counts``
         written for SAE ``sae_id`` (a store from before the table, or a dataset with no
         activations, reads False)."""
-        if not self.one("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'latent_counts'")[0]:
+        if not self.has_relation("latent_counts"):
             return False
         (n,) = self.one(
             "SELECT count(*) FROM datasets AS ds WHERE ds.dataset_id IN (SELECT unnest(?)) AND ds.complete "
@@ -487,6 +497,11 @@ class Store:
         self._run_script("latent_index.sql")
         self.checkpoint()
         return int(self.one("SELECT count(*) FROM activations_by_latent")[0])
+
+    def has_relation(self, name: str) -> bool:
+        """Whether a table or view ``name`` exists (shard folders have views where files have tables)."""
+        return bool(self.one("SELECT count(*) FROM (SELECT table_name FROM duckdb_tables() UNION ALL "
+                             "SELECT view_name FROM duckdb_views()) WHERE table_name = ?", [name])[0])
 
     def has_latent_index(self) -> bool:
         """Whether ``activations_by_latent`` exists and is current (as many rows as

@@ -1,0 +1,420 @@
+"""Concept tables as Parquet shards: what ``saedata embed --engine ray --out DIR`` writes.
+
+A shard folder holds the store's tables as Parquet files, partitioned by dataset
+(Hive style, so Spark, Polars or any Parquet engine reads them too), and a
+``manifest.json`` that says which files are complete::
+
+    shards/
+      manifest.json                                   SAE, reader, datasets, finished parts
+      documents/dataset=a/part-00000.parquet          the documents table's columns
+      activations/dataset=a/part-00000.parquet        the activations table's columns
+      word_counts/dataset=a/part-00000.parquet        (word, df): partial label statistics
+      label_candidates/dataset=a/part-00000.parquet   each latent's strongest rows in the part
+      latent_counts/dataset=a/part-00000.parquet      the latent_counts table's columns
+      latents.parquet                                 labels and frequencies, written at the end
+
+A part is listed in the manifest only after all its files are in place (each written
+to a hidden temporary name, then renamed), so a reader of the manifest never sees
+half a part; files that no manifest lists are ignored and overwritten on resume.
+
+:func:`open_shards` (and ``saedata.open(folder)``) gives a read-only :class:`Store`
+whose tables are DuckDB views over the listed files, so every analysis and
+``saedata sql`` runs over the shards in place; :func:`import_shards` copies them
+into a store file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, StoreError
+
+FORMAT = "saedata-shards"
+FORMAT_VERSION = 1
+"""Version of the folder layout; a newer one is refused."""
+MANIFEST = "manifest.json"
+TABLES = ("documents", "activations", "word_counts", "label_candidates", "latent_counts")
+"""The per-part files, one folder each."""
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+"""Dataset names that are safe as a Hive partition value and a folder name."""
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "documents": {"doc_id": pl.Int64, "dataset_id": pl.Int32, "ext_id": pl.String, "text": pl.String,
+                  "meta": pl.String, "n_tokens": pl.Int32},
+    "activations": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
+                    "peak": pl.Int32},
+    "word_counts": {"word": pl.String, "df": pl.Int64},
+    "label_candidates": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
+                         "peak": pl.Int32},
+    "latent_counts": {"dataset_id": pl.Int32, "sae_id": pl.Int32, "len_floor": pl.Int32, "latent": pl.Int32,
+                      "n_active": pl.Int64},
+}
+
+
+# -- manifest ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """What a shard folder holds. ``parts`` maps "dataset/index" to the finished part's
+    counts; ``datasets`` lists each dataset's id, source and planned parts."""
+
+    sae: dict[str, Any]
+    """sae_id, name, path, fingerprint, d_in, d_sae, activation, reader, layer, cfg."""
+    reader: dict[str, Any]
+    embed: dict[str, Any]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    complete: bool = False
+    labelled: bool = False
+    version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": self.version, "sae": self.sae, "reader": self.reader,
+                "embed": self.embed, "datasets": self.datasets, "parts": self.parts,
+                "complete": self.complete, "labelled": self.labelled}
+
+    def dataset(self, name: str) -> dict[str, Any] | None:
+        return next((d for d in self.datasets if d["name"] == name), None)
+
+    def files(self, table: str, dataset: str | None = None) -> list[str]:
+        """Relative paths of ``table``'s files of the finished parts (of one dataset)."""
+        return [_part_file(table, p["dataset"], p["index"]) for _, p in sorted(self.parts.items())
+                if dataset is None or p["dataset"] == dataset]
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """The manifest of a shard folder; a clear error when it is missing, not a shard
+    folder, or from a newer saedata."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise NotFoundError(f"{folder} is not a shard folder (no {MANIFEST}); "
+                            "write one with `saedata embed --engine ray --out FOLDER`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a saedata shard manifest")
+    if int(data.get("version", 0)) > FORMAT_VERSION:
+        raise SchemaVersionError(f"{folder} holds shards of format version {data['version']}, but this "
+                                 f"saedata reads up to version {FORMAT_VERSION}; upgrade saedata to read it")
+    return Manifest(sae=data["sae"], reader=data["reader"], embed=data["embed"], datasets=data["datasets"],
+                    parts=data["parts"], complete=bool(data["complete"]), labelled=bool(data.get("labelled")),
+                    version=int(data["version"]))
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """Replace the manifest atomically (write a temporary file, then rename)."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def part_key(dataset: str, index: int) -> str:
+    return f"{dataset}/{index:05d}"
+
+
+def _part_file(table: str, dataset: str, index: int) -> str:
+    return f"{table}/dataset={dataset}/part-{index:05d}.parquet"
+
+
+def check_dataset_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"dataset name {name!r} cannot name a shard partition: use letters, digits "
+                          "and _ . + - (pass --name)")
+    return name
+
+
+# -- writing one part -----------------------------------------------------------------------------------
+
+
+def write_part(folder: str | os.PathLike, dataset: str, index: int, frames: dict[str, pl.DataFrame]) -> None:
+    """Write one part's files (``frames`` has one frame per name in TABLES), each to a
+    hidden temporary name first and renamed when written; the caller lists the part in
+    the manifest afterwards."""
+    folder = Path(folder)
+    for table in TABLES:
+        frame = frames[table].select([pl.col(c).cast(t) for c, t in _SCHEMAS[table].items()])
+        final = folder / _part_file(table, dataset, index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        os.replace(tmp, final)
+
+
+def label_candidates(activations: pl.DataFrame, top_docs: int) -> pl.DataFrame:
+    """Each latent's ``top_docs`` strongest rows (|value| descending, then doc_id): the
+    part's share of the evidence labels are made from. The strongest rows of a latent
+    over the whole corpus are among the union of every part's, so labelling from the
+    union gives the labels a single-process run gives."""
+    return (activations.with_columns(_mag=pl.col("value").abs())
+            .sort(["latent", "_mag", "doc_id"], descending=[False, True, False])
+            .group_by("latent", maintain_order=True).head(top_docs)
+            .drop("_mag"))
+
+
+def part_latent_counts(documents: pl.DataFrame, activations: pl.DataFrame) -> pl.DataFrame:
+    """The part's latent_counts rows: active documents per latent and length class."""
+    con = duckdb.connect()
+    try:
+        from saedata.store import read_query_file
+
+        con.execute(_macro(read_query_file("macros.sql"), "length_floor"))
+        con.register("docs", documents.select("doc_id", "dataset_id", "n_tokens").to_arrow())
+        con.register("acts", activations.select("doc_id", "sae_id", "latent", "value").to_arrow())
+        return con.sql(
+            "SELECT d.dataset_id, a.sae_id, length_floor(coalesce(d.n_tokens, 0)) AS len_floor, a.latent, "
+            "count(*) AS n_active FROM acts AS a JOIN docs AS d USING (doc_id) WHERE a.value <> 0 "
+            "GROUP BY ALL ORDER BY ALL"
+        ).pl()
+    finally:
+        con.close()
+
+
+def _macro(script: str, name: str) -> str:
+    """One ``CREATE OR REPLACE MACRO name`` statement out of a query file."""
+    start = script.index(f"CREATE OR REPLACE MACRO {name}(")
+    return script[start : script.index(";\n", start) + 1]
+
+
+# -- reading shards in place -----------------------------------------------------------------------------
+
+
+def is_shard_folder(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).exists()
+
+
+def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection whose store tables are views over the shards the
+    manifest lists (documents, activations, word_counts, latent_counts summed over
+    parts) and small tables for saes, datasets and latents; the store's views and
+    macros are loaded on top."""
+    from saedata.store import read_query_file
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(read_query_file("schema.sql"))
+        for table in ("documents", "activations", "word_counts", "latent_counts"):
+            con.execute(f"DROP TABLE {table}")
+        _insert_sae(con, manifest.sae)
+        for d in manifest.datasets:
+            con.execute(
+                "INSERT INTO datasets (dataset_id, name, source, n_docs, sae_id, complete, n_empty, n_truncated, "
+                "args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [d["dataset_id"], d["name"], d["source"], _dataset_docs(manifest, d["name"]),
+                 manifest.sae["sae_id"], bool(d.get("complete")), d.get("n_empty", 0),
+                 sum(p["n_truncated"] for p in manifest.parts.values() if p["dataset"] == d["name"]),
+                 json.dumps({"reader": manifest.reader, "embed": manifest.embed})],
+            )
+        latents_file = folder / "latents.parquet"
+        if manifest.labelled and latents_file.exists():
+            con.execute("INSERT INTO latents SELECT sae_id, latent, label, label_source, freq, max_act "
+                        f"FROM read_parquet({_sql_str(latents_file)})")
+        else:
+            con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
+                        [manifest.sae["sae_id"], manifest.sae["d_sae"]])
+        selects = {
+            "documents": "SELECT doc_id, dataset_id, ext_id, text, meta::JSON AS meta, n_tokens FROM {src}",
+            "activations": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
+            "word_counts": f"SELECT {int(manifest.sae['sae_id'])} AS sae_id, word, df FROM {{src}}",
+            "label_candidates": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
+            "latent_counts": "SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
+                             "FROM {src} GROUP BY ALL",
+        }
+        for table, select in selects.items():
+            files = [str(folder / f) for f in manifest.files(table)]
+            con.execute(f"CREATE VIEW {table} AS {select.format(src=_source(table, files))}")
+        for name in ("views.sql", "macros.sql"):
+            con.execute(read_query_file(name))
+    except duckdb.Error as e:
+        con.close()
+        raise StoreError(f"cannot read the shards in {folder}: {str(e).splitlines()[0]}") from e
+    return con
+
+
+def _source(table: str, files: list[str]) -> str:
+    """A read_parquet over ``files``, or an empty relation of the table's columns."""
+    if files:
+        return f"read_parquet([{', '.join(_sql_str(f) for f in files)}], hive_partitioning = true)"
+    cols = ", ".join(f"NULL::{_duck_type(t)} AS {c}" for c, t in _SCHEMAS[table].items())
+    return f"(SELECT {cols} WHERE false)"
+
+
+def _duck_type(t: Any) -> str:
+    return {pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.String: "VARCHAR", pl.Float32: "REAL"}[t]
+
+
+def _sql_str(value: str | os.PathLike) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _dataset_docs(manifest: Manifest, name: str) -> int:
+    return sum(p["n_docs"] for p in manifest.parts.values() if p["dataset"] == name)
+
+
+def _insert_sae(con: duckdb.DuckDBPyConnection, sae: dict[str, Any], sae_id: int | None = None) -> None:
+    con.execute(
+        "INSERT INTO saes (sae_id, name, reader, layer, d_in, d_sae, activation, cfg, path, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [sae["sae_id"] if sae_id is None else sae_id, sae["name"], sae.get("reader"), sae.get("layer"),
+         sae["d_in"], sae["d_sae"], sae["activation"], json.dumps(sae.get("cfg", {})), sae.get("path"),
+         sae["fingerprint"]],
+    )
+
+
+def open_shards(folder: str | os.PathLike):
+    """A read-only :class:`~saedata.store.Store` over a shard folder."""
+    from saedata.store import Store
+
+    return Store(folder, read_only=True)
+
+
+# -- labels at the end of a run ----------------------------------------------------------------------------
+
+
+def finish_labels(folder: str | os.PathLike, top_docs: int, n_words: int) -> int:
+    """Label the latents from the merged partial statistics of every part (word counts
+    summed, label candidates pooled) and write ``latents.parquet``; returns how many
+    latents got a label."""
+    from saedata.label import keyword_labels
+
+    folder = Path(folder)
+    with open_shards(folder) as store:
+        sae_id = int(read_manifest(folder).sae["sae_id"])
+        labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words, candidates="label_candidates")
+        stats = store.sql("SELECT * FROM latent_stats(?)", [sae_id])
+        latents = (pl.DataFrame({"latent": pl.int_range(0, store.one("SELECT d_sae FROM saes")[0], eager=True)
+                                 .cast(pl.Int32)})
+                   .join(labels, on="latent", how="left")
+                   .join(stats.select(pl.col("latent").cast(pl.Int32), "freq", "max_act"), on="latent", how="left")
+                   .with_columns(sae_id=pl.lit(sae_id, pl.Int32), freq=pl.col("freq").fill_null(0.0))
+                   .select("sae_id", "latent", "label", "label_source", "freq",
+                           pl.col("max_act").cast(pl.Float32)))
+    tmp = folder / ".latents.parquet.tmp"
+    latents.write_parquet(tmp)
+    os.replace(tmp, folder / "latents.parquet")
+    return labels.height
+
+
+# -- import into a store file ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    datasets: list[str]
+    n_docs: int
+    n_activations: int
+    sae_id: int
+
+
+def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: Iterable[str] | None = None,
+                  log=None) -> ImportResult:
+    """Copy a finished shard folder into the store ``db`` (created if missing) in one
+    transaction: its SAE (reused when the store has the same weights), one dataset per
+    shard dataset (doc ids moved after the store's), then latent statistics and labels
+    recomputed over the store as ``embed`` does. A name the store already has, or an
+    unfinished run, is refused and the store is left as it was."""
+    from saedata.label import label_latents
+    from saedata.store import Store
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if not manifest.complete:
+        done = len(manifest.parts)
+        planned = sum(d.get("n_parts", 0) for d in manifest.datasets)
+        raise StoreError(f"{folder} is an unfinished run ({done} of {planned} parts); rerun the same "
+                         "`saedata embed --engine ray` to finish it, then import")
+    names = [d["name"] for d in manifest.datasets]
+    wanted = list(datasets) if datasets is not None else names
+    for name in wanted:
+        if name not in names:
+            raise NotFoundError(f"no dataset {name!r} in {folder} (datasets: {', '.join(names)})")
+    with Store(db, read_only=False) as store:
+        for name in wanted:
+            if store.one("SELECT 1 FROM datasets WHERE name = ?", [name]):
+                raise ConfigError(f"{db} already has a dataset {name!r}; import into another store, or "
+                                  "pass --dataset for the others")
+        sae = manifest.sae
+        row = store.one("SELECT sae_id FROM saes WHERE fingerprint = ?", [sae["fingerprint"]])
+        n_docs = n_acts = 0
+        with store.transaction() as con:
+            if row is None:
+                sae_id = int(con.execute("SELECT coalesce(max(sae_id), 0) + 1 FROM saes").fetchone()[0])
+                _insert_sae(con, sae, sae_id)
+                con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
+                            [sae_id, sae["d_sae"]])
+            else:
+                sae_id = int(row[0])
+            for name in wanted:
+                d = manifest.dataset(name)
+                doc_files = [str(folder / f) for f in manifest.files("documents", name)]
+                act_files = [str(folder / f) for f in manifest.files("activations", name)]
+                word_files = [str(folder / f) for f in manifest.files("word_counts", name)]
+                dataset_id = int(con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets").fetchone()[0])
+                (start,) = con.execute("SELECT coalesce(max(doc_id), -1) + 1 FROM documents").fetchone()
+                (low,) = con.execute(f"SELECT coalesce(min(doc_id), 0) FROM {_source('documents', doc_files)}"
+                                     ).fetchone()
+                shift = int(start) - int(low)
+                con.execute(
+                    "INSERT INTO datasets (dataset_id, name, source, sae_id, complete, n_empty, n_truncated, args) "
+                    "VALUES (?, ?, ?, ?, false, ?, ?, ?)",
+                    [dataset_id, name, d["source"], sae_id, d.get("n_empty", 0),
+                     sum(p["n_truncated"] for p in manifest.parts.values() if p["dataset"] == name),
+                     json.dumps({"reader": manifest.reader, "embed": manifest.embed, "shards": str(folder)})],
+                )
+                con.execute(
+                    "INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
+                    f"FROM {_source('documents', doc_files)} ORDER BY doc_id", [shift, dataset_id])
+                con.execute(
+                    "INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
+                    f"FROM {_source('activations', act_files)} ORDER BY doc_id, latent", [shift, sae_id])
+                con.execute(f"INSERT INTO word_counts SELECT ?, word, df FROM {_source('word_counts', word_files)}",
+                            [sae_id])
+                n_docs += int(con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?",
+                                          [dataset_id]).fetchone()[0])
+                n_acts += int(con.execute(
+                    f"SELECT count(*) FROM {_source('activations', act_files)}").fetchone()[0])
+                con.execute("UPDATE datasets SET complete = true, n_docs = (SELECT count(*) FROM documents "
+                            "WHERE dataset_id = ?) WHERE dataset_id = ?", [dataset_id, dataset_id])
+                Store._write_latent_counts(con, dataset_id)
+        store.refresh_latent_stats(sae_id)
+        store.fold_word_counts(sae_id)
+        label_latents(store, sae_id, top_docs=int(manifest.embed.get("label_top_docs", 64)),
+                      n_words=int(manifest.embed.get("label_words", 3)))
+        store.checkpoint()
+    if log is not None:
+        log(f"imported {', '.join(wanted)} from {folder} into {db}: {n_docs} documents, {n_acts} activations")
+    return ImportResult(wanted, n_docs, n_acts, sae_id)
+
+
+def remove_unlisted(folder: str | os.PathLike, manifest: Manifest) -> int:
+    """Delete part files that the manifest does not list (left by an interrupted run);
+    returns how many."""
+    folder = Path(folder)
+    listed = {folder / f for t in TABLES for f in manifest.files(t)}
+    n = 0
+    for table in TABLES:
+        for path in (folder / table).rglob("*"):
+            if path.is_file() and path not in listed:
+                path.unlink()
+                n += 1
+    return n
+
+
+def remove_inputs(folder: str | os.PathLike) -> None:
+    shutil.rmtree(Path(folder) / "_input", ignore_errors=True)
