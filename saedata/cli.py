@@ -63,8 +63,9 @@ def _quiet_option(f: Callable) -> Callable:
 
 
 def _db_option(f: Callable) -> Callable:
-    return click.option("--db", default="run.duckdb", show_default=True, envvar="SAEDATA_DB",
-                        type=click.Path(dir_okay=False), help="Concept store (DuckDB file).")(f)
+    return click.option("--db", "--shards", "db", default="run.duckdb", show_default=True, envvar="SAEDATA_DB",
+                        type=click.Path(), help="Concept store: a DuckDB file, or (read-only) a folder of "
+                                                "Parquet shards from `embed --engine ray`.")(f)
 
 
 def _format_option(f: Callable) -> Callable:
@@ -208,12 +209,27 @@ def train(ctx, corpus, out, activation, k, expansion, train_tokens, seed, model,
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, into --db. ray: a Ray Data actor pool, into Parquet shards in --out.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Shard folder (--engine ray); query it with --shards, or `saedata import` it.")
+@click.option("--num-workers", type=int, default=1, show_default=True,
+              help="Ray actors, each with its own reader and SAE (--engine ray).")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+              help="GPUs per Ray actor; > 0 runs the reader on CUDA (--engine ray).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+              help="CPU cores per Ray actor, also its torch threads (--engine ray).")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+              help="Ray cluster to join, e.g. ray://head:10001 [default: the running one, else a local Ray].")
+@click.option("--part-docs", type=int, default=4096, show_default=True,
+              help="Documents per shard part: the unit of work, of resuming, and of the Parquet files (--engine ray).")
 @_reader_options
 @_input_options
 @_train_options
 @_quiet_option
 @click.pass_context
-def embed(ctx, corpus, sae_path, db, name, pooling, verbose, model, layer, max_tokens, batch_size, device, dtype,
+def embed(ctx, corpus, sae_path, db, name, pooling, verbose, engine, out, num_workers, gpus_per_worker,
+          cpus_per_worker, ray_address, part_docs, model, layer, max_tokens, batch_size, device, dtype,
           text_field, id_field, input_format, activation, k, expansion, train_tokens, seed):
     """Embed CORPUS files into the store as interpretable concept vectors.
 
@@ -221,12 +237,40 @@ def embed(ctx, corpus, sae_path, db, name, pooling, verbose, model, layer, max_t
     trained on the first corpus (saved beside the store as NAME.sae/). Interrupted
     runs resume when rerun with the same arguments. A folder is read as images
     (recursively) with a vision encoder given by --model (ViT, CLIP, SigLIP, DINOv2).
+
+    With --engine ray, CORPUS may be globs ('data/*.jsonl'); the documents and
+    activations are written as Parquet shards in --out (partitioned by dataset) by a
+    pool of Ray actors, locally or on the cluster at --ray-address:
+
+        saedata embed 'data/*.jsonl' --sae sae/ --engine ray --out shards/ --num-workers 4 --gpus-per-worker 1
     """
     from saedata.config import EmbedConfig
     from saedata.pipeline import embed as run_embed
 
     if name is not None and len(corpus) > 1:
         raise click.UsageError("--name names one dataset; give one CORPUS with it")
+    if engine == "ray":
+        from saedata.distributed import embed_ray
+
+        if out is None:
+            raise click.UsageError("--engine ray writes shards: give --out FOLDER")
+        result = embed_ray(
+            list(corpus), out, sae_path, names=[name] if name else None,
+            input_cfg=_input_cfg(text_field, id_field, input_format),
+            reader_cfg=_reader_cfg(model, layer, max_tokens, batch_size, device, dtype),
+            embed_cfg=EmbedConfig(pooling=pooling),
+            train_cfg=_train_cfg(activation, k, expansion, train_tokens, seed, device),
+            num_workers=num_workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+            address=ray_address, part_docs=part_docs, progress=not _quiet(ctx), log=_log(ctx),
+        )
+        click.echo(
+            f"{', '.join(result.datasets)}: {result.n_docs} documents in {result.n_parts} parts in {out}/ "
+            f"({result.n_new_parts} embedded now), {result.n_activations} activations, "
+            f"{result.docs_per_second:.1f} docs/s; query with --shards {out}, or `saedata import {out}`"
+        )
+        return
+    if out is not None:
+        raise click.UsageError("--out is where --engine ray writes shards; the local engine writes to --db")
     for source in corpus:
         result = run_embed(
             source, db, sae_path, name=name,
@@ -318,6 +362,27 @@ def datasets(db, fmt):
 
     with open_store(db) as store:
         _emit(store.datasets(), fmt)
+
+
+@main.command("import")
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@_db_option
+@click.option("--dataset", "datasets", multiple=True, help="Import only this dataset (repeatable) [default: all].")
+@_quiet_option
+@click.pass_context
+def import_cmd(ctx, shards, db, datasets):
+    """Copy a shard folder (from `embed --engine ray`) into a store file.
+
+    The SAE is reused when the store has the same weights; each shard dataset becomes
+    a dataset of the store (doc ids renumbered after the store's own), then latent
+    statistics and labels are recomputed over the store. All or nothing: an error
+    leaves the store as it was.
+    """
+    from saedata.shards import import_shards
+
+    result = import_shards(shards, db, datasets or None, log=_log(ctx))
+    click.echo(f"{', '.join(result.datasets)}: {result.n_docs} documents, {result.n_activations} activations "
+               f"imported into {db} (SAE {result.sae_id})")
 
 
 @main.command()
@@ -578,7 +643,7 @@ def vae_probe(ctx, encoder, data, train_sae, sae_k, device, label_field, size, r
 
 
 @main.command()
-@click.argument("a")
+@click.argument("a", required=False)
 @click.argument("b", required=False)
 @_db_option
 @click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
@@ -592,7 +657,9 @@ def vae_probe(ctx, encoder, data, train_sae, sae_k, device, label_field, size, r
 @click.option("--no-length-control", is_flag=True,
               help="Skip the length-stratified comparison (adj_* columns) and rank by the raw difference.")
 @click.option("--paired-on", default=None, help="Pair documents of A and B by this metadata field (McNemar).")
-@click.option("--by", default=None, help="Split dataset A by this metadata column: each value vs the rest.")
+@click.option("--by", default=None,
+              help="Split dataset A by this metadata column: each value vs the rest. `--by dataset` compares "
+                   "every dataset (or A and B) each against the others.")
 @click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
 @click.option("--examples", type=int, default=3, show_default=True, help="Example documents per side and latent.")
 @_format_option
@@ -607,17 +674,21 @@ def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length
     """Diff the concepts of A and B: which latents are more common on one side.
 
     A and B are two corpus files (embedded into --db first, training an SAE on both
-    when the store has none) or two dataset names in --db. With --by COLUMN, A alone
-    is split by a metadata column into one-vs-rest diffs. Ranked by q-value, then by
-    the size of the difference; the adj_* columns compare documents of similar length.
+    when the store has none) or two dataset names in --db (a store file or a shard
+    folder). With --by COLUMN, A alone is split by a metadata column into one-vs-rest
+    diffs; with --by dataset and no A, every dataset is compared with the others.
+    Ranked by q-value, then by the size of the difference; the adj_* columns compare
+    documents of similar length.
     """
+    if a is None and by != "dataset":
+        raise click.UsageError("give A (and B), or --by dataset to compare every dataset of the store")
     from saedata.analysis.diff import are_files, diff_files
     from saedata.analysis.diff import diff as run_diff
     from saedata.analysis.diff_report import display_table
 
     options = dict(by=by, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
                    merge_duplicates=not no_merge, examples=examples, sae_id=sae_id)
-    if are_files(a, b):
+    if a is not None and are_files(a, b):
         from saedata.config import EmbedConfig
 
         result = diff_files(

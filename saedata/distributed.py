@@ -21,9 +21,11 @@ saedata must be installed on every node; ``address`` is the cluster's (``ray sta
 
 from __future__ import annotations
 
+import gc
 import glob
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ class RayEmbedResult:
     out: Path
     datasets: list[str]
     n_docs: int
+    n_new: int
+    """Documents embedded by this call."""
     n_parts: int
     n_new_parts: int
     """Parts embedded by this call (fewer than n_parts when resuming)."""
@@ -61,8 +65,7 @@ class RayEmbedResult:
 
     @property
     def docs_per_second(self) -> float:
-        new_docs = self.n_docs * self.n_new_parts / max(self.n_parts, 1)
-        return new_docs / self.seconds if self.seconds > 0 else 0.0
+        return self.n_new / self.seconds if self.seconds > 0 else 0.0
 
 
 def expand_sources(sources: list[str]) -> list[str]:
@@ -140,6 +143,8 @@ def embed_ray(
         if len(pending) < n_parts:
             log(f"resuming: {n_parts - len(pending)} of {n_parts} parts are already in {out}")
         shards.remove_unlisted(out, manifest)
+        manifest.complete = manifest.labelled = False  # labels change with every new part
+        shards.write_manifest(out, manifest)
         _run_ray(out, manifest, pending, sae_path, reader_cfg, embed_cfg, num_workers, gpus_per_worker,
                  cpus_per_worker, address, progress, log)
     elif not manifest.complete:
@@ -155,7 +160,8 @@ def embed_ray(
     shards.remove_inputs(out)
     n_docs = sum(p["n_docs"] for p in manifest.parts.values())
     n_acts = sum(p["n_activations"] for p in manifest.parts.values())
-    return RayEmbedResult(out, names, n_docs, n_parts, len(pending), n_acts, time.perf_counter() - t0,
+    n_new = sum(manifest.parts[shards.part_key(d["name"], i)]["n_docs"] for d, i in pending)
+    return RayEmbedResult(out, names, n_docs, n_new, n_parts, len(pending), n_acts, time.perf_counter() - t0,
                           str(sae_path))
 
 
@@ -241,7 +247,7 @@ def _plan(out: Path, manifest: shards.Manifest, files: list[str], names: list[st
         first_id, n_parts, buf = next_id, 0, []
         bar = progress_bar(count_documents(file, input_cfg), f"plan {name}", progress)
 
-        def flush(docs: list, index: int, start: int) -> None:
+        def flush(docs: list, index: int, start: int, name: str = name) -> None:
             path = out / "_input" / f"dataset={name}" / f"part-{index:05d}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             pl.DataFrame(
@@ -304,6 +310,7 @@ def _run_ray(out: Path, manifest: shards.Manifest, pending: list[tuple[dict, int
     total_docs = sum(d["n_docs"] for d in manifest.datasets)
     bar = progress_bar(total_docs, f"embed ({workers} Ray worker{'s' * (workers > 1)})", progress)
     bar.update(sum(p["n_docs"] for p in manifest.parts.values()))
+    failure = None
     try:
         for row in ds.iter_rows():
             key = shards.part_key(row["dataset"], int(row["index"]))
@@ -314,13 +321,18 @@ def _run_ray(out: Path, manifest: shards.Manifest, pending: list[tuple[dict, int
                 manifest.sae["layer"] = manifest.reader["layer"] = manifest.sae["cfg"]["layer"] = int(row["layer"])
             shards.write_manifest(out, manifest)
             bar.update(int(row["n_docs"]))
-    except Exception as e:  # Ray wraps the worker's exception; report its first line
-        bar.close()
+    except Exception as e:  # Ray wraps the worker's exception; report its message
+        failure = _root_message(e)
+    bar.close()
+    if failure is not None:
+        # Ray's exception holds references to the actor pool, which keeps the actors (and
+        # their CPUs and GPUs) alive; drop every reference before raising our own
+        del ds
+        gc.collect()
         done = len(manifest.parts)
         n_parts = sum(d["n_parts"] for d in manifest.datasets)
-        raise WorkerError(f"{_root_message(e)} ({done} of {n_parts} parts are done and kept in {out}; "
-                          "rerun the same command to resume)") from None
-    bar.close()
+        raise WorkerError(f"{failure} ({done} of {n_parts} parts are done and kept in {out}; "
+                          "rerun the same command to resume)")
 
 
 def _pipeline(ray, items, out, sae_path, reader, embed_cfg, manifest, workers, gpus_per_worker, cpus_per_worker):
@@ -340,11 +352,13 @@ def _pipeline(ray, items, out, sae_path, reader, embed_cfg, manifest, workers, g
 
 
 def _init_ray(ray, address: str | None, num_workers: int, cpus_per_worker: float, log: Log) -> None:
+    # Ray Data logs each failure and its progress itself; saedata reports both
     for name in ("ray", "ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray needs no token
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # and reports nothing
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                               "configure_logging": True}
     if address:
@@ -356,18 +370,23 @@ def _init_ray(ray, address: str | None, num_workers: int, cpus_per_worker: float
 
 
 def _root_message(e: BaseException) -> str:
-    """The first line of the innermost error with a message behind a Ray exception."""
-    chain: list[BaseException] = []
-    while e is not None and all(e is not c for c in chain):
-        chain.append(e)
-        nxt = getattr(e, "cause", None)
-        e = nxt if isinstance(nxt, BaseException) else (e.__cause__ or e.__context__)
-    for err in reversed(chain):
-        lines = [ln.strip() for ln in str(err).splitlines()
-                 if ln.strip() and not ln.startswith(("Traceback", "  ", "ray::"))]
-        if lines:
-            return lines[-1] if lines[-1].startswith("RuntimeError: worker failed") else lines[0]
-    return type(chain[-1]).__name__
+    """The worker's own error out of the exceptions Ray wraps it in: our "worker failed
+    on part ..." line when there is one, else the last "SomethingError: ..." line."""
+    texts: list[str] = []
+    seen: list[BaseException] = []
+    err: BaseException | None = e
+    while err is not None and all(err is not x for x in seen):
+        seen.append(err)
+        texts.append(str(err))
+        nxt = getattr(err, "cause", None)
+        err = nxt if isinstance(nxt, BaseException) else (err.__cause__ or err.__context__)
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for t in texts for ln in t.splitlines()]
+    for ln in lines:
+        m = re.match(r"^(?:[\w.]+: )?(worker failed on part .*)", ln)  # the message, not the source line
+        if m:
+            return m.group(1)
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+    return errors[-1] if errors else (lines[0] if lines else type(e).__name__)
 
 
 # -- the worker ---------------------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ EXAMPLE_LATENTS = 20
 """Top latents (per group) that get example documents."""
 MAX_GROUPS = 100
 """Most values a ``by`` column may have."""
+BY_DATASET = "dataset"
+"""``by`` value that compares whole datasets, each against the others (not a metadata column)."""
 FEW_DOCS = 30
 """Below this many documents on a side, the result carries a warning."""
 
@@ -271,7 +273,7 @@ def weighted_median(lengths: np.ndarray, counts: np.ndarray) -> float:
 
 def diff(
     store_or_path: Store | str | os.PathLike,
-    a: str,
+    a: str | None = None,
     b: str | None = None,
     *,
     by: str | None = None,
@@ -285,7 +287,8 @@ def diff(
     length_bins: int = LENGTH_BINS,
 ) -> DiffResult:
     """Diff the concepts of dataset ``a`` against dataset ``b`` (or ``a`` split ``by`` a
-    metadata column, each value against the rest).
+    metadata column, each value against the rest; or with ``by="dataset"`` every
+    dataset of the store, or ``a`` and ``b``, each against the others).
 
     ``threshold``: a latent is active in a document when |pooled value| > threshold.
     ``length_control``: add the length-stratified (CMH) columns and rank by them.
@@ -363,7 +366,7 @@ def are_files(a: str, b: str | None) -> bool:
 # -- the diff itself -----------------------------------------------------------------------
 
 
-def _diff(store: Store, a: str, b: str | None, by: str | None, threshold: float, length_control: bool,
+def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold: float, length_control: bool,
           paired_on: str | None, merge_duplicates: bool, examples: int, sae_id: int | None, min_docs: int,
           length_bins: int) -> DiffResult:
     if threshold < 0:
@@ -372,6 +375,18 @@ def _diff(store: Store, a: str, b: str | None, by: str | None, threshold: float,
         raise ConfigError("examples must be >= 0 and min_docs >= 1")
     if by is not None and paired_on is not None:
         raise ConfigError("--by and --paired-on do not combine: --by splits one dataset, --paired-on pairs two")
+    if by == BY_DATASET and a is None:
+        names = [r[0] for r in store.rows("SELECT name FROM datasets WHERE complete AND (? IS NULL OR sae_id = ?) "
+                                          "ORDER BY dataset_id", [sae_id, sae_id])]
+        if not names:
+            raise NotFoundError("the store has no complete dataset" + (f" of SAE {sae_id}" if sae_id else ""))
+        states = dataset_states(store, names)
+        sae = common_sae(store, states, sae_id)
+        labels = latent_labels(store, sae).select("latent", "label")
+        ctx = _Context(store, states, sae, float(threshold), labels, examples, merge_duplicates, min_docs)
+        return _diff_by(ctx, by, length_control, length_bins)
+    if a is None:
+        raise ConfigError("give a dataset (or two) to diff, or --by dataset to compare every dataset")
     if b is None and by is None:
         raise ConfigError(f"give a second dataset to compare {a!r} with, or --by COLUMN to split it")
     if b is not None and a == b:
@@ -432,46 +447,63 @@ def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResu
 
 
 def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> DiffResult:
-    name = " + ".join(s.name for s in ctx.states)
-    levels_df = ctx.store.sql(
-        "SELECT meta ->> ? AS value, count(*) AS n FROM documents "
-        "WHERE dataset_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY value NULLS LAST",
-        [by, ctx.dataset_ids],
-    )
-    present = levels_df.filter(pl.col("value").is_not_null())
-    if present.height == 0:
-        raise NotFoundError(f"no metadata field {by!r} in {name} (fields: {_fields(ctx) or 'none'})")
-    if present.height == 1:
-        raise ConfigError(f"column {by!r} has one value ({present['value'][0]!r}) in {name}; nothing to compare")
-    if present.height > MAX_GROUPS:
-        raise ConfigError(f"column {by!r} has {present.height} values in {name}; --by compares at most "
-                          f"{MAX_GROUPS} (is it an id?)")
-    levels = present["value"].to_list()
-    sizes = dict(zip(levels, present["n"].to_list()))
-    warnings: list[str] = []
-    missing = int(levels_df.filter(pl.col("value").is_null())["n"].sum())
-    if missing:
-        warnings.append(f"{missing} documents of {name} have no {by!r} and are left out")
-    total = sum(sizes.values())
-    tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
-    for v in levels:
-        if v not in tested:
-            warnings.append(f"{by}={v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
-                            "on its own, but counted in the rest")
-    if not tested:
-        raise ConfigError(f"no value of {by!r} has at least {ctx.min_docs} documents (and {ctx.min_docs} in "
-                          "the rest) to compare")
-    hist = _length_histogram(ctx, by, levels)
+    if by == BY_DATASET:
+        # each dataset against the others: groups are dataset ids (doc_strata without a field)
+        name = " + ".join(s.name for s in ctx.states)
+        field, levels, groups = None, [s.name for s in ctx.states], [s.dataset_id for s in ctx.states]
+        sizes = {s.name: s.n_docs for s in ctx.states}
+        total = sum(sizes.values())
+        warnings: list[str] = []
+        tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
+        for v in levels:
+            if v not in tested:
+                warnings.append(f"dataset {v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
+                                "on its own, but counted in the rest")
+        if len(levels) < 2:
+            raise ConfigError(f"--by dataset compares datasets with each other, and there is one ({name})")
+        if not tested:
+            raise ConfigError(f"no dataset has at least {ctx.min_docs} documents (and {ctx.min_docs} in the rest)")
+    else:
+        name = " + ".join(s.name for s in ctx.states)
+        levels_df = ctx.store.sql(
+            "SELECT meta ->> ? AS value, count(*) AS n FROM documents "
+            "WHERE dataset_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY value NULLS LAST",
+            [by, ctx.dataset_ids],
+        )
+        present = levels_df.filter(pl.col("value").is_not_null())
+        if present.height == 0:
+            raise NotFoundError(f"no metadata field {by!r} in {name} (fields: {_fields(ctx) or 'none'})")
+        if present.height == 1:
+            raise ConfigError(f"column {by!r} has one value ({present['value'][0]!r}) in {name}; nothing to compare")
+        if present.height > MAX_GROUPS:
+            raise ConfigError(f"column {by!r} has {present.height} values in {name}; --by compares at most "
+                              f"{MAX_GROUPS} (is it an id?)")
+        levels = present["value"].to_list()
+        sizes = dict(zip(levels, present["n"].to_list()))
+        warnings = []
+        missing = int(levels_df.filter(pl.col("value").is_null())["n"].sum())
+        if missing:
+            warnings.append(f"{missing} documents of {name} have no {by!r} and are left out")
+        total = sum(sizes.values())
+        tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
+        for v in levels:
+            if v not in tested:
+                warnings.append(f"{by}={v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
+                                "on its own, but counted in the rest")
+        if not tested:
+            raise ConfigError(f"no value of {by!r} has at least {ctx.min_docs} documents (and {ctx.min_docs} in "
+                              "the rest) to compare")
+        field, groups = by, list(range(1, len(levels) + 1))
+    hist = _length_histogram(ctx, field, levels)
     edges = _edges(hist, length_bins) if length_control else []
-    groups = list(range(1, len(levels) + 1))
-    counts, totals, latents = _presence(ctx, by, levels, edges, groups, hist)
+    counts, totals, latents = _presence(ctx, field, levels, edges, groups, hist)
     all_counts, all_totals = counts.sum(1), totals.sum(0)
     all_lengths = _hist_arrays(hist, None)
     tables = []
-    for g, v in zip(groups, levels):
+    for i, (g, v) in enumerate(zip(groups, levels)):
         if v not in tested:
             continue
-        x_b, n_b = counts[:, g - 1], totals[g - 1]
+        x_b, n_b = counts[:, i], totals[i]
         group_lengths = _hist_arrays(hist, g)
         rest_lengths = (all_lengths[0], all_lengths[1] - _align(group_lengths, all_lengths[0]))
         warnings += _length_warning(rest_lengths, group_lengths, "the rest", f"{by}={v}", length_control)
@@ -482,8 +514,9 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
         tables.append(t.select(pl.lit(str(v)).alias("group"), pl.all()))
     table = pl.concat(tables)
     side_names = {str(v): {g: str(v)} for g, v in zip(groups, levels)}
-    table, examples = _merge_and_examples(ctx, table, by, levels, length_control, side_names)
-    warnings += _significance_warning(table, length_control, f"the values of {by!r}")
+    table, examples = _merge_and_examples(ctx, table, field, levels, length_control, side_names)
+    warnings += _significance_warning(table, length_control, "the datasets" if field is None else
+                                      f"the values of {by!r}")
     return DiffResult(table, examples, warnings, name, None, by=by, threshold=ctx.threshold,
                       length_controlled=length_control, n_docs={str(v): sizes[v] for v in levels},
                       sae_id=ctx.sae_id)
