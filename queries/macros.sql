@@ -253,6 +253,38 @@ FROM latent_counts
 WHERE sae_id = sae AND dataset_id IN (SELECT unnest(dataset_ids))
 GROUP BY ALL;
 
+-- diff(ds_a, ds_b, thr := 0): the dataset diff as one SQL recipe. Per latent of the two
+-- datasets' SAE (by name), the documents of each where it is active (|value| > thr),
+-- their fractions, the difference (b - a) and the two-proportion z statistic (pooled
+-- variance); |z| > 1.96 is p < 0.05 before multiple-testing correction. `saedata
+-- diff` adds q-values, length control, merged duplicates and examples on top.
+--   SELECT latent, label, freq_a, freq_b, z FROM diff('a', 'b') ORDER BY abs(z) DESC LIMIT 10;
+CREATE OR REPLACE MACRO diff(ds_a, ds_b, thr := 0) AS TABLE
+WITH ids AS (
+    SELECT (SELECT dataset_id FROM datasets WHERE name = ds_a) AS a,
+           (SELECT dataset_id FROM datasets WHERE name = ds_b) AS b,
+           (SELECT sae_id FROM datasets WHERE name = ds_a) AS sae
+), sizes AS (
+    SELECT count(*) FILTER (WHERE d.dataset_id = ids.a) AS n_a, count(*) FILTER (WHERE d.dataset_id = ids.b) AS n_b
+    FROM documents AS d, ids
+    WHERE d.dataset_id IN (ids.a, ids.b)
+), active AS (
+    SELECT a.latent,
+           count(*) FILTER (WHERE d.dataset_id = ids.a) AS k_a,
+           count(*) FILTER (WHERE d.dataset_id = ids.b) AS k_b
+    FROM activations AS a JOIN documents AS d USING (doc_id), ids
+    WHERE d.dataset_id IN (ids.a, ids.b) AND a.sae_id = ids.sae AND abs(a.value) > thr
+    GROUP BY a.latent
+)
+SELECT c.latent, l.label, c.k_a AS n_a, c.k_b AS n_b,
+       c.k_a / s.n_a AS freq_a, c.k_b / s.n_b AS freq_b, c.k_b / s.n_b - c.k_a / s.n_a AS diff,
+       (c.k_b / s.n_b - c.k_a / s.n_a)
+         / nullif(sqrt(((c.k_a + c.k_b) / (s.n_a + s.n_b)) * (1 - (c.k_a + c.k_b) / (s.n_a + s.n_b))
+                       * (1 / s.n_a + 1 / s.n_b)), 0) AS z
+FROM active AS c, sizes AS s, ids
+LEFT JOIN latents AS l ON l.sae_id = ids.sae AND l.latent = c.latent
+ORDER BY abs(z) DESC NULLS LAST, c.latent;
+
 -- latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000):
 -- where the latents of `latent_ids` are active (|value| > thr) among the first n
 -- documents (by doc_id) of each dataset, with each document's group as in doc_strata,

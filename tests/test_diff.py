@@ -217,6 +217,24 @@ def test_length_difference_warns_and_length_control_removes_it(tmp_path):
     assert "adj_q" not in raw.table.columns and any("rerun with length control" in w for w in raw.warnings)
 
 
+def test_sql_diff_recipe_matches_the_python_diff(demo_store):
+    import duckdb
+
+    con = duckdb.connect(demo_store["db"], read_only=True)  # a plain DuckDB session, as a user would
+    try:
+        sql = con.sql("SELECT * FROM diff('a', 'b')").pl()
+    finally:
+        con.close()
+    table = diff(demo_store["db"], "a", "b", merge_duplicates=False, examples=0).table
+    py = table.join(sql, on="latent", suffix="_sql")
+    assert py.height == table.height == sql.height > 1000
+    np.testing.assert_allclose(py["freq_b_sql"], py["freq_b"])
+    np.testing.assert_allclose(py["diff_sql"], py["diff"])
+    p_from_z = 2 * stats.norm.sf(np.abs(py["z"].fill_null(0).to_numpy()))
+    np.testing.assert_allclose(p_from_z, py["p"].to_numpy(), rtol=1e-6)
+    assert (sql["z"].abs().fill_null(0).to_numpy()[:-1] >= sql["z"].abs().fill_null(0).to_numpy()[1:]).all()
+
+
 def test_length_floor_keeps_five_leading_bits_in_python_and_sql(tmp_path):
     n = np.arange(0, 5000)
     floors = length_floor(n)
