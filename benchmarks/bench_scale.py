@@ -105,6 +105,10 @@ def _shards_from_store(db: Path, out: Path, n_parts: int) -> None:
         manifest.datasets.append({"dataset_id": dataset_id, "name": name, "source": "synthetic", "n_parts": n_parts,
                                   "n_docs": n_docs, "complete": True})
     con.close()
+    manifest.labelled = False
+    shards.write_manifest(out, manifest)
+    shards.finish_run(out, top_docs=64, n_words=3)  # what embed --engine ray does at the end
+    manifest.labelled = True
     shards.write_manifest(out, manifest)
 
 

@@ -154,7 +154,7 @@ def embed_ray(
     manifest.complete = True
     shards.write_manifest(out, manifest)
     if not manifest.labelled:
-        shards.finish_labels(out, top_docs=embed_cfg.label_top_docs, n_words=embed_cfg.label_words)
+        shards.finish_run(out, top_docs=embed_cfg.label_top_docs, n_words=embed_cfg.label_words)
         manifest.labelled = True
         shards.write_manifest(out, manifest)
     shards.remove_inputs(out)

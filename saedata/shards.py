@@ -12,6 +12,7 @@ A shard folder holds the store's tables as Parquet files, partitioned by dataset
       label_candidates/dataset=a/part-00000.parquet   each latent's strongest rows in the part
       latent_counts/dataset=a/part-00000.parquet      the latent_counts table's columns
       latents.parquet                                 labels and frequencies, written at the end
+      latent_counts.parquet                           the parts' latent counts summed, written at the end
 
 A part is listed in the manifest only after all its files are in place (each written
 to a hidden temporary name, then renamed), so a reader of the manifest never sees
@@ -43,6 +44,8 @@ FORMAT = "saedata-shards"
 FORMAT_VERSION = 1
 """Version of the folder layout; a newer one is refused."""
 MANIFEST = "manifest.json"
+MERGED_COUNTS = "latent_counts.parquet"
+"""Every part's latent_counts summed, written when the run finishes."""
 TABLES = ("documents", "activations", "word_counts", "label_candidates", "latent_counts")
 """The per-part files, one folder each."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -198,8 +201,8 @@ def is_shard_folder(path: str | os.PathLike) -> bool:
 
 def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose store tables are views over the shards the
-    manifest lists (documents, activations, word_counts, latent_counts summed over
-    parts) and small tables for saes, datasets and latents; the store's views and
+    manifest lists (documents, activations, word_counts, label_candidates,
+    latent_counts with one row per part and cell) and small tables for saes, datasets and latents; the store's views and
     macros are loaded on top."""
     from saedata.store import read_query_file
 
@@ -233,11 +236,13 @@ def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
             "activations": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
             "word_counts": f"SELECT {int(manifest.sae['sae_id'])} AS sae_id, word, df FROM {{src}}",
             "label_candidates": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
-            "latent_counts": "SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
-                             "FROM {src} GROUP BY ALL",
+            # one row per part and cell: read it with sum(n_active) ... GROUP BY, as counted_presence does
+            "latent_counts": "SELECT dataset_id, sae_id, len_floor, latent, n_active FROM {src}",
         }
         for table, select in selects.items():
             files = [str(folder / f) for f in manifest.files(table)]
+            if table == "latent_counts" and manifest.labelled and (folder / MERGED_COUNTS).exists():
+                files = [str(folder / MERGED_COUNTS)]  # the parts' counts summed when the run finished
             con.execute(f"CREATE VIEW {table} AS {select.format(src=_source(table, files))}")
         for name in ("views.sql", "macros.sql"):
             con.execute(read_query_file(name))
@@ -287,14 +292,22 @@ def open_shards(folder: str | os.PathLike):
 # -- labels at the end of a run ----------------------------------------------------------------------------
 
 
-def finish_labels(folder: str | os.PathLike, top_docs: int, n_words: int) -> int:
-    """Label the latents from the merged partial statistics of every part (word counts
-    summed, label candidates pooled) and write ``latents.parquet``; returns how many
-    latents got a label."""
+def finish_run(folder: str | os.PathLike, top_docs: int, n_words: int) -> int:
+    """Merge the parts' statistics once every part is in: ``latent_counts.parquet``
+    (the parts' counts summed: one row per dataset, length class and latent, which is
+    what makes a diff over shards fast) and ``latents.parquet``, the labels made from
+    the merged partial statistics (word counts summed, label candidates pooled) with
+    each latent's frequency. Returns how many latents got a label; the caller then sets
+    ``labelled`` in the manifest."""
     from saedata.label import keyword_labels
 
     folder = Path(folder)
     with open_shards(folder) as store:
+        tmp = folder / f".{MERGED_COUNTS}.tmp"
+        store.con.execute(
+            "COPY (SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
+            f"FROM latent_counts GROUP BY ALL ORDER BY ALL) TO {_sql_str(tmp)} (FORMAT parquet)")
+        os.replace(tmp, folder / MERGED_COUNTS)
         sae_id = int(read_manifest(folder).sae["sae_id"])
         labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words, candidates="label_candidates")
         stats = store.sql("SELECT * FROM latent_stats(?)", [sae_id])
