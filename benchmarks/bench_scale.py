@@ -112,17 +112,8 @@ def _shards_from_store(db: Path, out: Path, n_parts: int) -> None:
     shards.write_manifest(out, manifest)
 
 
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def bench_shards_vs_store(work: Path, n_docs: int, n_parts: int) -> None:
-    from bench_analyses import build_synthetic_store
+    from bench_analyses import _best, build_synthetic_store
 
     import saedata
     from saedata.analysis.diff import diff
