@@ -242,7 +242,9 @@ def embed(ctx, corpus, sae_path, db, name, pooling, verbose, engine, out, num_wo
     activations are written as Parquet shards in --out (partitioned by dataset) by a
     pool of Ray actors, locally or on the cluster at --ray-address:
 
-        saedata embed 'data/*.jsonl' --sae sae/ --engine ray --out shards/ --num-workers 4 --gpus-per-worker 1
+    \b
+        saedata embed 'data/*.jsonl' --sae sae/ --engine ray --out shards/ \\
+            --num-workers 4 --gpus-per-worker 1
     """
     from saedata.config import EmbedConfig
     from saedata.pipeline import embed as run_embed
@@ -264,7 +266,8 @@ def embed(ctx, corpus, sae_path, db, name, pooling, verbose, engine, out, num_wo
             address=ray_address, part_docs=part_docs, progress=not _quiet(ctx), log=_log(ctx),
         )
         click.echo(
-            f"{', '.join(result.datasets)}: {result.n_docs} documents in {result.n_parts} parts in {out}/ "
+            f"{', '.join(result.datasets)}: {result.n_docs} documents in {result.n_parts} "
+            f"part{'s' * (result.n_parts != 1)} in {out}/ "
             f"({result.n_new_parts} embedded now), {result.n_activations} activations, "
             f"{result.docs_per_second:.1f} docs/s; query with --shards {out}, or `saedata import {out}`"
         )

@@ -68,10 +68,10 @@ class RayEmbedResult:
         return self.n_new / self.seconds if self.seconds > 0 else 0.0
 
 
-def expand_sources(sources: list[str]) -> list[str]:
+def expand_sources(sources: list[str | os.PathLike]) -> list[str]:
     """Files named by ``sources`` (globs expanded, sorted); a glob that matches nothing is an error."""
     out: list[str] = []
-    for src in sources:
+    for src in map(os.fspath, sources):
         if any(c in src for c in "*?["):
             matches = sorted(p for p in glob.glob(src, recursive=True) if os.path.isfile(p))
             if not matches:
@@ -90,7 +90,7 @@ def expand_sources(sources: list[str]) -> list[str]:
 
 
 def embed_ray(
-    sources: list[str],
+    sources: list[str | os.PathLike],
     out: str | os.PathLike,
     sae: str | os.PathLike | None = None,
     *,
@@ -275,7 +275,7 @@ def _plan(out: Path, manifest: shards.Manifest, files: list[str], names: list[st
         d.update(first_doc_id=first_id, n_docs=next_id - first_id, n_parts=n_parts, n_empty=corpus.n_empty,
                  planned=True, complete=False)
         shards.write_manifest(out, manifest)
-        log(f"planned {name}: {next_id - first_id} documents in {n_parts} parts")
+        log(f"planned {name}: {next_id - first_id} documents in {n_parts} part{'s' * (n_parts != 1)}")
 
 
 def _json(meta: dict) -> str | None:
@@ -386,7 +386,7 @@ def _root_message(e: BaseException) -> str:
         if m:
             return m.group(1)
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
-    return errors[-1] if errors else (lines[0] if lines else type(e).__name__)
+    return "a Ray worker failed: " + (errors[-1] if errors else (lines[0] if lines else type(e).__name__))
 
 
 # -- the worker ---------------------------------------------------------------------------------------------

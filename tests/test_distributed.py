@@ -234,3 +234,60 @@ def test_cli_engine_ray(setup, local_ray, tmp_path, tiny_bert):
     assert r.exit_code == 2 and "give --out" in r.output
     r = CliRunner().invoke(main, ["embed", "missing-*.jsonl", "--engine", "ray", "--out", str(out), "-q"])
     assert r.exit_code == 1 and "no files match 'missing-*.jsonl'" in r.output
+
+
+def _worker_pids() -> list[int]:
+    """Processes of the PartWorker actors (Ray names them in their command line)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"PartWorker" in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
+def test_a_worker_killed_mid_run_fails_the_run_and_keeps_finished_parts(setup, local_ray, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    corpus = write_jsonl(make_corpus(1280, seed=5, id_prefix="k"), tmp_path / "k.jsonl")
+    out, killed = tmp_path / "shards", []
+
+    def kill_a_worker_after_the_first_part():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            manifest = out / "manifest.json"
+            if manifest.exists() and json.loads(manifest.read_text())["parts"]:
+                for pid in _worker_pids()[:1]:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                if killed:
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_part)
+    killer.start()
+    try:
+        with pytest.raises(distributed.WorkerError, match="parts are done and kept.*rerun") as e:
+            _run(setup, out, sources=[corpus], num_workers=2)
+    finally:
+        killer.join()
+    assert killed and "\n" not in str(e.value)
+    assert str(e.value).startswith("a Ray worker failed: ") and "died" in str(e.value)
+    manifest = shards.read_manifest(out)
+    done = len(manifest.parts)
+    assert 1 <= done < 40 and not manifest.complete
+    for table in shards.TABLES:
+        for f in manifest.files(table):
+            pl.read_parquet(out / f)  # every listed file is whole
+    result = _run(setup, out, sources=[corpus], num_workers=2)
+    assert result.n_new_parts == 40 - done and result.n_docs == 1280
