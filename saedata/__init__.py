@@ -5,6 +5,8 @@
     store = saedata.open("run.duckdb")
     store.latents().sort("freq", descending=True).head()
     store.sql("SELECT label, count(*) FROM concepts GROUP BY ALL ORDER BY 2 DESC LIMIT 5")
+    saedata.embed_ray(["a.jsonl", "b.jsonl"], "shards/", "sae/", num_workers=4)  # Ray Data -> Parquet shards
+    saedata.diff("shards/", "a", "b")                    # analyses read shard folders in place
 
 Importing saedata is light: torch and transformers load only when a model runs.
 """
@@ -32,6 +34,8 @@ __all__ = [
     "correlate",
     "diff",
     "embed",
+    "embed_ray",
+    "import_shards",
     "load_sae",
     "open",
     "read_documents",
@@ -43,6 +47,8 @@ _LAZY = {
     "open": ("saedata.store", "open"),
     "Store": ("saedata.store", "Store"),
     "embed": ("saedata.pipeline", "embed"),
+    "embed_ray": ("saedata.distributed", "embed_ray"),
+    "import_shards": ("saedata.shards", "import_shards"),
     "train": ("saedata.fit", "train"),
     "read_documents": ("saedata.io", "read_documents"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
@@ -54,8 +60,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from saedata.pipeline import embed
+    from saedata.distributed import embed_ray
     from saedata.fit import train
+    from saedata.pipeline import embed
+    from saedata.shards import import_shards
     from saedata.io import read_documents
     from saedata.sae.formats import load_sae
     from saedata.store import Store, open

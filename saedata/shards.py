@@ -226,24 +226,24 @@ def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
             )
         latents_file = folder / "latents.parquet"
         if manifest.labelled and latents_file.exists():
-            con.execute("INSERT INTO latents SELECT sae_id, latent, label, label_source, freq, max_act "
-                        f"FROM read_parquet({_sql_str(latents_file)})")
+            con.read_parquet(str(latents_file)).project(
+                "sae_id, latent, label, label_source, freq, max_act").insert_into("latents")
         else:
             con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
                         [manifest.sae["sae_id"], manifest.sae["d_sae"]])
-        selects = {
-            "documents": "SELECT doc_id, dataset_id, ext_id, text, meta::JSON AS meta, n_tokens FROM {src}",
-            "activations": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
-            "word_counts": f"SELECT {int(manifest.sae['sae_id'])} AS sae_id, word, df FROM {{src}}",
-            "label_candidates": "SELECT doc_id, sae_id, latent, value, peak FROM {src}",
+        columns = {
+            "documents": "doc_id, dataset_id, ext_id, text, meta::JSON AS meta, n_tokens",
+            "activations": "doc_id, sae_id, latent, value, peak",
+            "word_counts": f"{int(manifest.sae['sae_id'])}::INTEGER AS sae_id, word, df",
+            "label_candidates": "doc_id, sae_id, latent, value, peak",
             # one row per part and cell: read it with sum(n_active) ... GROUP BY, as counted_presence does
-            "latent_counts": "SELECT dataset_id, sae_id, len_floor, latent, n_active FROM {src}",
+            "latent_counts": "dataset_id, sae_id, len_floor, latent, n_active",
         }
-        for table, select in selects.items():
+        for table, cols in columns.items():
             files = [str(folder / f) for f in manifest.files(table)]
             if table == "latent_counts" and manifest.labelled and (folder / MERGED_COUNTS).exists():
                 files = [str(folder / MERGED_COUNTS)]  # the parts' counts summed when the run finished
-            con.execute(f"CREATE VIEW {table} AS {select.format(src=_source(table, files))}")
+            _relation(con, table, files).project(cols).create_view(table)
         for name in ("views.sql", "macros.sql"):
             con.execute(read_query_file(name))
     except duckdb.Error as e:
@@ -252,20 +252,17 @@ def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _source(table: str, files: list[str]) -> str:
-    """A read_parquet over ``files``, or an empty relation of the table's columns."""
+def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> duckdb.DuckDBPyRelation:
+    """The files of one table as a relation (Hive partitions read), or an empty relation
+    of its columns. Paths go to DuckDB as values, never into SQL text."""
     if files:
-        return f"read_parquet([{', '.join(_sql_str(f) for f in files)}], hive_partitioning = true)"
+        return con.read_parquet(files, hive_partitioning=True)
     cols = ", ".join(f"NULL::{_duck_type(t)} AS {c}" for c, t in _SCHEMAS[table].items())
-    return f"(SELECT {cols} WHERE false)"
+    return con.sql(f"SELECT {cols} WHERE false")
 
 
 def _duck_type(t: Any) -> str:
     return {pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.String: "VARCHAR", pl.Float32: "REAL"}[t]
-
-
-def _sql_str(value: str | os.PathLike) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _dataset_docs(manifest: Manifest, name: str) -> int:
@@ -304,9 +301,8 @@ def finish_run(folder: str | os.PathLike, top_docs: int, n_words: int) -> int:
     folder = Path(folder)
     with open_shards(folder) as store:
         tmp = folder / f".{MERGED_COUNTS}.tmp"
-        store.con.execute(
-            "COPY (SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
-            f"FROM latent_counts GROUP BY ALL ORDER BY ALL) TO {_sql_str(tmp)} (FORMAT parquet)")
+        store.con.sql("SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
+                      "FROM latent_counts GROUP BY ALL ORDER BY ALL").write_parquet(str(tmp))
         os.replace(tmp, folder / MERGED_COUNTS)
         sae_id = int(read_manifest(folder).sae["sae_id"])
         labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words, candidates="label_candidates")
@@ -380,8 +376,7 @@ def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: It
                 word_files = [str(folder / f) for f in manifest.files("word_counts", name)]
                 dataset_id = int(con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets").fetchone()[0])
                 (start,) = con.execute("SELECT coalesce(max(doc_id), -1) + 1 FROM documents").fetchone()
-                (low,) = con.execute(f"SELECT coalesce(min(doc_id), 0) FROM {_source('documents', doc_files)}"
-                                     ).fetchone()
+                (low,) = con.execute("SELECT coalesce(min(doc_id), 0) FROM read_parquet(?)", [doc_files]).fetchone()
                 shift = int(start) - int(low)
                 con.execute(
                     "INSERT INTO datasets (dataset_id, name, source, sae_id, complete, n_empty, n_truncated, args) "
@@ -390,18 +385,15 @@ def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: It
                      sum(p["n_truncated"] for p in manifest.parts.values() if p["dataset"] == name),
                      json.dumps({"reader": manifest.reader, "embed": manifest.embed, "shards": str(folder)})],
                 )
-                con.execute(
-                    "INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
-                    f"FROM {_source('documents', doc_files)} ORDER BY doc_id", [shift, dataset_id])
-                con.execute(
-                    "INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
-                    f"FROM {_source('activations', act_files)} ORDER BY doc_id, latent", [shift, sae_id])
-                con.execute(f"INSERT INTO word_counts SELECT ?, word, df FROM {_source('word_counts', word_files)}",
-                            [sae_id])
+                # every part has all five files, so no list is empty; paths are parameters
+                con.execute("INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
+                            "FROM read_parquet(?) ORDER BY doc_id", [shift, dataset_id, doc_files])
+                con.execute("INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
+                            "FROM read_parquet(?) ORDER BY doc_id, latent", [shift, sae_id, act_files])
+                con.execute("INSERT INTO word_counts SELECT ?, word, df FROM read_parquet(?)", [sae_id, word_files])
                 n_docs += int(con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?",
                                           [dataset_id]).fetchone()[0])
-                n_acts += int(con.execute(
-                    f"SELECT count(*) FROM {_source('activations', act_files)}").fetchone()[0])
+                n_acts += int(con.execute("SELECT count(*) FROM read_parquet(?)", [act_files]).fetchone()[0])
                 con.execute("UPDATE datasets SET complete = true, n_docs = (SELECT count(*) FROM documents "
                             "WHERE dataset_id = ?) WHERE dataset_id = ?", [dataset_id, dataset_id])
                 Store._write_latent_counts(con, dataset_id)

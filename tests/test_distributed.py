@@ -120,12 +120,13 @@ def test_import_gives_a_store_equal_to_the_single_process_one(setup, ray_out, tm
     db = tmp_path / "imported.duckdb"
     r = CliRunner().invoke(main, ["import", str(out), "--db", str(db)])
     assert r.exit_code == 0, r.output
-    assert "a, b: 170 documents" in r.output
+    assert "a, b: 170 documents" in r.stdout
     with saedata.open(setup["db"]) as single, saedata.open(db) as imported:
         _assert_same(_tables(single), _tables(imported))
         assert imported.has_latent_counts([1, 2], 1)
     again = CliRunner().invoke(main, ["import", str(out), "--db", str(db)])
-    assert again.exit_code == 1 and "already has a dataset 'a'" in again.output
+    assert again.exit_code == 1 and "already has a dataset 'a'" in again.stderr
+    assert again.stderr.count("\n") == 1
     with saedata.open(db) as imported:
         assert imported.one("SELECT count(*) FROM documents")[0] == 170
 
@@ -140,7 +141,7 @@ def test_analyses_and_sql_run_over_shards_in_place(setup, ray_out):
     assert set(by.table["group"].unique()) == {"a", "b"} and by.n_docs == {"a": 100, "b": 70}
     r = CliRunner().invoke(main, ["sql", "SELECT name, n_docs FROM datasets ORDER BY 1", "--shards", str(out),
                                   "--format", "csv"])
-    assert r.exit_code == 0 and r.output.splitlines() == ["name,n_docs", "a,100", "b,70"]
+    assert r.exit_code == 0 and r.stdout.splitlines() == ["name,n_docs", "a,100", "b,70"]
     r = CliRunner().invoke(main, ["diff", "--shards", str(out), "--by", "dataset", "--format", "csv"])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[0].startswith("group,latent,label")
@@ -229,11 +230,11 @@ def test_cli_engine_ray(setup, local_ray, tmp_path, tiny_bert):
             "--model", tiny_bert, "--device", "cpu", "--num-workers", "2", "--part-docs", "40", "-q"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "a: 100 documents in 3 parts" in r.output
+    assert "a: 100 documents in 3 parts" in r.stdout
     r = CliRunner().invoke(main, ["embed", setup["a"], "--engine", "ray", "-q"])
-    assert r.exit_code == 2 and "give --out" in r.output
+    assert r.exit_code == 2 and "give --out" in r.stderr
     r = CliRunner().invoke(main, ["embed", "missing-*.jsonl", "--engine", "ray", "--out", str(out), "-q"])
-    assert r.exit_code == 1 and "no files match 'missing-*.jsonl'" in r.output
+    assert r.exit_code == 1 and "no files match 'missing-*.jsonl'" in r.stderr
 
 
 def _worker_pids() -> list[int]:
