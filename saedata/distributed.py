@@ -69,10 +69,14 @@ class RayEmbedResult:
 
 
 def expand_sources(sources: list[str | os.PathLike]) -> list[str]:
-    """Files named by ``sources`` (globs expanded, sorted); a glob that matches nothing is an error."""
+    """Files named by ``sources`` (globs expanded, sorted); a glob that matches nothing is
+    an error. A URL (``s3://bucket/corpora/*.jsonl``, ``gs://...``) is listed through
+    fsspec, with that filesystem's package installed (s3fs, gcsfs, ...)."""
     out: list[str] = []
     for src in map(os.fspath, sources):
-        if any(c in src for c in "*?["):
+        if _is_url(src):
+            out.extend(_expand_url(src))
+        elif any(c in src for c in "*?["):
             matches = sorted(p for p in glob.glob(src, recursive=True) if os.path.isfile(p))
             if not matches:
                 raise InputError(f"no files match {src!r}")
@@ -87,6 +91,57 @@ def expand_sources(sources: list[str | os.PathLike]) -> list[str]:
                                  "without --engine ray")
             out.append(src)
     return out
+
+
+def _is_url(src: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*://", src) is not None and not src.startswith("file://")
+
+
+def _filesystem(url: str):
+    """(fsspec filesystem, path) for a URL, with a clear error when its package is missing."""
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        raise InputError(f"reading {url.split('://')[0]}:// needs its fsspec package "
+                         f"({str(e).splitlines()[0]})") from e
+    except ValueError as e:
+        raise InputError(f"{url}: {e}") from e
+
+
+def _expand_url(url: str) -> list[str]:
+    fs, path = _filesystem(url)
+    if any(c in path for c in "*?["):
+        matches = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not matches:
+            raise InputError(f"no files match {url!r}")
+        return [fs.unstrip_protocol(p) for p in matches]
+    if not fs.isfile(path):
+        raise InputError(f"no such file: {url}")
+    return [url]
+
+
+def _source_identity(file: str) -> dict[str, Any]:
+    """Where a corpus came from and what it looked like (size and modification time or
+    etag), to tell on resume whether it changed since it was planned."""
+    if _is_url(file):
+        fs, path = _filesystem(file)
+        info = fs.info(path)
+        stamp = next((str(info[k]) for k in ("mtime", "LastModified", "updated", "etag", "ETag", "created")
+                      if info.get(k) is not None), None)
+        return {"source": file, "size": info.get("size"), "mtime": stamp}
+    stat = os.stat(file)
+    return {"source": str(Path(file).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+
+
+def _local_copy(file: str, staging: Path) -> Path:
+    """A remote corpus copied to ``staging`` (read once by the driver, then deleted)."""
+    fs, path = _filesystem(file)
+    staging.mkdir(parents=True, exist_ok=True)
+    local = staging / Path(path).name
+    fs.get(path, str(local))
+    return local
 
 
 def embed_ray(
@@ -227,8 +282,7 @@ def _plan(out: Path, manifest: shards.Manifest, files: list[str], names: list[st
                               "original command to resume, or give another --out")
     next_id = 0
     for file, name in zip(files, names):
-        stat = os.stat(file)
-        source = {"source": str(Path(file).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        source = _source_identity(file)
         d = planned.get(name)
         if d is not None and d.get("planned"):
             if (d["source"], d["size"], d["mtime"]) != (source["source"], source["size"], source["mtime"]):
@@ -236,46 +290,61 @@ def _plan(out: Path, manifest: shards.Manifest, files: list[str], names: list[st
                                  "give another --out", path=file)
             next_id = d["first_doc_id"] + d["n_docs"]
             continue
-        corpus = open_corpus(file, input_cfg)
-        if corpus.format == "images":
-            raise InputError("--engine ray embeds text corpora; embed image folders without --engine ray",
-                             path=file)
-        if d is None:
-            d = {"dataset_id": len(manifest.datasets) + 1, "name": name, **source}
-            manifest.datasets.append(d)
-        d.update(source)
-        first_id, n_parts, buf = next_id, 0, []
-        bar = progress_bar(count_documents(file, input_cfg), f"plan {name}", progress)
-
-        def flush(docs: list, index: int, start: int, name: str = name) -> None:
-            path = out / "_input" / f"dataset={name}" / f"part-{index:05d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pl.DataFrame(
-                {"doc_id": np.arange(start, start + len(docs), dtype=np.int64),
-                 "ext_id": [x.ext_id for x in docs], "text": [x.text for x in docs],
-                 "meta": [_json(x.meta) for x in docs]},
-                schema={"doc_id": pl.Int64, "ext_id": pl.String, "text": pl.String, "meta": pl.String},
-            ).write_parquet(path)
-
-        for batch in corpus:
-            buf.extend(batch)
-            bar.update(len(batch))
-            while len(buf) >= part_docs:
-                flush(buf[:part_docs], n_parts, next_id)
-                next_id += part_docs
-                n_parts += 1
-                buf = buf[part_docs:]
-        if buf:
-            flush(buf, n_parts, next_id)
-            next_id += len(buf)
-            n_parts += 1
-        bar.close()
+        local = _local_copy(file, out / "_input" / "_staged") if _is_url(file) else Path(file)
+        try:
+            corpus = open_corpus(str(local), input_cfg)
+            if corpus.format == "images":
+                raise InputError("--engine ray embeds text corpora; embed image folders without --engine ray",
+                                 path=file)
+            if d is None:
+                d = {"dataset_id": len(manifest.datasets) + 1, "name": name, **source}
+                manifest.datasets.append(d)
+            d.update(source)
+            bar = progress_bar(count_documents(str(local), input_cfg), f"plan {name}", progress)
+            first_id = next_id
+            n_parts, next_id = _write_input_parts(corpus, out / "_input" / f"dataset={name}", part_docs, next_id, bar)
+            bar.close()
+        except InputError as e:
+            if local != Path(file):  # name the corpus as the user gave it, not the local copy
+                e.args = tuple(str(a).replace(str(local.resolve()), file) for a in e.args)
+                e.path = file
+            raise
+        finally:
+            if local != Path(file):
+                local.unlink(missing_ok=True)
         if n_parts == 0:
             raise InputError("no documents to embed (the corpus is empty or every document is blank)", path=file)
         d.update(first_doc_id=first_id, n_docs=next_id - first_id, n_parts=n_parts, n_empty=corpus.n_empty,
                  planned=True, complete=False)
         shards.write_manifest(out, manifest)
         log(f"planned {name}: {next_id - first_id} documents in {n_parts} part{'s' * (n_parts != 1)}")
+
+
+def _write_input_parts(corpus, folder: Path, part_docs: int, next_id: int, bar) -> tuple[int, int]:
+    """Cut ``corpus`` into parts of ``part_docs`` documents (doc_id, ext_id, text, meta)
+    numbered from ``next_id``; returns (parts written, the next free doc id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_parts, buf = 0, []
+
+    def flush(docs: list) -> None:
+        nonlocal n_parts, next_id
+        pl.DataFrame(
+            {"doc_id": np.arange(next_id, next_id + len(docs), dtype=np.int64),
+             "ext_id": [x.ext_id for x in docs], "text": [x.text for x in docs],
+             "meta": [_json(x.meta) for x in docs]},
+            schema={"doc_id": pl.Int64, "ext_id": pl.String, "text": pl.String, "meta": pl.String},
+        ).write_parquet(folder / f"part-{n_parts:05d}.parquet")
+        n_parts, next_id = n_parts + 1, next_id + len(docs)
+
+    for batch in corpus:
+        buf.extend(batch)
+        bar.update(len(batch))
+        while len(buf) >= part_docs:
+            flush(buf[:part_docs])
+            buf = buf[part_docs:]
+    if buf:
+        flush(buf)
+    return n_parts, next_id
 
 
 def _json(meta: dict) -> str | None:

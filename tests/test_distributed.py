@@ -156,6 +156,25 @@ def test_any_parquet_engine_reads_the_shards(ray_out):
     assert docs.height == 170 and docs["doc_id"].n_unique() == 170
 
 
+def test_corpora_behind_a_url_are_read_through_fsspec(setup, ray_out, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for name in ("a", "b"):
+        fs.pipe(f"/corpora/{name}.jsonl", Path(setup[name]).read_bytes())
+    out = tmp_path / "from-url"
+    result = _run(setup, out, sources=["memory://corpora/*.jsonl"], num_workers=2)
+    assert result.datasets == ["a", "b"] and result.n_docs == 170
+    with saedata.open(setup["db"]) as single, saedata.open(out) as sharded:
+        _assert_same(_tables(single), _tables(sharded))
+        assert sharded.datasets()["source"].to_list() == ["memory:///corpora/a.jsonl", "memory:///corpora/b.jsonl"]
+    assert not (out / "_input").exists()
+    fs.pipe("/bad/c.jsonl", b'{"id": "c1", "text": "fine"}\n{"id": "c2", "text": \n')
+    with pytest.raises(InputError, match=r"^memory://bad/c.jsonl:2: invalid JSON"):
+        _run(setup, tmp_path / "bad", sources=["memory://bad/c.jsonl"])
+    with pytest.raises(InputError, match="no files match 'memory://nothing/\\*.jsonl'"):
+        _run(setup, tmp_path / "none", sources=["memory://nothing/*.jsonl"])
+
+
 # -- resume -----------------------------------------------------------------------------------------------
 
 
