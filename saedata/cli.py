@@ -238,7 +238,7 @@ def embed(ctx, corpus, sae_path, db, name, pooling, verbose, engine, out, num_wo
     runs resume when rerun with the same arguments. A folder is read as images
     (recursively) with a vision encoder given by --model (ViT, CLIP, SigLIP, DINOv2).
 
-    With --engine ray, CORPUS may be globs ('data/*.jsonl'); the documents and
+    With --engine ray, CORPUS may be globs or URLs ('data/*.jsonl', 's3://b/*.jsonl'); the documents and
     activations are written as Parquet shards in --out (partitioned by dataset) by a
     pool of Ray actors, locally or on the cluster at --ray-address:
 
