@@ -44,6 +44,8 @@ def main(ctx: click.Context, quiet: bool) -> None:
     saedata latents --top 20                   # the commonest concepts, with labels
     saedata show 17                            # one document's concepts, strongest first
     saedata sql "SELECT label, count(*) FROM concepts GROUP BY ALL ORDER BY 2 DESC LIMIT 5"
+    saedata diff a.jsonl b.jsonl               # which concepts are more common in one corpus
+    saedata embed 'data/*.jsonl' --engine ray --out shards/   # on Ray, into Parquet shards
     """
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
