@@ -213,8 +213,7 @@ def embed_ray(
         manifest.labelled = True
         shards.write_manifest(out, manifest)
     shards.remove_inputs(out)
-    n_docs = sum(p["n_docs"] for p in manifest.parts.values())
-    n_acts = sum(p["n_activations"] for p in manifest.parts.values())
+    n_docs, n_acts = manifest.total("n_docs"), manifest.total("n_activations")
     n_new = sum(manifest.parts[shards.part_key(d["name"], i)]["n_docs"] for d, i in pending)
     return RayEmbedResult(out, names, n_docs, n_new, n_parts, len(pending), n_acts, time.perf_counter() - t0,
                           str(sae_path))
@@ -378,7 +377,7 @@ def _run_ray(out: Path, manifest: shards.Manifest, pending: list[tuple[dict, int
                        cpus_per_worker)
     total_docs = sum(d["n_docs"] for d in manifest.datasets)
     bar = progress_bar(total_docs, f"embed ({workers} Ray worker{'s' * (workers > 1)})", progress)
-    bar.update(sum(p["n_docs"] for p in manifest.parts.values()))
+    bar.update(manifest.total("n_docs"))
     failure = None
     try:
         for row in ds.iter_rows():

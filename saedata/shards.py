@@ -90,6 +90,10 @@ class Manifest:
     def dataset(self, name: str) -> dict[str, Any] | None:
         return next((d for d in self.datasets if d["name"] == name), None)
 
+    def total(self, key: str, dataset: str | None = None) -> int:
+        """Sum of ``key`` (n_docs, n_activations, n_truncated) over the finished parts (of one dataset)."""
+        return sum(p[key] for p in self.parts.values() if dataset is None or p["dataset"] == dataset)
+
     def files(self, table: str, dataset: str | None = None) -> list[str]:
         """Relative paths of ``table``'s files of the finished parts (of one dataset)."""
         return [_part_file(table, p["dataset"], p["index"]) for _, p in sorted(self.parts.items())
@@ -169,27 +173,15 @@ def label_candidates(activations: pl.DataFrame, top_docs: int) -> pl.DataFrame:
 
 
 def part_latent_counts(documents: pl.DataFrame, activations: pl.DataFrame) -> pl.DataFrame:
-    """The part's latent_counts rows: active documents per latent and length class."""
-    con = duckdb.connect()
-    try:
-        from saedata.store import read_query_file
+    """The part's latent_counts rows: active documents per latent and length class
+    (what ``Store.finish_dataset`` writes for a dataset in a store file)."""
+    from saedata.store import length_floor
 
-        con.execute(_macro(read_query_file("macros.sql"), "length_floor"))
-        con.register("docs", documents.select("doc_id", "dataset_id", "n_tokens").to_arrow())
-        con.register("acts", activations.select("doc_id", "sae_id", "latent", "value").to_arrow())
-        return con.sql(
-            "SELECT d.dataset_id, a.sae_id, length_floor(coalesce(d.n_tokens, 0)) AS len_floor, a.latent, "
-            "count(*) AS n_active FROM acts AS a JOIN docs AS d USING (doc_id) WHERE a.value <> 0 "
-            "GROUP BY ALL ORDER BY ALL"
-        ).pl()
-    finally:
-        con.close()
-
-
-def _macro(script: str, name: str) -> str:
-    """One ``CREATE OR REPLACE MACRO name`` statement out of a query file."""
-    start = script.index(f"CREATE OR REPLACE MACRO {name}(")
-    return script[start : script.index(";\n", start) + 1]
+    floors = length_floor(documents["n_tokens"].fill_null(0).to_numpy())
+    docs = documents.select("doc_id", "dataset_id").with_columns(len_floor=pl.Series(floors, dtype=pl.Int32))
+    keys = ["dataset_id", "sae_id", "len_floor", "latent"]
+    return (activations.filter(pl.col("value") != 0).join(docs, on="doc_id")
+            .group_by(keys).agg(n_active=pl.len().cast(pl.Int64)).sort(keys))
 
 
 # -- reading shards in place -----------------------------------------------------------------------------
@@ -219,9 +211,9 @@ def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
             con.execute(
                 "INSERT INTO datasets (dataset_id, name, source, n_docs, sae_id, complete, n_empty, n_truncated, "
                 "args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [d["dataset_id"], d["name"], d["source"], _dataset_docs(manifest, d["name"]),
+                [d["dataset_id"], d["name"], d["source"], manifest.total("n_docs", d["name"]),
                  manifest.sae["sae_id"], bool(d.get("complete")), d.get("n_empty", 0),
-                 sum(p["n_truncated"] for p in manifest.parts.values() if p["dataset"] == d["name"]),
+                 manifest.total("n_truncated", d["name"]),
                  json.dumps({"reader": manifest.reader, "embed": manifest.embed})],
             )
         latents_file = folder / "latents.parquet"
@@ -263,10 +255,6 @@ def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> d
 
 def _duck_type(t: Any) -> str:
     return {pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.String: "VARCHAR", pl.Float32: "REAL"}[t]
-
-
-def _dataset_docs(manifest: Manifest, name: str) -> int:
-    return sum(p["n_docs"] for p in manifest.parts.values() if p["dataset"] == name)
 
 
 def _insert_sae(con: duckdb.DuckDBPyConnection, sae: dict[str, Any], sae_id: int | None = None) -> None:
@@ -382,7 +370,7 @@ def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: It
                     "INSERT INTO datasets (dataset_id, name, source, sae_id, complete, n_empty, n_truncated, args) "
                     "VALUES (?, ?, ?, ?, false, ?, ?, ?)",
                     [dataset_id, name, d["source"], sae_id, d.get("n_empty", 0),
-                     sum(p["n_truncated"] for p in manifest.parts.values() if p["dataset"] == name),
+                     manifest.total("n_truncated", name),
                      json.dumps({"reader": manifest.reader, "embed": manifest.embed, "shards": str(folder)})],
                 )
                 # every part has all five files, so no list is empty; paths are parameters
@@ -391,11 +379,10 @@ def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: It
                 con.execute("INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
                             "FROM read_parquet(?) ORDER BY doc_id, latent", [shift, sae_id, act_files])
                 con.execute("INSERT INTO word_counts SELECT ?, word, df FROM read_parquet(?)", [sae_id, word_files])
-                n_docs += int(con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?",
-                                          [dataset_id]).fetchone()[0])
+                (n,) = con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?", [dataset_id]).fetchone()
+                n_docs += int(n)
                 n_acts += int(con.execute("SELECT count(*) FROM read_parquet(?)", [act_files]).fetchone()[0])
-                con.execute("UPDATE datasets SET complete = true, n_docs = (SELECT count(*) FROM documents "
-                            "WHERE dataset_id = ?) WHERE dataset_id = ?", [dataset_id, dataset_id])
+                con.execute("UPDATE datasets SET complete = true, n_docs = ? WHERE dataset_id = ?", [n, dataset_id])
                 Store._write_latent_counts(con, dataset_id)
         store.refresh_latent_stats(sae_id)
         store.fold_word_counts(sae_id)

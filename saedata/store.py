@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 
 from saedata.errors import (
@@ -506,7 +507,7 @@ class Store:
     def has_latent_index(self) -> bool:
         """Whether ``activations_by_latent`` exists and is current (as many rows as
         ``activations``; embedding more documents makes it stale until rebuilt)."""
-        if not self.one("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'activations_by_latent'")[0]:
+        if not self.has_relation("activations_by_latent"):
             return False
         built, now = self.one("SELECT (SELECT count(*) FROM activations_by_latent), (SELECT count(*) FROM activations)")
         return built == now
@@ -523,6 +524,14 @@ class Store:
                 )
             finally:
                 con.unregister("_labels")
+
+
+def length_floor(n: np.ndarray) -> np.ndarray:
+    """``n`` (token counts >= 0) with all but the 5 leading bits cleared: the length
+    classes of ``latent_counts``, as the ``length_floor`` SQL macro computes them."""
+    n = np.asarray(n, dtype=np.int64)
+    shift = np.maximum(0, np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) - 4)
+    return (n >> shift) << shift
 
 
 def open(path: str | os.PathLike = "run.duckdb", read_only: bool = True) -> Store:  # noqa: A001

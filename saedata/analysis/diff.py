@@ -53,7 +53,7 @@ from saedata.analysis.data import (
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, silent
 from saedata.errors import ConfigError, InputError, NotFoundError
-from saedata.store import DatasetState, Store
+from saedata.store import DatasetState, Store, length_floor
 
 LENGTH_BINS = 5
 """Length bins (quantiles of both sides' token counts) of the length-controlled comparison."""
@@ -380,20 +380,16 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold:
                                           "ORDER BY dataset_id", [sae_id, sae_id])]
         if not names:
             raise NotFoundError("the store has no complete dataset" + (f" of SAE {sae_id}" if sae_id else ""))
-        states = dataset_states(store, names)
-        sae = common_sae(store, states, sae_id)
-        labels = latent_labels(store, sae).select("latent", "label")
-        ctx = _Context(store, states, sae, float(threshold), labels, examples, merge_duplicates, min_docs)
-        return _diff_by(ctx, by, length_control, length_bins)
-    if a is None:
-        raise ConfigError("give a dataset (or two) to diff, or --by dataset to compare every dataset")
-    if b is None and by is None:
-        raise ConfigError(f"give a second dataset to compare {a!r} with, or --by COLUMN to split it")
-    if b is not None and a == b:
-        raise ConfigError(f"both sides are dataset {a!r}; compare two different datasets, or use --by")
-    if paired_on is not None and b is None:
-        raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
-    names = [a] + ([b] if b is not None else [])
+    else:
+        if a is None:
+            raise ConfigError("give a dataset (or two) to diff, or --by dataset to compare every dataset")
+        if b is None and by is None:
+            raise ConfigError(f"give a second dataset to compare {a!r} with, or --by COLUMN to split it")
+        if b is not None and a == b:
+            raise ConfigError(f"both sides are dataset {a!r}; compare two different datasets, or use --by")
+        if paired_on is not None and b is None:
+            raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
+        names = [a] + ([b] if b is not None else [])
     states = dataset_states(store, names)
     sae = common_sae(store, states, sae_id)
     labels = latent_labels(store, sae).select("latent", "label")
@@ -447,24 +443,16 @@ def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResu
 
 
 def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> DiffResult:
+    name = " + ".join(s.name for s in ctx.states)
+    warnings: list[str] = []
     if by == BY_DATASET:
         # each dataset against the others: groups are dataset ids (doc_strata without a field)
-        name = " + ".join(s.name for s in ctx.states)
         field, levels, groups = None, [s.name for s in ctx.states], [s.dataset_id for s in ctx.states]
         sizes = {s.name: s.n_docs for s in ctx.states}
-        total = sum(sizes.values())
-        warnings: list[str] = []
-        tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
-        for v in levels:
-            if v not in tested:
-                warnings.append(f"dataset {v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
-                                "on its own, but counted in the rest")
         if len(levels) < 2:
             raise ConfigError(f"--by dataset compares datasets with each other, and there is one ({name})")
-        if not tested:
-            raise ConfigError(f"no dataset has at least {ctx.min_docs} documents (and {ctx.min_docs} in the rest)")
+        group_name, none_tested = "dataset {!r}".format, "no dataset has"
     else:
-        name = " + ".join(s.name for s in ctx.states)
         levels_df = ctx.store.sql(
             "SELECT meta ->> ? AS value, count(*) AS n FROM documents "
             "WHERE dataset_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY value NULLS LAST",
@@ -480,20 +468,20 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
                               f"{MAX_GROUPS} (is it an id?)")
         levels = present["value"].to_list()
         sizes = dict(zip(levels, present["n"].to_list()))
-        warnings = []
         missing = int(levels_df.filter(pl.col("value").is_null())["n"].sum())
         if missing:
             warnings.append(f"{missing} documents of {name} have no {by!r} and are left out")
-        total = sum(sizes.values())
-        tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
-        for v in levels:
-            if v not in tested:
-                warnings.append(f"{by}={v!r} has {sizes[v]} documents (fewer than {ctx.min_docs}): not tested "
-                                "on its own, but counted in the rest")
-        if not tested:
-            raise ConfigError(f"no value of {by!r} has at least {ctx.min_docs} documents (and {ctx.min_docs} in "
-                              "the rest) to compare")
         field, groups = by, list(range(1, len(levels) + 1))
+        group_name, none_tested = (lambda v: f"{by}={v!r}"), f"no value of {by!r} has"
+    total = sum(sizes.values())
+    tested = [v for v in levels if sizes[v] >= ctx.min_docs and total - sizes[v] >= ctx.min_docs]
+    for v in levels:
+        if v not in tested:
+            warnings.append(f"{group_name(v)} has {sizes[v]} documents (fewer than {ctx.min_docs}): not "
+                            "tested on its own, but counted in the rest")
+    if not tested:
+        raise ConfigError(f"{none_tested} at least {ctx.min_docs} documents (and {ctx.min_docs} in the rest) "
+                          "to compare")
     hist = _length_histogram(ctx, field, levels)
     edges = _edges(hist, length_bins) if length_control else []
     counts, totals, latents = _presence(ctx, field, levels, edges, groups, hist)
@@ -602,14 +590,6 @@ def _edges(hist: pl.DataFrame, n_bins: int) -> list[int]:
     boundaries so the per-class ``latent_counts`` bin the same way as the documents."""
     edges = length_edges(*_hist_arrays(hist, None), n_bins)
     return sorted({int(e) for e in length_floor(np.asarray(edges, dtype=np.int64))} - {0})
-
-
-def length_floor(n: np.ndarray) -> np.ndarray:
-    """``n`` (token counts >= 0) with all but the 5 leading bits cleared: the length
-    classes of the store's ``latent_counts`` (the ``length_floor`` SQL macro)."""
-    n = np.asarray(n, dtype=np.int64)
-    shift = np.maximum(0, np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) - 4)
-    return (n >> shift) << shift
 
 
 def _presence(ctx: _Context, by: str | None, levels: list[str], edges: list[int], groups: list[int],
