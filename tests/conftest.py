@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from saedata.demo import make_corpus, write_jsonl
@@ -94,6 +97,22 @@ def demo_store(tmp_path_factory) -> dict:
     embed(str(a), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader, train_cfg=train)
     embed(str(b), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader)
     return {"db": str(db), "a": str(a), "b": str(b), "sae": str(root / "run.sae"), "root": str(root)}
+
+
+def copy_demo_store(demo_store: dict, root: Path) -> Path:
+    """A writable copy of the session's demo store (its file and write-ahead log) in ``root``."""
+    for f in Path(demo_store["db"]).parent.glob("run.duckdb*"):
+        shutil.copy(f, root / f.name)
+    return root / "run.duckdb"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's 8x8 digits scaled to [0, 1] (float32) and their labels."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y
 
 
 @pytest.fixture(scope="session")

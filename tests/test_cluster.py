@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import copy_demo_store
 from sklearn.metrics import adjusted_rand_score
 
 import saedata
@@ -38,10 +37,7 @@ def by_sentiment(db):
 @pytest.fixture(scope="module")
 def small(demo_store, tmp_path_factory) -> str:
     """A copy of the demo store with a 6-document dataset "tiny" (copied from "a") and an empty one."""
-    root = tmp_path_factory.mktemp("cluster-small")
-    for f in Path(demo_store["db"]).parent.glob("run.duckdb*"):
-        shutil.copy(f, root / f.name)
-    path = root / "run.duckdb"
+    path = copy_demo_store(demo_store, tmp_path_factory.mktemp("cluster-small"))
     with saedata.Store(path, read_only=False) as store:
         store.con.execute("INSERT INTO datasets (dataset_id, name, source, sae_id, complete) "
                           "VALUES (90, 'tiny', 'tiny.jsonl', 1, true)")

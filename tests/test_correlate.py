@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import copy_demo_store
 
 import saedata
 from saedata.analysis.correlate import (
@@ -41,10 +40,7 @@ def pairs(db):
 @pytest.fixture(scope="module")
 def with_empty(demo_store, tmp_path_factory) -> str:
     """A copy of the demo store with a complete but empty dataset "empty"."""
-    root = tmp_path_factory.mktemp("corr-empty")
-    for f in Path(demo_store["db"]).parent.glob("run.duckdb*"):
-        shutil.copy(f, root / f.name)
-    path = root / "run.duckdb"
+    path = copy_demo_store(demo_store, tmp_path_factory.mktemp("corr-empty"))
     with saedata.Store(path, read_only=False) as store:
         state = store.create_dataset("empty", "none.jsonl", 1, {})
         store.finish_dataset(state.dataset_id)

@@ -35,6 +35,24 @@ def _reader(model, **kw):
     return ReaderConfig(model=model, device="cpu", **kw)
 
 
+def _interrupt_read(monkeypatch, on_call: int):
+    """Make the reader raise KeyboardInterrupt (Ctrl-C) on its ``on_call``-th batch;
+    returns the original ``Reader.read`` to put back."""
+    from saedata import reader as reader_mod
+
+    original = reader_mod.Reader.read
+    calls = {"n": 0}
+
+    def interrupted(self, texts):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            raise KeyboardInterrupt
+        return original(self, texts)
+
+    monkeypatch.setattr(reader_mod.Reader, "read", interrupted)
+    return original
+
+
 # -- pooling ------------------------------------------------------------------------
 
 
@@ -147,16 +165,7 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path, corpus, tiny_bert,
     cfg = EmbedConfig(commit_docs=25)
     embed(corpus, full_db, sae_dir, reader_cfg=_reader(tiny_bert), embed_cfg=cfg)
 
-    original = reader_mod.Reader.read
-    calls = {"n": 0}
-
-    def flaky(self, texts):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, texts)
-
-    monkeypatch.setattr(reader_mod.Reader, "read", flaky)
+    original = _interrupt_read(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         embed(corpus, db, sae_dir, reader_cfg=_reader(tiny_bert), embed_cfg=cfg)
     with saedata.open(db) as s:
@@ -217,16 +226,7 @@ def test_changed_corpus_is_not_resumed_silently(tmp_path, corpus, tiny_bert, sae
     from saedata import reader as reader_mod
 
     db = tmp_path / "run.duckdb"
-    original = reader_mod.Reader.read
-    calls = {"n": 0}
-
-    def flaky(self, texts):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, texts)
-
-    monkeypatch.setattr(reader_mod.Reader, "read", flaky)
+    original = _interrupt_read(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         embed(corpus, db, sae_dir, reader_cfg=_reader(tiny_bert), embed_cfg=EmbedConfig(commit_docs=30))
     monkeypatch.setattr(reader_mod.Reader, "read", original)

@@ -26,14 +26,6 @@ from saedata.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    return (X / 16.0).astype(np.float32), y
-
-
-@pytest.fixture(scope="module")
 def embedding(digits):
     """A small trained encoder's dense embedding of the digits (standard VAE means, 32-d) and
     the codes of a TopK SAE (128 latents, k=8) trained on it."""

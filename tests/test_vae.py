@@ -32,14 +32,6 @@ held-out reconstruction MSE within 3% of each other (0.0126-0.0134)."""
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    return (X / 16.0).astype(np.float32), y
-
-
-@pytest.fixture(scope="module")
 def fitted(digits):
     X, y = digits
     cfg = VAEConfig(d_in=64, d_latent=32, epochs=EPOCHS, device="cpu", image_shape=(8, 8, 1))
