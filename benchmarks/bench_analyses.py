@@ -97,8 +97,8 @@ def build_planted_store(work: Path, n_docs: int) -> Path:
     """Datasets "a" and "b" (n_docs each) with the planted differences of PLANTED."""
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import TOPICS, make_corpus, write_jsonl
-    from saedata.fit import train
-    from saedata.pipeline import embed
+    from saedata.embed.local import embed
+    from saedata.embed.train import train
 
     topics = list(TOPICS)
     weights_a = [4.0 if t == "science" else 1.0 for t in topics]
@@ -204,7 +204,7 @@ def build_synthetic_store(path: Path, n_docs: int, k: int = 32, d_sae: int = 409
         store.refresh_latent_stats(1)
         t0 = time.perf_counter()
         for dataset_id in (1, 2):
-            store.refresh_latent_counts(dataset_id)  # what finish_dataset does when embedding
+            store.complete_dataset(dataset_id)  # what finishing a dataset writes when embedding
         _print("latent_counts_build_seconds", time.perf_counter() - t0)
         store.checkpoint()
 
@@ -358,7 +358,7 @@ def bench_retrieval_docs(work: Path, n_docs: int, train_tokens: int) -> None:
 
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import python_docs_corpus, write_jsonl
-    from saedata.pipeline import embed
+    from saedata.embed.local import embed
 
     # Every paragraph of the queried modules, plus others drawn at random up to n_docs.
     docs = python_docs_corpus()
@@ -383,7 +383,7 @@ def bench_retrieval_docs(work: Path, n_docs: int, train_tokens: int) -> None:
 
 
 def bench_cluster(db: Path) -> None:
-    cluster = _import("saedata.analysis.cluster", "cluster")
+    cluster = _import("saedata", "cluster")
     if cluster is None:
         return
     import json

@@ -50,8 +50,8 @@ def bench_throughput(corpus: Path, sae: Path, work: Path, batch_size: int) -> di
     import torch
 
     from saedata.config import EmbedConfig, InputConfig, ReaderConfig
-    from saedata.pipeline import embed
-    from saedata.io import CorpusReader
+    from saedata.corpus import CorpusReader
+    from saedata.embed.local import embed
     from saedata.reader import Reader
 
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def bench_throughput(corpus: Path, sae: Path, work: Path, batch_size: int) -> di
 _CHILD = """
 import json, resource, sys
 from saedata.config import InputConfig, ReaderConfig
-from saedata.pipeline import embed
+from saedata.embed.local import embed
 r = embed(sys.argv[1], sys.argv[2], sys.argv[3], input_cfg=InputConfig(id_field="id"),
           reader_cfg=ReaderConfig(device="cpu", batch_size=int(sys.argv[4])))
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

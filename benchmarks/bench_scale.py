@@ -35,8 +35,8 @@ def bench_throughput(work: Path, n_docs: int, part_docs: int) -> None:
     from bench_embed import _make_sae, _write_corpus
 
     from saedata.config import EmbedConfig, InputConfig, ReaderConfig
-    from saedata.distributed import embed_ray
-    from saedata.pipeline import embed
+    from saedata.embed.local import embed
+    from saedata.embed.ray import embed_ray
 
     corpus, sae = work / "corpus.jsonl", work / "sae"
     _write_corpus(corpus, n_docs)
@@ -74,7 +74,7 @@ def _shards_from_store(db: Path, out: Path, n_parts: int) -> None:
     as `embed --engine ray` would (same columns, manifest, latent_counts per part)."""
     import duckdb
 
-    from saedata import shards
+    from saedata.store import shards
 
     con = duckdb.connect(str(db), read_only=True)
     sae = dict(zip(["sae_id", "name", "d_in", "d_sae", "activation", "fingerprint"],

@@ -154,7 +154,7 @@ def train_real_corpus(n_docs: int | None = None, seed: int = 0) -> dict[str, flo
 
     from saedata.config import InputConfig, ReaderConfig
     from saedata.demo import python_docs_corpus, write_jsonl
-    from saedata.fit import train
+    from saedata.embed.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         docs = python_docs_corpus(n_docs, seed=seed)

@@ -33,11 +33,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    import polars as pl
     from sklearn.metrics import adjusted_rand_score
 
     import saedata
-    from saedata.analysis.cluster import write_cluster_report
-    from saedata.analysis.data import documents_frame
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import make_corpus, write_jsonl
 
@@ -60,7 +59,10 @@ def main() -> None:
     with saedata.open(db) as store:
         # 3. Cluster on the axis' latents (k estimated by silhouette), and on all latents.
         r = saedata.cluster(store, axis=args.axis, unfiltered=True, eval_field="sentiment", seed=0)
-        truth = documents_frame(store, fields=["sentiment", "topic"])
+    # the planted truth, from the corpus file itself (ext_id is its id field)
+    truth = r.assignments.select("doc_id", "ext_id").join(
+        pl.read_ndjson(corpus).select(pl.col("id").alias("ext_id"), "sentiment", "topic"), on="ext_id",
+        maintain_order="left")
 
     print(f"\n--axis {args.axis!r} picked {r.latents_used.height} latents, e.g.:")
     for row in r.latents_used.head(6).iter_rows(named=True):
@@ -78,7 +80,8 @@ def main() -> None:
 
     a.join(truth.select("doc_id", "sentiment", "topic"), on="doc_id").drop("x", "y").write_csv(
         out / "assignments.csv")
-    html_path, png_path = write_cluster_report(r, out / "clusters_sentiment.html")
+    html_path = saedata.write_report(r, out / "clusters_sentiment.html")
+    png_path = html_path.with_suffix(".png")
     print()
     print(f"wrote {out / 'assignments.csv'}")
     print(f"wrote {html_path}")

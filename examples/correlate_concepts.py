@@ -37,7 +37,6 @@ def main() -> None:
     import polars as pl
 
     import saedata
-    from saedata.analysis.correlate import correlate_metadata, write_correlate_report, write_metadata_report
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import make_corpus, write_jsonl
 
@@ -70,12 +69,12 @@ def main() -> None:
         print(f"  e.g. {ex['text'][:100]!r} (peaks at {ex['word_i']!r} and {ex['word_j']!r})")
 
         # 4. Latents and metadata: a categorical column, then a numeric one.
-        topic = correlate_metadata(store, None, "topic", per_class=3)
+        topic = saedata.correlate_metadata(store, None, "topic", per_class=3)
         print("\nmost over-represented concept per planted topic:")
         for row in topic.classes.filter(pl.col("rank") == 1).iter_rows(named=True):
             print(f"  {row['class']:<8} [{row['label']}]  {row['freq_in']:.0%} of its documents vs "
                   f"{row['freq_out']:.0%} elsewhere")
-        length = correlate_metadata(store, None, "n_words")
+        length = saedata.correlate_metadata(store, None, "n_words")
         print("\nconcepts that go with longer documents (Spearman):")
         for row in length.latents.head(3).iter_rows(named=True):
             print(f"  rho {row['rho']:+.2f}  [{row['label']}]")
@@ -83,8 +82,8 @@ def main() -> None:
     pairs.pairs.write_csv(out / "pairs.csv")
     print()
     print(f"wrote {out / 'pairs.csv'}")
-    print(f"wrote {write_correlate_report(pairs, out / 'correlate_report.html')}")
-    print(f"wrote {write_metadata_report(topic, out / 'topic_report.html')}")
+    print(f"wrote {saedata.write_report(pairs, out / 'correlate_report.html')}")
+    print(f"wrote {saedata.write_report(topic, out / 'topic_report.html')}")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ def main() -> None:
 
     import polars as pl
 
-    from saedata.analysis.diff import diff_files
-    from saedata.analysis.diff_report import display_table
+    import saedata
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import TOPICS, make_corpus, write_jsonl
 
@@ -62,18 +61,19 @@ def main() -> None:
 
     # 2. Embed both (an SAE trained on both corpora together) and diff them.
     train = TrainConfig(max_tokens=60_000 if args.quick else 150_000, batch_size=1024, device="cpu", seed=0)
-    result = diff_files(blogs, forum, db, input_cfg=InputConfig(id_field="id"), reader_cfg=ReaderConfig(device="cpu"),
-                        train_cfg=train, log=print)
+    result = saedata.diff_files(blogs, forum, db, input_cfg=InputConfig(id_field="id"),
+                                reader_cfg=ReaderConfig(device="cpu"),
+                                train_cfg=train, log=print)
 
     # 3. The findings.
     print()
     print(result.summary())
     for w in result.warnings:
         print(f"warning: {w}")
-    top = result.table.head(10).select("latent", "label", "freq_a", "freq_b", "adj_diff", "adj_q", "merged")
+    top = result.rows(10, compact=True).select("latent", "label", "freq_a", "freq_b", "adj_diff", "adj_q", "merged")
     with pl.Config(tbl_rows=-1, fmt_str_lengths=45, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=3, tbl_width_chars=140):
-        print(display_table(top))
+        print(top)
     first = result.table.row(0, named=True)
     richer = result.b if first["diff"] > 0 else result.a
     example = result.examples.filter((pl.col("latent") == first["latent"]) & (pl.col("side") == richer)).head(2)
@@ -81,8 +81,8 @@ def main() -> None:
         print(f"  e.g. {row['side']}:{row['ext_id']} (peak at {row['at_word']!r}): {row['text'][:100]}")
 
     # 4. Files.
-    display_table(result.table).write_csv(out / "diff.csv")
-    result.write_report(out / "diff.html")
+    result.display_table(result.table).write_csv(out / "diff.csv")
+    saedata.write_report(result, out / "diff.html")
     for name in OUTPUTS:
         print(f"wrote {out / name}")
 

@@ -41,9 +41,9 @@ def main() -> None:
     import polars as pl
 
     import saedata
-    from saedata import plot
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import make_corpus, write_jsonl
+    from saedata.reports import html, png
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,8 +63,7 @@ def main() -> None:
 
     # 3. The by-latent index (what `saedata index` does). Search reads it on stores large
     #    enough for it to pay off (over ~0.5M activations); here a full scan is as fast.
-    with saedata.Store(db, read_only=False) as store:
-        store.build_latent_index()
+    saedata.build_index(db)
 
     # 4. Search: each query is read once, mapped to latents, and documents are scored
     #    from the stored activations alone.
@@ -80,18 +79,18 @@ def main() -> None:
                             "precision": r.precision, "base_rate": r.base_rate})
             frames.append(r.docs.with_columns(pl.lit(query).alias("query")))
             blocks += [
-                plot.Text(query, level=2),
-                plot.Text(f"precision@{args.top} {r.precision:.2f} against {field} = {r.eval_value} "
+                html.Text(query, level=2),
+                html.Text(f"precision@{args.top} {r.precision:.2f} against {field} = {r.eval_value} "
                           f"(base rate {r.base_rate:.2f})"),
-                plot.Table(r.query_latents, caption="latents the query maps to"),
-                plot.Table(r.docs.select("rank", "score", "matched", "text"), max_rows=10,
+                html.Table(r.query_latents, caption="latents the query maps to"),
+                html.Table(r.docs.select("rank", "score", "matched", "text"), max_rows=10,
                            caption="top documents, with the latents that matched [and where they peaked]"),
             ]
 
     results = pl.concat(frames).select("query", "rank", "doc_id", "ext_id", "score", "matched", "text")
     results.write_csv(out / "search_results.csv")
     table = pl.DataFrame(summary)
-    fig, ax = plot.new_figure(8, 3.5)
+    fig, ax = png.new_figure(8, 3.5)
     ys = list(range(len(summary)))[::-1]
     ax.barh([y + 0.2 for y in ys], table["precision"].to_list(), height=0.4, label=f"precision@{args.top}")
     ax.barh([y - 0.2 for y in ys], table["base_rate"].to_list(), height=0.4, label="base rate", color="#bbb")
@@ -99,8 +98,8 @@ def main() -> None:
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    plot.write_report(out / "search_report.html", "Property retrieval",
-                      [plot.Figure(fig, "precision of each query vs a random ranking"), plot.Table(table), *blocks],
+    html.write_report(out / "search_report.html", "Property retrieval",
+                      [html.Figure(fig, "precision of each query vs a random ranking"), html.Table(table), *blocks],
                       subtitle=f"{result.n_docs} planted documents; saedata search")
     for name in OUTPUTS:
         print(f"wrote {out / name}")

@@ -47,9 +47,9 @@ def main() -> None:
     import polars as pl
     from sklearn.datasets import load_digits
 
-    from saedata.analysis.vae import fit_vae, save_vae
-    from saedata.analysis.vae_report import vae_figures, write_vae_report
     from saedata.config import VAEConfig
+    from saedata.vae import fit_vae, save_vae
+    from saedata.vae.report import vae_figures, write_vae_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 -- saedata concept store: tables.
--- Loaded first, in a fixed order (schema.sql -> views.sql -> macros.sql), every time a
+-- Loaded first, in a fixed order (store.QUERY_FILES: schema, views, then macros by topic), every time a
 -- store is opened for writing. Every statement is idempotent.
 -- Schema version 1. A store whose saedata_meta says a newer version is refused on open.
 

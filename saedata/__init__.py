@@ -5,17 +5,24 @@
     store = saedata.open("run.duckdb")
     store.latents().sort("freq", descending=True).head()
     store.sql("SELECT label, count(*) FROM concepts GROUP BY ALL ORDER BY 2 DESC LIMIT 5")
+    result = saedata.diff("run.duckdb", "a", "b")      # or saedata.diff_files("a.jsonl", "b.jsonl")
+    saedata.write_report(result, "diff.html")
     saedata.embed_ray(["a.jsonl", "b.jsonl"], "shards/", "sae/", num_workers=4)  # Ray Data -> Parquet shards
     saedata.diff("shards/", "a", "b")                    # analyses read shard folders in place
 
-Importing saedata is light: torch and transformers load only when a model runs.
+This module is the public API, and the only place where embedding and analysis meet:
+the functions defined here orchestrate (embed corpora, then diff them; give an analysis
+the models it may ask for), the rest are the library's own functions, loaded on first
+use. Importing saedata is light: torch and transformers load only when a model runs.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from saedata.config import EmbedConfig, InputConfig, ReaderConfig, SAEConfig, TrainConfig
+from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+from saedata.console import Log, silent
 from saedata.errors import SaedataError
 
 __version__ = "0.1.0"
@@ -24,49 +31,72 @@ __all__ = [
     "EmbedConfig",
     "InputConfig",
     "ReaderConfig",
-    "SAEConfig",
     "SaedataError",
     "Store",
     "TrainConfig",
     "__version__",
+    "are_corpus_files",
     "associate",
+    "build_index",
     "cluster",
     "correlate",
+    "correlate_metadata",
     "diff",
+    "diff_files",
     "embed",
     "embed_ray",
     "import_shards",
     "load_sae",
     "open",
+    "open_corpus",
+    "probe_dataset",
+    "probe_ood",
     "read_documents",
+    "relabel",
     "search",
     "train",
+    "vae_fit",
+    "vae_probe",
+    "write_demo",
+    "write_report",
 ]
 
 _LAZY = {
     "open": ("saedata.store", "open"),
     "Store": ("saedata.store", "Store"),
-    "embed": ("saedata.pipeline", "embed"),
-    "embed_ray": ("saedata.distributed", "embed_ray"),
-    "import_shards": ("saedata.shards", "import_shards"),
-    "train": ("saedata.fit", "train"),
-    "read_documents": ("saedata.io", "read_documents"),
+    "embed": ("saedata.embed", None),
+    "embed_ray": ("saedata.embed.ray", "embed_ray"),
+    "import_shards": ("saedata.embed.finish", "import_shards"),
+    "train": ("saedata.embed.train", "train"),
+    "read_documents": ("saedata.corpus", "read_documents"),
+    "open_corpus": ("saedata.corpus", "open_corpus"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
     "diff": ("saedata.analysis.diff", "diff"),
     "associate": ("saedata.analysis.associate", "associate"),
     "correlate": ("saedata.analysis.correlate", "correlate"),
-    "cluster": ("saedata.analysis.cluster", "cluster"),
-    "search": ("saedata.analysis.retrieve", "search"),
+    "correlate_metadata": ("saedata.analysis.correlate", "correlate_metadata"),
+    "write_report": ("saedata.reports", "write_report"),
+    "vae_fit": ("saedata.vae.report", "fit_on_data"),
+    "vae_probe": ("saedata.vae.report", "probe_on_data"),
 }
 
 if TYPE_CHECKING:
-    from saedata.distributed import embed_ray
-    from saedata.fit import train
-    from saedata.pipeline import embed
-    from saedata.shards import import_shards
-    from saedata.io import read_documents
+    from saedata.analysis.associate import associate
+    from saedata.analysis.cluster import ClusterResult
+    from saedata.analysis.correlate import correlate, correlate_metadata
+    from saedata.analysis.diff import DiffResult, diff
+    from saedata.analysis.probe import OODReport, ProbeReport
+    from saedata.analysis.retrieve import SearchResult
+    from saedata.corpus import open_corpus, read_documents
+    from saedata.embed.finish import import_shards
+    from saedata.embed.local import embed
+    from saedata.embed.ray import embed_ray
+    from saedata.embed.train import train
+    from saedata.reports import write_report
     from saedata.sae.formats import load_sae
     from saedata.store import Store, open
+    from saedata.vae.report import fit_on_data as vae_fit
+    from saedata.vae.report import probe_on_data as vae_probe
 
 
 def __getattr__(name: str) -> Any:
@@ -74,7 +104,179 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
+        value = importlib.import_module(module)
+        if attr is not None:
+            value = getattr(value, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'saedata' has no attribute {name!r}")
+
+
+# -- analyses that need the models behind a store (they never load one themselves) ----------
+
+
+def search(store_or_path: Any, query: str | None = None, *, reader_cfg: ReaderConfig | None = None,
+           **kwargs: Any) -> SearchResult:
+    """Documents that show the property described by ``query`` (see
+    :func:`saedata.analysis.retrieve.search` for the options); the query is read by the
+    SAE's own reader (``reader_cfg`` sets its device and dtype)."""
+    from saedata.analysis.retrieve import search as run
+    from saedata.analysis.scope import opened
+    from saedata.embed.models import StoreModels
+
+    with opened(store_or_path) as store:
+        return run(store, query, models=StoreModels(store, reader_cfg), **kwargs)
+
+
+def cluster(store_or_path: Any, dataset: str | list[str] | None = None, *, reader_cfg: ReaderConfig | None = None,
+            **kwargs: Any) -> ClusterResult:
+    """Cluster documents along an axis (see :func:`saedata.analysis.cluster.cluster`); an
+    ``axis`` text and the labels are embedded with the default reader."""
+    from saedata.analysis.cluster import cluster as run
+    from saedata.analysis.scope import opened
+    from saedata.embed.models import StoreModels
+
+    with opened(store_or_path) as store:
+        return run(store, dataset, models=StoreModels(store, reader_cfg), **kwargs)
+
+
+def probe_dataset(store_or_path: Any, dataset: str, label_field: str, *, device: str = "cpu",
+                  **kwargs: Any) -> ProbeReport:
+    """Linear probe and concept purity of a dataset's SAE codes vs its dense embedding
+    (:func:`saedata.analysis.probe.probe_dataset`); the SAE's reader runs on ``device``."""
+    from saedata.analysis.probe import probe_dataset as run
+    from saedata.analysis.scope import opened
+    from saedata.embed.models import StoreModels
+
+    with opened(store_or_path) as store:
+        return run(store, dataset, label_field, models=StoreModels(store, ReaderConfig(device=device)),  # type: ignore[arg-type]
+                   **kwargs)
+
+
+def probe_ood(store_or_path: Any, in_dataset: str, out_dataset: str, *, device: str = "cpu",
+              **kwargs: Any) -> OODReport:
+    """Out-of-distribution AUROC of ``out_dataset`` against ``in_dataset``
+    (:func:`saedata.analysis.probe.probe_ood`); the SAE's reader runs on ``device``."""
+    from saedata.analysis.probe import probe_ood as run
+    from saedata.analysis.scope import opened
+    from saedata.embed.models import StoreModels
+
+    with opened(store_or_path) as store:
+        return run(store, in_dataset, out_dataset, models=StoreModels(store, ReaderConfig(device=device)),  # type: ignore[arg-type]
+                   **kwargs)
+
+
+# -- embed, then analyse ------------------------------------------------------------------
+
+
+def are_corpus_files(a: str, b: str | None = None) -> bool:
+    """Whether ``saedata diff A B`` names corpus files (True) or datasets of a store (False).
+
+    InputError when one is a file and the other is not, or when an argument is named like
+    a corpus file (a corpus extension, or a folder in it) but does not exist.
+    """
+    from pathlib import Path
+
+    from saedata.corpus import looks_like_corpus
+    from saedata.errors import InputError
+
+    args = [a] + ([b] if b is not None else [])
+    exists = [Path(x).is_file() for x in args]
+    if all(exists):
+        return True
+    if any(exists):
+        missing = next(x for x, e in zip(args, exists) if not e)
+        raise InputError("no such file (give two corpus files, or two dataset names of the store)", path=missing)
+    for x in args:
+        if looks_like_corpus(x):
+            raise InputError("no such file", path=x)
+    return False
+
+
+def diff_files(
+    a_path: str | os.PathLike,
+    b_path: str | os.PathLike | None = None,
+    db: str | os.PathLike = "run.duckdb",
+    sae: str | os.PathLike | None = None,
+    *,
+    input_cfg: InputConfig = InputConfig(),
+    reader_cfg: ReaderConfig = ReaderConfig(),
+    embed_cfg: EmbedConfig = EmbedConfig(),
+    train_cfg: TrainConfig = TrainConfig(),
+    progress: bool = False,
+    log: Log = silent,
+    **diff_kwargs: Any,
+) -> DiffResult:
+    """Embed one or two corpus files into the store at ``db`` and diff them.
+
+    Datasets are named after the files (``a.jsonl`` -> ``a``). Without ``sae`` the
+    store's SAE is reused, or one is trained on both corpora together (saved beside the
+    store, ``run.sae/``). A file already embedded under its name is not embedded again;
+    one embedded from another file is an error. ``diff_kwargs`` go to
+    :func:`saedata.analysis.diff.diff` (``by``, ``threshold``, ``paired_on``, ...).
+    """
+    from pathlib import Path
+
+    from saedata.analysis.diff import diff as run_diff
+    from saedata.corpus import dataset_name
+    from saedata.embed.local import default_sae_dir, embed
+    from saedata.embed.models import sae_to_use
+    from saedata.errors import ConfigError, InputError
+    from saedata.store import Store
+
+    paths = [str(a_path)] + ([str(b_path)] if b_path is not None else [])
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError("no such file", path=p)
+    names = [dataset_name(p) for p in paths]
+    if len(names) == 2 and names[0] == names[1]:
+        names[1] = f"{names[1]}-2"
+        log(f"both files are named {names[0]!r}: the second is dataset {names[1]!r}")
+    has_sae = False
+    if Path(db).exists():
+        with Store(db, read_only=True) as store:
+            for path, name in zip(paths, names):
+                source = store.dataset_state(name).source if store.has_dataset(name) else None
+                if source and Path(source).resolve() != Path(path).resolve():
+                    raise ConfigError(f"dataset {name!r} in {db} was embedded from {source}, not {path}; "
+                                      "use another --db, or rename the file")
+            has_sae = store.saes().height > 0
+    if sae is None and not has_sae:
+        sae, _ = sae_to_use(None, default_sae_dir(db), paths, input_cfg=input_cfg, reader_cfg=reader_cfg,
+                            train_cfg=train_cfg, progress=progress, log=log)
+    results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
+                     train_cfg=train_cfg, progress=progress, log=log) for p, n in zip(paths, names)]
+    diff_kwargs.setdefault("sae_id", results[0].sae_id)
+    return run_diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)
+
+
+# -- small jobs on a store ----------------------------------------------------------------
+
+
+def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, llm: bool = False,
+            latents: list[int] | None = None, log: Log = silent) -> int:
+    """Recompute latent labels in the store ``db``: offline contrastive keywords, or with
+    ``llm`` an LLM through an OpenAI-compatible endpoint (``latents``, default the 50
+    most frequent). Returns how many latents got a label."""
+    from saedata.label import relabel as run
+    from saedata.store import Store
+
+    with Store(db, read_only=False) as store:
+        return run(store, sae_id, llm=llm, latents=latents, log=log)
+
+
+def build_index(db: str | os.PathLike = "run.duckdb") -> int:
+    """Build (or rebuild) the by-latent copy of the activations that makes search fast on
+    large stores; returns its row count."""
+    from saedata.store import Store
+
+    with Store(db, read_only=False) as store:
+        return store.build_latent_index()
+
+
+def write_demo(path: str | os.PathLike, n_docs: int = 600, seed: int = 0, **kwargs: Any) -> os.PathLike:
+    """Write a JSONL corpus with planted topics, sentiment and questions to ``path``
+    (:func:`saedata.demo.make_corpus` options in ``kwargs``); returns the path."""
+    from saedata.demo import make_corpus, write_jsonl
+
+    return write_jsonl(make_corpus(n_docs, seed=seed, **kwargs), path)

@@ -1,6 +1,7 @@
 """Latent labels.
 
-Offline contrastive keywords: while documents are embedded, each stored activation
+Offline contrastive keywords (the ``keyword_terms`` macro of ``queries/labels.sql``):
+while documents are embedded, each stored activation
 records where in the text the latent peaked (``activations.peak``, taken from the
 per-token codes), and word document frequencies are counted. A latent's *evidence* is
 the word at the peak in each of its strongest documents (and the word before it); its
@@ -26,13 +27,18 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from saedata.console import Log, silent
 from saedata.errors import ConfigError, SaedataError
 
 if TYPE_CHECKING:
     from saedata.store import Store
 
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
-"""A word: letters/digits (with inner apostrophes), or one punctuation character."""
+"""A word: letters/digits (with inner apostrophes), or one punctuation character (the
+words ``word_at`` finds in SQL, whose document frequencies labels contrast with)."""
+
+KEYWORD_SOURCES = ("keywords", "frequent-words")
+"""label_source of offline keyword labels (strong, and weak); relabelling replaces these only."""
 
 
 def word_document_frequency(texts: list[str]) -> pl.DataFrame:
@@ -44,71 +50,6 @@ def word_document_frequency(texts: list[str]) -> pl.DataFrame:
         {"word": list(counts.keys()), "df": list(counts.values())},
         schema={"word": pl.String, "df": pl.Int64},
     )
-
-
-_KEYWORD_SQL = """
-WITH top AS (
-    SELECT a.latent, a.doc_id, a.peak
-    FROM {candidates} AS a
-    WHERE a.sae_id = $sae
-    QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= $top_docs
-),
-evidence AS (
-    -- text: the word where the latent peaked, and the word before it
-    SELECT t.latent, t.doc_id, word_at(d.text, t.peak) AS word, word_before(d.text, t.peak) AS prev
-    FROM top AS t JOIN documents AS d USING (doc_id)
-    WHERE t.peak IS NOT NULL
-    UNION ALL
-    -- images (no text position): every word of the document's path, e.g. its folder names
-    SELECT t.latent, t.doc_id, unnest(list_distinct(regexp_extract_all(lower(d.text), '[\\pL\\pN]+'))) AS word,
-           NULL AS prev
-    FROM top AS t JOIN documents AS d USING (doc_id)
-    WHERE t.peak IS NULL
-),
-n_ev AS (SELECT latent, count(DISTINCT doc_id) AS n FROM evidence GROUP BY latent),
-total AS (
-    SELECT greatest(count(*), 1) AS n_docs
-    FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = $sae
-),
-df AS (SELECT word, sum(df) AS df FROM word_counts WHERE sae_id = $sae GROUP BY word),
-top_prev AS (
-    -- each word's commonest previous word (ties: the first alphabetically, so labels are
-    -- the same on every run)
-    SELECT latent, word, prev, count(*) AS c_prev
-    FROM evidence
-    WHERE word IS NOT NULL AND prev IS NOT NULL
-    GROUP BY latent, word, prev
-    QUALIFY row_number() OVER (PARTITION BY latent, word ORDER BY count(*) DESC, prev) = 1
-),
-words AS (
-    SELECT w.latent, w.word, w.c, p.prev, coalesce(p.c_prev, 0) AS c_prev
-    FROM (SELECT latent, word, count(DISTINCT doc_id) AS c FROM evidence WHERE word IS NOT NULL GROUP BY ALL) AS w
-    LEFT JOIN top_prev AS p USING (latent, word)
-),
-scored AS (
-    SELECT w.latent, w.word, w.c, n_ev.n,
-           -- "prev word" stands for the word when that phrase makes at least half of its
-           -- occurrences and prev is not a corpus-wide filler ("the", "of", ".")
-           CASE WHEN w.c_prev >= 2 AND 2 * w.c_prev >= w.c
-                     AND coalesce(pdf.df, 0) < 0.1 * total.n_docs
-                THEN w.prev || ' ' || w.word ELSE w.word END AS term,
-           -- this word's contribution to KL(evidence || corpus): p * ln(p / q)
-           (w.c / n_ev.n) * ln((w.c / n_ev.n) / ((coalesce(wdf.df, 0) + 1) / (total.n_docs + 1))) AS score
-    FROM words AS w
-    JOIN n_ev USING (latent)
-    CROSS JOIN total
-    LEFT JOIN df AS wdf ON wdf.word = w.word
-    LEFT JOIN df AS pdf ON pdf.word = w.prev
-    WHERE w.c >= least(2, n_ev.n)
-)
-SELECT latent, term, c, n, score,
-       score > 0 AS contrastive,
-       row_number() OVER (PARTITION BY latent ORDER BY score > 0 DESC,
-                          CASE WHEN score > 0 THEN score ELSE c END DESC, term) AS rk
-FROM scored
-QUALIFY rk <= $n_words AND (contrastive OR NOT bool_or(score > 0) OVER (PARTITION BY latent))
-ORDER BY latent, rk
-"""
 
 
 def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3,
@@ -128,8 +69,7 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     """
     if candidates not in ("activations", "label_candidates"):
         raise ValueError(f"candidates must be activations or label_candidates, not {candidates!r}")
-    rows = store.sql(_KEYWORD_SQL.replace("{candidates}", candidates),
-                     {"sae": sae_id, "top_docs": top_docs, "n_words": n_words})
+    rows = store.macro("keyword_terms", sae_id, top_docs=top_docs, n_words=n_words, src=candidates)
     if rows.height == 0:
         return pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String, "label_source": pl.String})
     return (
@@ -151,12 +91,26 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
 def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3) -> int:
     """Compute keyword labels for an SAE and write them; returns how many latents got one."""
     labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words)
-    store.con.execute(
-        "UPDATE latents SET label = NULL, label_source = NULL "
-        "WHERE sae_id = ? AND label_source IN ('keywords', 'frequent-words')",
-        [sae_id],
-    )
+    store.set_labels(sae_id, labels, replace=KEYWORD_SOURCES)
+    return labels.height
+
+
+def relabel(store: Store, sae_id: int | None = None, *, llm: bool = False, latents: list[int] | None = None,
+            log: Log = silent) -> int:
+    """Recompute the labels of SAE ``sae_id`` (the store's only one when None): keyword
+    labels, or with ``llm`` LLM labels of ``latents`` (default: the 50 most frequent).
+    Returns how many latents got a label."""
+    sae_id = store.resolve_sae(sae_id)
+    if not llm:
+        n = label_latents(store, sae_id)
+        log(f"labelled {n} latents with keywords")
+        return n
+    if latents is None:
+        latents = (store.latents(sae_id).filter(pl.col("freq") > 0).sort("freq", descending=True, maintain_order=True)
+                   .head(50)["latent"].to_list())
+    labels = llm_labels(store, sae_id, latents)
     store.set_labels(sae_id, labels)
+    log(f"labelled {labels.height} latents with {labels['label_source'][0] if labels.height else 'the LLM'}")
     return labels.height
 
 
@@ -191,15 +145,16 @@ def llm_labels(
             "SAEDATA_LLM_MODEL (any OpenAI-compatible server)"
         )
     out_latents, out_labels = [], []
+    keywords = dict(store.latents(sae_id).select("latent", "label").iter_rows())
     for latent in latents:
         docs = store.macro("top_docs", sae_id, int(latent), n=n_examples)
         if docs.height == 0:
             continue
-        kw = store.one("SELECT label FROM latents WHERE sae_id = ? AND latent = ?", [sae_id, int(latent)])
+        kw = keywords.get(int(latent))
         examples = "\n".join(f"- {t[:300]!r}" for t in docs["text"].to_list())
         prompt = (
             "These documents most strongly activate one feature of a sparse autoencoder"
-            + (f" (keywords: {kw[0]})" if kw and kw[0] else "")
+            + (f" (keywords: {kw})" if kw else "")
             + ":\n"
             + examples
             + "\nName the concept the feature detects in at most six words. Answer with the name only."

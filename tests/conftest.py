@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +81,7 @@ def demo_store(tmp_path_factory) -> dict:
     """
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
     from saedata.demo import TOPICS, make_corpus
-    from saedata.pipeline import embed
+    from saedata.embed.local import embed
 
     root = tmp_path_factory.mktemp("demo-store")
     topics = list(TOPICS)
@@ -97,13 +95,6 @@ def demo_store(tmp_path_factory) -> dict:
     embed(str(a), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader, train_cfg=train)
     embed(str(b), db, input_cfg=InputConfig(id_field="id"), reader_cfg=reader)
     return {"db": str(db), "a": str(a), "b": str(b), "sae": str(root / "run.sae"), "root": str(root)}
-
-
-def copy_demo_store(demo_store: dict, root: Path) -> Path:
-    """A writable copy of the session's demo store (its file and write-ahead log) in ``root``."""
-    for f in Path(demo_store["db"]).parent.glob("run.duckdb*"):
-        shutil.copy(f, root / f.name)
-    return root / "run.duckdb"
 
 
 @pytest.fixture(scope="module")
@@ -129,23 +120,3 @@ def tiny_vit(tmp_path_factory) -> str:
     ViTModel(cfg).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)
-
-
-def write_digit_images(root, classes=(0, 1, 7), per_class: int = 12, seed: int = 0):
-    """scikit-learn's 8x8 digits written as PNG files in one folder per class; returns the root."""
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    root = Path(root)
-    for c in classes:
-        (root / str(c)).mkdir(parents=True, exist_ok=True)
-        idx = rng.choice(np.flatnonzero(digits.target == c), per_class, replace=False)
-        for i in idx:
-            img = (digits.images[i] / 16.0 * 255).astype(np.uint8)
-            Image.fromarray(img, mode="L").save(root / str(c) / f"digit{i:04d}.png")
-    return root

@@ -50,4 +50,35 @@ def test_example_runs_and_writes_its_outputs(script, tmp_path):
                  for p in re.findall(r"^wrote (\S+)\s*$", proc.stdout, flags=re.M)]
     for path in promised:
         assert path.exists(), f"{script.name} promised {path} but did not write it"
-        assert path.is_dir() or path.stat().st_size > 0, f"{script.name} wrote an empty {path}"
+        check_output(path)
+
+
+def check_output(path: Path) -> None:
+    """An output holds what its kind promises a user who opens it."""
+    import json
+
+    import polars as pl
+
+    import saedata
+
+    name = path.name
+    if path.is_dir():
+        assert any(path.iterdir()), f"{path} is an empty folder"
+    elif name.endswith(".csv"):
+        assert pl.read_csv(path).height > 0, f"{path} has a header and no rows"
+    elif name.endswith(".jsonl"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert rows and all("text" in r for r in rows), f"{path} is not a corpus"
+    elif name.endswith(".json"):
+        assert json.loads(path.read_text(encoding="utf-8")), f"{path} is empty JSON"
+    elif name.endswith(".html"):
+        html = path.read_text(encoding="utf-8")
+        assert html.startswith("<!DOCTYPE html>") and "<h1>" in html and "this file needs no network" in html
+        assert "<table>" in html or "<img" in html, f"{path} shows no table or figure"
+    elif name.endswith(".png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    elif name.endswith(".duckdb"):
+        with saedata.open(path) as store:
+            assert store.datasets()["complete"].all() and store.datasets().height > 0
+    else:
+        raise AssertionError(f"no check for the kind of {path}")

@@ -28,16 +28,8 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
-from saedata.analysis.data import (
-    bh_qvalues,
-    common_sae,
-    dataset_states,
-    documents_frame,
-    latent_labels,
-    latent_matrix,
-    opened,
-)
-from saedata.analysis.diff import two_proportion_test
+from saedata.analysis.scope import documents_frame, latent_labels, latent_matrix, opened, resolve_scope
+from saedata.analysis.stats import bh_qvalues, correlation_pvalues, two_proportion_test
 from saedata.errors import ConfigError
 from saedata.store import Store
 
@@ -104,25 +96,19 @@ def associate(
 
 def _associate(store: Store, dataset: str | None, target: str, n_latents: int, threshold: float,
                sae_id: int | None, seed: int) -> AssociateResult:
-    if dataset is not None:
-        names = [dataset]
-    else:
-        sae_id = store.resolve_sae(sae_id)
-        names = [r[0] for r in store.rows("SELECT name FROM datasets WHERE sae_id = ? ORDER BY dataset_id", [sae_id])]
-        if not names:
-            raise ConfigError(f"no dataset in {store.path} was embedded with SAE {sae_id}")
-    sae = common_sae(store, dataset_states(store, names), sae_id)
-    docs = documents_frame(store, names, fields=[target]).select("doc_id", target)
+    scope = resolve_scope(store, dataset, sae_id)
+    sae = scope.sae_id
+    docs = documents_frame(store, scope, fields=[target]).select("doc_id", target)
     warnings: list[str] = []
     known = docs.filter(pl.col(target).is_not_null())
     if known.height < docs.height:
         warnings.append(f"{docs.height - known.height} documents have no {target!r} and are left out")
-    where = " + ".join(names)
+    where = " + ".join(scope.names)
     if known.height < MIN_DOCS:
         raise ConfigError(f"only {known.height} documents of {where} have a {target!r}; associate needs at least "
                           f"{MIN_DOCS}")
     kind, y, positive = _target(known[target], target, where)
-    X = latent_matrix(store, names, sae, doc_ids=known["doc_id"].to_numpy()).active(threshold).astype(np.float64)
+    X = latent_matrix(store, scope, doc_ids=known["doc_id"].to_numpy()).active(threshold).astype(np.float64)
     X = sparse.csr_matrix(X)
     n_active = np.asarray(X.sum(0)).ravel()
     cols = np.flatnonzero(n_active > 0)
@@ -265,8 +251,7 @@ def _numeric_effects(X: sparse.csc_matrix, y: np.ndarray) -> dict[str, np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = cov / np.sqrt(f * (1 - f) * r.var())
         rho = np.where(np.isfinite(rho), np.clip(rho, -1, 1), 0.0)
-        t = rho * np.sqrt((n - 2) / np.maximum(1 - rho**2, 1e-300))
         mean_active = sum_y / k
         mean_inactive = np.where(k < n, (y.sum() - sum_y) / np.maximum(n - k, 1), np.nan)
-    p = np.where((f > 0) & (f < 1), 2 * stats.t.sf(np.abs(t), n - 2), 1.0)
+    p = np.where((f > 0) & (f < 1), correlation_pvalues(rho, n), 1.0)
     return {"freq": f, "mean_active": mean_active, "mean_inactive": mean_inactive, "rho": rho, "p": p}

@@ -6,14 +6,16 @@ Three ways to name latents, combined as a union (each row says why it was picked
 2. ``label_pattern``: a regular expression searched in each latent's label.
 3. ``axis``: free text. A latent is picked when
    a. *lexically*: a word of its label equals a content word of the axis or that word's
-      plural/singular form ("pets" -> pet, pets; "stories" -> story), or
-   b. *semantically*: its label, embedded with the default reader (all-MiniLM-L6-v2,
-      the last layer's token activations mean-pooled), has cosine similarity to the
+      plural/singular form ("pets" -> pet, pets; "stories" -> story:
+      :mod:`saedata.analysis.words`), or
+   b. *semantically*: its label, embedded by ``embed_texts`` (the API passes the
+      default reader, all-MiniLM-L6-v2, its last layer's token activations mean-pooled:
+      :func:`saedata.embed.encode.text_vectors`), has cosine similarity to the
       embedded axis text of at least ``min_score`` *and* at least ``min_z`` standard
       deviations above the mean similarity of all candidate labels (so an axis that is
       loosely similar to everything picks nothing). The string "sentiment" never
       occurs in a label like "hated / miserable / was terrible", but the embeddings
-      place them close, which is what (b) is for.
+      place them close, which is what (b) is for; without ``embed_texts`` only (a) runs.
    Candidates for the axis are latents active in at least ``min_freq`` of the
    documents, with a keyword label (``frequent-words`` labels such as "." or "the"
    describe no content). Lexical matches come first, then the most similar labels;
@@ -25,30 +27,21 @@ Three ways to name latents, combined as a union (each row says why it was picked
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 
-from saedata.analysis.data import latent_labels
+from saedata.analysis.scope import latent_labels
+from saedata.analysis.words import matching_forms, words
 from saedata.errors import ConfigError, NotFoundError
-
-if TYPE_CHECKING:
-    from saedata.config import ReaderConfig
-    from saedata.store import Store
-
-STOPWORDS = frozenset(
-    "a an and are as at be by for from has have how in is it its of on or that the this to was were what "
-    "when where which who why with about into than then there these those their them they we you your".split()
-)
-"""Axis words never matched lexically (they would match labels everywhere)."""
+from saedata.store import Store, label_matches
 
 SELECTED_SCHEMA = {"latent": pl.Int32, "label": pl.String, "freq": pl.Float64, "score": pl.Float64,
                    "why": pl.String}
 
-_READERS: dict[Any, Any] = {}
-_EMBEDDINGS: dict[tuple[Any, str], np.ndarray] = {}
+TextVectors = Callable[[list[str]], np.ndarray]
+"""texts -> (n_texts, d) unit vectors: how axis texts and labels are embedded."""
 
 
 def select_latents(
@@ -61,7 +54,7 @@ def select_latents(
     min_freq: float = 0.01,
     min_score: float = 0.3,
     min_z: float = 3.0,
-    reader_cfg: ReaderConfig | None = None,
+    embed_texts: TextVectors | None = None,
 ) -> pl.DataFrame:
     """The latents named by ``latents``, ``label_pattern`` and/or ``axis`` (see the module doc).
 
@@ -81,7 +74,7 @@ def select_latents(
     if label_pattern is not None:
         parts.append(_by_pattern(table, label_pattern, min_freq))
     if axis is not None:
-        parts.append(_by_axis(table, axis, top, min_freq, min_score, min_z, reader_cfg))
+        parts.append(_by_axis(table, axis, top, min_freq, min_score, min_z, embed_texts))
     picked = pl.concat(parts, how="vertical_relaxed")
     return (
         picked.group_by("latent", maintain_order=True)
@@ -117,39 +110,8 @@ def _by_pattern(table: pl.DataFrame, pattern: str, min_freq: float) -> pl.DataFr
                       pl.lit(f"label matches {pattern!r}").alias("why"))
 
 
-def regex_problem(e: BaseException) -> str:
-    """The one line of a polars regex error that says what is wrong ("unclosed group")."""
-    lines = [ln.strip() for ln in str(e).splitlines()]
-    return next((ln[len("error: "):] for ln in lines if ln.startswith("error: ")), lines[0] if lines else "")
-
-
-def label_matches(table: pl.DataFrame, pattern: str) -> pl.Series:
-    """Boolean mask of rows whose ``label`` contains the regex ``pattern``; ConfigError if it is invalid."""
-    try:
-        return table["label"].str.contains(pattern).fill_null(False)
-    except pl.exceptions.PolarsError as e:
-        raise ConfigError(f"--label {pattern!r} is not a valid regular expression ({regex_problem(e)})") from e
-
-
-def axis_words(axis: str) -> set[str]:
-    """Content words of an axis text and their plural/singular forms, lower-cased."""
-    words = {w for w in re.findall(r"[\w'’]+", axis.lower()) if len(w) > 2 and w not in STOPWORDS}
-    forms = set(words)
-    for w in words:
-        forms.add(w + "s")
-        if w.endswith("ies"):
-            forms.add(w[:-3] + "y")
-        elif w.endswith(("ses", "xes", "ches", "shes")):
-            forms.add(w[:-2])
-        elif w.endswith("s") and not w.endswith("ss"):
-            forms.add(w[:-1])
-        if w.endswith("y"):
-            forms.add(w[:-1] + "ies")
-    return forms
-
-
 def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_score: float, min_z: float,
-             reader_cfg: ReaderConfig | None) -> pl.DataFrame:
+             embed_texts: TextVectors | None) -> pl.DataFrame:
     if not axis.strip():
         raise ConfigError("--axis is empty; describe the axis in a few words, e.g. --axis sentiment")
     cands = table.filter(
@@ -161,10 +123,13 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
             "documents; run `saedata label` first"
         )
     labels = cands["label"].to_list()
-    forms = axis_words(axis)
-    lexical = np.array([bool(forms & set(re.findall(r"[\w'’]+", lab.lower()))) for lab in labels])
-    vecs = embed_texts([axis, *labels], reader_cfg)
-    sims = vecs[1:] @ vecs[0]
+    forms = matching_forms(axis)
+    lexical = np.array([bool(forms & set(words(lab))) for lab in labels])
+    if embed_texts is not None:
+        vecs = embed_texts([axis, *labels])
+        sims = vecs[1:] @ vecs[0]
+    else:
+        sims = np.zeros(len(labels))
     z = (sims - sims.mean()) / (sims.std() + 1e-12)
     semantic = (sims >= min_score) & (z >= min_z)
     order = np.lexsort((-sims, ~lexical))  # lexical matches first, then by similarity
@@ -181,34 +146,3 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
     return cands[keep].select("latent", "label", "freq").with_columns(
         pl.Series("score", sims[keep].astype(np.float64)), pl.Series("why", why)
     )
-
-
-def embed_texts(texts: list[str], reader_cfg: ReaderConfig | None = None) -> np.ndarray:
-    """(n_texts, d_model) unit vectors: each text's last-layer reader activations, mean-pooled.
-
-    The reader and every text's vector are cached for the process, so repeated calls
-    (many axes over one SAE's labels) embed each label once.
-    """
-    from saedata.config import ReaderConfig
-
-    # labels are a few words: big batches of short inputs
-    cfg = reader_cfg or ReaderConfig(layer=-1, batch_size=128, max_tokens=32)
-    key = (cfg.model, cfg.layer, cfg.device, cfg.dtype)
-    todo = list(dict.fromkeys(t for t in texts if (key, t) not in _EMBEDDINGS))
-    if todo:
-        import torch
-
-        from saedata.reader import Reader
-
-        if key not in _READERS:
-            _READERS[key] = Reader(cfg)
-        reader = _READERS[key]
-        batch = reader.read(todo)
-        sums = torch.zeros(len(todo), batch.acts.shape[1], device=batch.acts.device)
-        sums.index_add_(0, batch.doc_index, batch.acts)
-        counts = torch.bincount(batch.doc_index, minlength=len(todo)).clamp(min=1)[:, None]
-        means = (sums / counts).cpu().numpy().astype(np.float64)
-        means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-        for text, v in zip(todo, means, strict=True):
-            _EMBEDDINGS[(key, text)] = v
-    return np.stack([_EMBEDDINGS[(key, t)] for t in texts])

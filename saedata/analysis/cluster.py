@@ -16,8 +16,8 @@ and cluster on those alone:
 3. each cluster described by the latents -- among *all* latents, not only the selected
    -- with the highest lift (frequency in the cluster / frequency overall) that fire in
    at least a quarter of its documents and in ``min_support`` of them.
-4. a 2-D UMAP map of the features, coloured by cluster (:func:`write_cluster_report`
-   writes it as PNG and an offline HTML report).
+4. a 2-D UMAP map of the features, coloured by cluster (:mod:`saedata.reports.cluster`
+   draws it as PNG and writes an offline HTML report).
 
 ``unfiltered=True`` also clusters on all latents and reports the adjusted Rand index
 (ARI) between the two clusterings, and with ``eval_field`` the ARI and NMI of each
@@ -29,21 +29,16 @@ from __future__ import annotations
 import os
 import warnings as _warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 from scipy import sparse
 
 from saedata.analysis.axes import SELECTED_SCHEMA, select_latents
-from saedata.analysis.correlate import Scope, opened, require_macros, resolve_scope
-from saedata.analysis.data import documents_frame, latent_labels, latent_matrix
+from saedata.analysis.scope import Models, Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.errors import ConfigError
-
-if TYPE_CHECKING:
-    from saedata.config import ReaderConfig
-    from saedata.store import Store
+from saedata.store import Store
 
 Method = Literal["kmeans", "hdbscan"]
 Scale = Literal["values", "binary", "tfidf"]
@@ -89,6 +84,11 @@ class ClusterResult:
     axis: str | None
     warnings: tuple[str, ...] = ()
 
+    @property
+    def has_map(self) -> bool:
+        """Whether the documents have 2-D map coordinates (x, y)."""
+        return self.assignments["x"].null_count() < self.assignments.height
+
 
 def cluster(
     store_or_path: Store | str | os.PathLike,
@@ -110,7 +110,7 @@ def cluster(
     min_support: int = 5,
     n_describe: int = 5,
     n_examples: int = 3,
-    reader_cfg: ReaderConfig | None = None,
+    models: Models | None = None,
     sae_id: int | None = None,
 ) -> ClusterResult:
     """Cluster the documents of ``dataset`` on the latents of an axis (see the module doc).
@@ -119,7 +119,9 @@ def cluster(
     caps the axis picks); with none of them, every latent firing in ``min_support``
     documents is used. ``k`` fixes the number of k-means clusters, else it is estimated
     by silhouette over 2..``max_k`` (:func:`pick_k`). ``min_cluster_size`` is HDBSCAN's. ``map``
-    computes the 2-D UMAP map (skipped with a warning under 10 documents).
+    computes the 2-D UMAP map (skipped with a warning under 10 documents). ``models``
+    embeds the axis and the labels for the semantic match (see
+    :func:`~saedata.analysis.axes.select_latents`; ``saedata.cluster`` passes them).
     """
     if method not in ("kmeans", "hdbscan"):
         raise ConfigError(f"--method must be kmeans or hdbscan, got {method!r}")
@@ -134,7 +136,7 @@ def cluster(
     warnings: list[str] = []
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
-        require_macros(store, "search_matches")
+        store.require_macros("search_matches")
         n = scope.n_docs
         where = f"the {n} documents of {scope.describe()}"
         if n < 3:
@@ -144,8 +146,8 @@ def cluster(
         if method == "hdbscan" and min_cluster_size > n:
             raise ConfigError(f"--min-cluster-size {min_cluster_size} is more than {where}")
         fields = [eval_field] if eval_field else []
-        docs = documents_frame(store, list(scope.names), fields=fields or None)
-        lm = latent_matrix(store, list(scope.names), scope.sae_id)
+        docs = documents_frame(store, scope, fields=fields or None)
+        lm = latent_matrix(store, scope)
         active = lm.active()
         support = np.asarray(active.sum(axis=0)).ravel()
         labels = latent_labels(store, scope.sae_id)
@@ -153,7 +155,7 @@ def cluster(
             used = _all_latents(labels, support, min_support, n)
         else:
             used = select_latents(store, scope.sae_id, axis=axis, latents=latents, label_pattern=label_pattern,
-                                  top=top, reader_cfg=reader_cfg)
+                                  top=top, embed_texts=models.text_vectors if models is not None else None)
         cols = used["latent"].to_numpy().astype(np.int64)
         F = features(lm.X[:, cols], scale)
         n_empty = int((F.getnnz(axis=1) == 0).sum())
@@ -420,55 +422,3 @@ def umap_xy(F: sparse.csr_matrix, seed: int = 0) -> np.ndarray:
         reducer = umap.UMAP(n_neighbors=min(15, n - 1), n_components=2, metric="euclidean", random_state=seed,
                             init="spectral" if n > 20 else "random")
         return np.asarray(reducer.fit_transform(reduce(F, seed)), dtype=np.float64)
-
-
-# -- report -----------------------------------------------------------------------------
-
-
-def cluster_map(result: ClusterResult):
-    """The 2-D map of documents coloured by cluster (a matplotlib figure), or None without one."""
-    from saedata import plot
-
-    a = result.assignments
-    if a["x"].null_count() == a.height:
-        return None
-    what = f"axis {result.axis!r}" if result.axis else f"{result.latents_used.height} latents"
-    return plot.scatter_map(a.select("x", "y").to_numpy(), a["cluster"].to_numpy(),
-                            title=f"UMAP of documents on {what} ({result.method})", legend_title="cluster")
-
-
-def write_cluster_report(result: ClusterResult, path: str | os.PathLike, png: str | os.PathLike | None = None
-                         ) -> tuple[Path, Path | None]:
-    """Write the offline HTML report (map, comparison, clusters with their latents and example
-    documents) and the map as PNG (default: beside the HTML, same name). Returns both paths."""
-    from saedata import plot
-
-    html_path = Path(path)
-    png_path = Path(png) if png is not None else html_path.with_suffix(".png")
-    blocks: list = [plot.Text(w) for w in result.warnings]
-    fig = cluster_map(result)
-    if fig is not None:
-        png_bytes = plot.figure_png(fig)
-        png_path.write_bytes(png_bytes)
-        blocks.append(plot.Figure(png_bytes, "documents (points) coloured by cluster; grey: noise"))
-    else:
-        png_path = None
-    blocks += [plot.Text("Clusterings", 2), plot.Table(result.comparison)]
-    if result.ari_unfiltered is not None:
-        blocks.append(plot.Text(f"Adjusted Rand index between the filtered clustering and the one on all "
-                                f"latents: {result.ari_unfiltered:.3f} (1: identical, 0: unrelated)."))
-    blocks += [plot.Text("Latents clustered on", 2), plot.Table(result.latents_used),
-               plot.Text("Clusters", 2), plot.Table(result.clusters)]
-    for c in result.clusters["cluster"].to_list():
-        size = int(result.clusters.filter(pl.col("cluster") == c)["size"][0])
-        blocks.append(plot.Text(f"Cluster {c} ({size} documents)" if c != -1 else f"Noise ({size} documents)", 3))
-        d = result.descriptions.filter(pl.col("cluster") == c).drop("cluster")
-        if d.height:
-            blocks.append(plot.Table(d))
-        for row in result.examples.filter(pl.col("cluster") == c).iter_rows(named=True):
-            blocks.append(plot.Html(plot.highlight_words(row["text"], [row["word"]] if row["word"] else [])))
-    what = f"axis {result.axis!r}" if result.axis else f"{result.latents_used.height} latents"
-    plot.write_report(html_path, f"Clusters on {what}: {', '.join(result.datasets)}", blocks,
-                      subtitle=f"{result.method}, k = {result.k}, scale = {result.scale}, seed = {result.seed}, "
-                               f"{result.n_docs} documents, SAE {result.sae_id}")
-    return html_path, png_path

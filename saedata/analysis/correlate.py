@@ -10,96 +10,39 @@ is a 2x2 table (both fire / only one / neither) over the N documents in scope, s
 
 and tested for independence: Pearson's chi-square (1 df), or Fisher's exact test (the
 hypergeometric tail in the observed direction, doubled) where an expected cell count is
-below 5; Benjamini-Hochberg q-values over all pairs tested.
+below 5; Benjamini-Hochberg q-values over all pairs tested (:mod:`saedata.analysis.stats`).
 
 Latent-metadata (:func:`correlate_metadata`): for a categorical column, each latent's
 activation frequency per class and a chi-square test of the 2 x K table; for a numeric
 column, Spearman's rho between the latent's pooled value (0 where it is silent) and the
-column. Reports (HTML, offline) come from :func:`write_correlate_report` and
-:func:`write_metadata_report`.
+column. Their HTML reports are :mod:`saedata.reports.correlate`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import polars as pl
+from scipy import sparse
 
 from saedata.analysis.axes import select_latents
-from saedata.analysis.data import (
+from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
+from saedata.analysis.stats import (
     bh_qvalues,
-    common_sae,
-    dataset_states,
-    documents_frame,
-    latent_labels,
-    latent_matrix,
-    opened,
+    chi2_columns,
+    correlation_pvalues,
+    independence_pvalues,
+    npmi_from_counts,
+    spearman_columns,
 )
-from saedata.errors import ConfigError, NotFoundError, StoreError
-from saedata.store import DatasetState, Store
+from saedata.errors import ConfigError
+from saedata.store import Store
 
 REDUNDANT_JACCARD = 0.9
 """Pairs whose activation sets overlap this much (|both| / |either|) are flagged ``redundant``."""
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The datasets an analysis reads and the SAE they share."""
-
-    names: tuple[str, ...]
-    states: tuple[DatasetState, ...]
-    sae_id: int
-
-    @property
-    def dataset_ids(self) -> list[int]:
-        return [s.dataset_id for s in self.states]
-
-    @property
-    def n_docs(self) -> int:
-        return sum(s.n_docs for s in self.states)
-
-    def describe(self) -> str:
-        return ", ".join(self.names)
-
-
-def resolve_scope(store: Store, dataset: str | list[str] | None, sae_id: int | None = None) -> Scope:
-    """The named datasets (default: every dataset of the SAE), checked to exist, be complete
-    and non-empty, and share one SAE. Errors name the datasets there are."""
-    if isinstance(dataset, str):
-        names = [dataset]
-    elif dataset:
-        names = list(dict.fromkeys(dataset))
-    else:
-        sae = store.resolve_sae(sae_id)
-        names = [r[0] for r in store.rows(
-            "SELECT name FROM datasets WHERE sae_id = ? ORDER BY dataset_id", [sae])]
-        if not names:
-            raise NotFoundError(f"{store.path} has no dataset embedded with SAE {sae}; run `saedata embed` first")
-    states = dataset_states(store, names)
-    sae = common_sae(store, states, sae_id)
-    return Scope(tuple(names), tuple(states), sae)
-
-
-def require_macros(store: Store, *names: str) -> None:
-    """StoreError (one line) when the store predates the named macros of ``queries/macros.sql``."""
-    have = {r[0] for r in store.rows(
-        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE list_contains(?, function_name)", [list(names)])}
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise StoreError(
-            f"{store.path} was written by an older saedata without the {', '.join(missing)} macro(s); "
-            "open it once for writing to add them (e.g. `saedata index`)"
-        )
-
-
-def _quiet_progress(store: Store) -> None:
-    # DuckDB draws its own progress bar on long queries; saedata's stderr is for messages.
-    with contextlib.suppress(Exception):
-        store.con.execute("SET enable_progress_bar = false")
 
 
 # -- latent x latent ---------------------------------------------------------------------
@@ -171,8 +114,7 @@ def correlate(
         raise ConfigError(f"alpha must be in (0, 1], got {alpha}")
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
-        require_macros(store, "cooccur", "cooccur_docs")
-        _quiet_progress(store)
+        store.require_macros("cooccur", "cooccur_docs")
         keep = _restrict(store, scope.sae_id, label_pattern, latents)
         n = scope.n_docs
         if n < max(min_support, 2):
@@ -256,48 +198,6 @@ def pair_stats(counts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def npmi_from_counts(nij: np.ndarray, ni: np.ndarray, nj: np.ndarray, N: np.ndarray | float) -> np.ndarray:
-    """Normalised PMI of pairs from counts: ln(p_ij / (p_i p_j)) / -ln p_ij; -1 when n_ij = 0, 1 when p_ij = 1."""
-    nij, ni, nj = (np.asarray(a, dtype=np.float64) for a in (nij, ni, nj))
-    N = np.broadcast_to(np.asarray(N, dtype=np.float64), nij.shape)
-    out = np.full(nij.shape, -1.0)
-    pos = nij > 0
-    pij = nij[pos] / N[pos]
-    pmi = np.log(nij[pos] * N[pos] / (ni[pos] * nj[pos]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out[pos] = np.where(pij < 1, pmi / -np.log(pij), 1.0)
-    return np.clip(out, -1.0, 1.0)
-
-
-def independence_pvalues(a: np.ndarray, n1: np.ndarray, n2: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """Two-sided p-values of independence for 2x2 tables given (both, row total, column total, N).
-
-    Pearson's chi-square (1 df) where every expected count is at least 5, else Fisher's
-    exact test (hypergeometric tail in the observed direction, doubled, at most 1).
-    """
-    from scipy import special, stats
-
-    a, n1, n2, N = (np.asarray(x, dtype=np.float64) for x in (a, n1, n2, N))
-    e = np.stack([n1 * n2, n1 * (N - n2), (N - n1) * n2, (N - n1) * (N - n2)]) / N
-    small = e.min(axis=0) < 5
-    p = np.ones_like(a)
-    big = ~small
-    if big.any():
-        d = N[big] * a[big] - n1[big] * n2[big]
-        den = n1[big] * n2[big] * (N[big] - n1[big]) * (N[big] - n2[big])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stat = np.where(den > 0, N[big] * d * d / den, 0.0)
-        p[big] = special.erfc(np.sqrt(stat / 2))  # chi-square survival function with 1 df
-    if small.any():
-        k, M, n, m = a[small], N[small], n1[small], n2[small]
-        upper = k >= n * m / M
-        tail = np.empty_like(k)
-        tail[upper] = stats.hypergeom.sf(k[upper] - 1, M[upper], n[upper], m[upper])
-        tail[~upper] = stats.hypergeom.cdf(k[~upper], M[~upper], n[~upper], m[~upper])
-        p[small] = np.minimum(1.0, 2 * tail)
-    return p
-
-
 def _restrict(store: Store, sae_id: int, label_pattern: str | None, latents: list[int] | None) -> list[int] | None:
     if label_pattern is None and latents is None:
         return None
@@ -306,14 +206,8 @@ def _restrict(store: Store, sae_id: int, label_pattern: str | None, latents: lis
 
 
 def _n_supported(store: Store, scope: Scope, min_support: int, threshold: float, keep: list[int] | None) -> int:
-    row = store.one(
-        "SELECT count(*) FROM (SELECT a.latent FROM activations AS a JOIN documents AS d USING (doc_id) "
-        "WHERE a.sae_id = ? AND list_contains(?, d.dataset_id) AND abs(a.value) > ? "
-        "AND (?::INTEGER[] IS NULL OR list_contains(?::INTEGER[], a.latent)) "
-        "GROUP BY a.latent HAVING count(*) >= ?)",
-        [scope.sae_id, scope.dataset_ids, threshold, keep, keep, min_support],
-    )
-    return int(row[0]) if row else 0
+    return store.macro("supported_latents", scope.sae_id, scope.dataset_ids, min_support=int(min_support),
+                       threshold=float(threshold), keep_latents=keep).height
 
 
 def _examples(store: Store, scope: Scope, pairs: pl.DataFrame, n: int, threshold: float) -> pl.DataFrame:
@@ -430,10 +324,9 @@ def correlate_metadata(
         raise ConfigError(f"--min-support must be at least 1, got {min_support}")
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
-        _quiet_progress(store)
-        docs = documents_frame(store, list(scope.names), fields=[column])
+        docs = documents_frame(store, scope, fields=[column])
         keep = _restrict(store, scope.sae_id, label_pattern, latents)
-        lm = latent_matrix(store, list(scope.names), scope.sae_id)
+        lm = latent_matrix(store, scope)
         labels = latent_labels(store, scope.sae_id).select("latent", "label")
     if not np.array_equal(lm.doc_ids, docs["doc_id"].to_numpy()):  # pragma: no cover - both sort by doc_id
         raise ConfigError("documents and activations disagree; re-run `saedata embed`")
@@ -487,34 +380,16 @@ def correlate_metadata(
 
 
 def _spearman(X, x: np.ndarray, column: str, scope: Scope) -> pl.DataFrame:
-    """Spearman rho and p of each column of sparse X (n, L) with x (n,)."""
-    from scipy import stats
-
-    n = len(x)
+    """Spearman rho, p and q of each column of sparse X (n, L) with x (n,)."""
     if np.all(x == x[0]):
         raise ConfigError(f"column {column!r} has one value ({x[0]:g}) in every document of {scope.describe()}")
-    rx = stats.rankdata(x)
-    rx = (rx - rx.mean()) / np.linalg.norm(rx - rx.mean())
-    rho = np.empty(X.shape[1])
-    X = X.tocsc()
-    for start in range(0, X.shape[1], 1024):  # dense blocks of at most n x 1024
-        block = np.abs(X[:, start : start + 1024].toarray())
-        r = stats.rankdata(block, axis=0)
-        r -= r.mean(axis=0)
-        norm = np.linalg.norm(r, axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho[start : start + block.shape[1]] = np.where(norm > 0, (rx @ r) / norm, 0.0)
-    rho = np.clip(rho, -1.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = rho * np.sqrt((n - 2) / np.maximum(1e-300, 1 - rho**2))
-    p = 2 * stats.t.sf(np.abs(t), n - 2)
+    rho = spearman_columns(X, x)
+    p = correlation_pvalues(rho, len(x))
     return pl.DataFrame({"rho": rho, "p": p, "q": bh_qvalues(p)})
 
 
 def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope: Scope, min_support: int,
                  per_class: int, alpha: float):
-    from scipy import sparse, stats
-
     names, idx = np.unique(classes, return_inverse=True)
     if len(names) < 2:
         raise ConfigError(
@@ -533,12 +408,7 @@ def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope:
         warnings.append(f"column {column!r} has {len(names)} distinct values; is it numeric or an id?")
     O = np.asarray((C.T @ A).todense(), dtype=np.float64)  # (K, L) documents of class k where latent fires
     n_l = np.asarray(A.sum(axis=0)).ravel().astype(np.float64)  # (L,)
-    E1 = np.outer(n_k, n_l) / n
-    E0 = np.outer(n_k, n - n_l) / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cells = np.where(E1 > 0, (O - E1) ** 2 / E1, 0.0) + np.where(E0 > 0, ((n_k[:, None] - O) - E0) ** 2 / E0, 0.0)
-    stat = cells.sum(axis=0)
-    p = stats.chi2.sf(stat, len(names) - 1)
+    stat, p = chi2_columns(O, n_k, n_l, n)
     q = bh_qvalues(p)
     freq_in = O / n_k[:, None]
     rest = (n - n_k)[:, None]
@@ -576,63 +446,3 @@ def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope:
         schema={"class": pl.String, "latent": pl.Int32, "label": pl.String, "freq": pl.Float64}, orient="row",
     )
     return table, per, freqs, warnings
-
-
-# -- reports -------------------------------------------------------------------------------
-
-
-def write_correlate_report(result: CorrelateResult, path: str | os.PathLike, title: str | None = None):
-    """Write an offline HTML report: NPMI heatmap of the top pairs' latents, the pair table
-    and the example documents with both peak words highlighted. Returns the path."""
-    from saedata import plot
-
-    blocks: list = [plot.Text(w) for w in result.warnings]
-    blocks.append(plot.Text(
-        f"{result.n_tested} pairs of {result.n_latents} latents fire together in at least {result.min_support} "
-        f"of {result.n_docs} documents; {result.n_significant} are significant at q <= {result.alpha}. "
-        "Ranked by NPMI among significant pairs."))
-    if result.matrix.shape[0] >= 2:
-        names = [_short(lat, lab) for lat, lab in result.matrix_latents.iter_rows()]
-        fig = plot.heatmap(result.matrix, names, names, title="NPMI among the latents of the top pairs",
-                           cbar_label="NPMI", vmin=-1, vmax=1)
-        blocks.append(plot.Figure(fig, "NPMI: 1 always together, 0 independent, -1 never together"))
-    blocks += [plot.Text("Top pairs", 2), plot.Table(result.pairs)]
-    if result.examples.height:
-        blocks.append(plot.Text("Documents where both fire", 2))
-        for (rank,), group in result.examples.group_by("rank", maintain_order=True):
-            pair = result.pairs.filter(pl.col("rank") == rank).row(0, named=True)
-            blocks.append(plot.Text(
-                f"#{rank}: {_short(pair['latent_i'], pair['label_i'])}  +  {_short(pair['latent_j'], pair['label_j'])}"
-                f"  (NPMI {pair['npmi']:.2f}, {pair['n_ij']} documents)", 3))
-            for row in group.iter_rows(named=True):
-                words = [w for w in (row["word_i"], row["word_j"]) if w]
-                blocks.append(plot.Html(plot.highlight_words(row["text"], words)))
-    title = title or f"Concept correlation: {', '.join(result.datasets)}"
-    return plot.write_report(path, title, blocks, subtitle=f"SAE {result.sae_id}")
-
-
-def write_metadata_report(result: MetadataResult, path: str | os.PathLike, title: str | None = None):
-    """Write an offline HTML report for a metadata association: a class x latent frequency
-    heatmap and the per-class table (categorical), or the rho table (numeric)."""
-    from saedata import plot
-
-    blocks: list = [plot.Text(w) for w in result.warnings]
-    if result.kind == "categorical":
-        if result.frequencies.height:
-            wide = result.frequencies.pivot(on="class", index=["latent", "label"], values="freq",
-                                            maintain_order=True)
-            classes = [c for c in wide.columns if c not in ("latent", "label")]
-            rows = [_short(lat, lab) for lat, lab in wide.select("latent", "label").iter_rows()]
-            fig = plot.heatmap(wide.select(classes).to_numpy().T, classes, rows,
-                               title=f"Activation frequency by {result.column}", cbar_label="fraction of documents",
-                               cmap="viridis", vmin=0, vmax=1)
-            blocks.append(plot.Figure(fig, f"rows: values of {result.column}; columns: the latents below"))
-        blocks += [plot.Text(f"Most over-represented latents per {result.column}", 2), plot.Table(result.classes)]
-    blocks += [plot.Text("All latents tested", 2), plot.Table(result.latents, max_rows=50)]
-    title = title or f"Latents and {result.column}: {', '.join(result.datasets)}"
-    return plot.write_report(path, title, blocks, subtitle=f"{result.kind} column; {result.n_docs} documents")
-
-
-def _short(latent: int, label: str | None, width: int = 38) -> str:
-    text = f"{latent} {label or ''}".strip()
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -5,8 +5,8 @@ value| > ``threshold``), their difference and ratio, a two-proportion z-test and
 Benjamini-Hochberg q-values, ranked by significance then size of the difference:
 
     result = saedata.diff("run.duckdb", "model_a", "model_b")
-    result.table.head(10)              # latent, label, freq_a, freq_b, diff, q, adj_diff, ...
-    result.write_report("diff.html")   # bars, table and example documents; opens offline
+    result.table.head(10)                      # latent, label, freq_a, freq_b, diff, q, adj_diff, ...
+    saedata.write_report(result, "diff.html")  # bars, table and example documents; opens offline
 
 Three designs share that output:
 
@@ -21,7 +21,7 @@ Three designs share that output:
 
 The per-latent counting is DuckDB's: two complete datasets at the default threshold
 read the per-length-class counts that embedding wrote (``latent_counts``, through the
-``counted_presence`` macro of ``queries/macros.sql``), anything else is one aggregate
+``counted_presence`` macro of ``queries/diff.sql``), anything else is one aggregate
 scan of activations (``latent_presence``, ``paired_presence``); the statistics then run
 in numpy on at most (d_sae x groups x bins) counts. Near-duplicate latents (nearly the same
 documents active, or the same top documents and similar labels) are merged into the
@@ -33,30 +33,29 @@ in smaller datasets).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import sparse, stats
+from scipy import sparse
 
-from saedata.analysis.data import (
+from saedata.analysis.scope import latent_labels, opened, resolve_scope
+from saedata.analysis.stats import (
+    LENGTH_BINS,
     bh_qvalues,
-    common_sae,
-    dataset_states,
-    latent_labels,
-    opened,
+    cmh_test,
+    ks_from_histograms,
+    length_edges,
+    mcnemar_exact,
+    two_proportion_test,
+    weighted_median,
 )
-from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
-from saedata.console import Log, silent
-from saedata.errors import ConfigError, InputError, NotFoundError
+from saedata.analysis.words import label_words
+from saedata.errors import ConfigError, NotFoundError
 from saedata.store import DatasetState, Store, length_floor
 
-LENGTH_BINS = 5
-"""Length bins (quantiles of both sides' token counts) of the length-controlled comparison."""
 SAMPLE_DOCS = 20_000
 """Documents per dataset (the first, by doc_id) that examples and duplicates are read from."""
 MERGE_CANDIDATES = 100
@@ -147,126 +146,24 @@ class DiffResult:
         return (f"{self.title()} ({sizes} documents; SAE {self.sae_id}, threshold {self.threshold:g}, "
                 f"{how}): {n_sig} of {self.table.height} latent rows differ at q < 0.05")
 
-    def write_report(self, path: str | os.PathLike, top: int = 20) -> Path:
-        """Write a self-contained HTML report (bars of the ``top`` latents, the table,
-        example documents with the peak word marked, warnings first); returns the path."""
-        from saedata.analysis.diff_report import diff_report
+    def rows(self, top: int | None = None, compact: bool = False) -> pl.DataFrame:
+        """The first ``top`` rows of the table (all when None or 0); ``compact`` keeps the
+        columns a reader scans (group, latent, label, freq_a, freq_b, diff, the paired
+        counts, q, adj_diff, adj_q, merged), with ``merged`` as text."""
+        table = self.table.head(top) if top else self.table
+        if not compact:
+            return table
+        cols = ((["group"] if self.by else []) + ["latent", "label", "freq_a", "freq_b", "diff"]
+                + (["n_a_only", "n_b_only"] if self.paired_on else []) + ["q"]
+                + (["adj_diff", "adj_q"] if self.length_controlled else []) + ["merged"])
+        return self.display_table(table.select(cols))
 
-        return diff_report(self, top).write(path)
-
-
-# -- statistics (vectorised over latents) ----------------------------------------------
-
-
-class StratifiedTest(NamedTuple):
-    """Cochran-Mantel-Haenszel results, one entry per latent."""
-
-    diff: np.ndarray
-    """(n_latents,) Mantel-Haenszel difference in frequency (B - A) across strata."""
-    log_or: np.ndarray
-    """(n_latents,) log Mantel-Haenszel common odds ratio (B vs A), cells +0.5."""
-    p: np.ndarray
-    """(n_latents,) CMH chi-square p-value (1 df, no continuity correction)."""
-
-
-def two_proportion_test(x_a: np.ndarray, n_a: float, x_b: np.ndarray, n_b: float) -> np.ndarray:
-    """Two-sided pooled two-proportion z-test of x_a/n_a vs x_b/n_b, elementwise.
-
-    Returns p-values; 1.0 where the pooled proportion is 0 or 1 (nothing to test).
-    """
-    x_a = np.asarray(x_a, dtype=np.float64)
-    x_b = np.asarray(x_b, dtype=np.float64)
-    pooled = (x_a + x_b) / (n_a + n_b)
-    se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (x_b / n_b - x_a / n_a) / se
-    p = 2 * stats.norm.sf(np.abs(z))
-    return np.where(se > 0, p, 1.0)
-
-
-def cmh_test(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray) -> StratifiedTest:
-    """Cochran-Mantel-Haenszel comparison of B with A across strata, for many latents.
-
-    ``x_a``, ``x_b``: (n_latents, n_strata) active counts; ``n_a``, ``n_b``:
-    (n_strata,) documents per stratum. Strata holding fewer than two documents, or
-    documents of one side only, carry no information and drop out by construction.
-    """
-    x_a = np.asarray(x_a, dtype=np.float64)
-    x_b = np.asarray(x_b, dtype=np.float64)
-    n_a = np.asarray(n_a, dtype=np.float64)[None, :]
-    n_b = np.asarray(n_b, dtype=np.float64)[None, :]
-    n = n_a + n_b
-    informative = (n_a > 0) & (n_b > 0)
-    m = x_a + x_b  # active in the stratum
-    with np.errstate(divide="ignore", invalid="ignore"):
-        deviation = np.where(informative, x_b - n_b * m / n, 0.0)  # observed - expected active in B
-        var = np.where(informative & (n > 1), n_a * n_b * m * (n - m) / (n * n * (n - 1)), 0.0)
-        w = np.where(informative, n_a * n_b / n, 0.0)  # MH weights of the risk difference
-        rd = np.where(informative, x_b / n_b - x_a / n_a, 0.0)
-        diff = (w * rd).sum(1) / w.sum(1)
-        # MH common odds ratio with Haldane's +0.5 in every cell of an informative stratum
-        a, b = x_b + 0.5, n_b - x_b + 0.5
-        c, d = x_a + 0.5, n_a - x_a + 0.5
-        num = np.where(informative, a * d / (n + 2), 0.0).sum(1)
-        den = np.where(informative, b * c / (n + 2), 0.0).sum(1)
-        log_or = np.log(num / den)
-        v = var.sum(1)
-        chi2 = deviation.sum(1) ** 2 / v
-    p = np.where(v > 0, stats.chi2.sf(chi2, 1), 1.0)
-    return StratifiedTest(diff, log_or, p)
-
-
-def mcnemar_exact(n_a_only: np.ndarray, n_b_only: np.ndarray) -> np.ndarray:
-    """Two-sided exact McNemar p-values from discordant pair counts, elementwise.
-
-    Under no difference, the n_a_only + n_b_only discordant pairs split like fair
-    coin flips: p = min(1, 2 * P[Binomial(n, 1/2) <= min(n_a_only, n_b_only)]).
-    """
-    n01 = np.asarray(n_a_only, dtype=np.int64)
-    n10 = np.asarray(n_b_only, dtype=np.int64)
-    n = n01 + n10
-    p = np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(n01, n10), n, 0.5))
-    return np.where(n > 0, p, 1.0)
-
-
-def length_edges(lengths: np.ndarray, counts: np.ndarray, n_bins: int = LENGTH_BINS) -> list[int]:
-    """Interior edges of ``n_bins`` quantile bins of a length histogram.
-
-    ``lengths`` (n_values,) distinct token counts, ``counts`` (n_values,) documents of
-    each. A document of length L falls in bin ``sum(edge <= L for edge in edges)``;
-    ties can make fewer bins.
-    """
-    if n_bins < 2 or len(lengths) < 2:
-        return []
-    order = np.argsort(lengths)
-    values, weights = np.asarray(lengths)[order], np.asarray(counts, dtype=np.float64)[order]
-    shorter = (np.cumsum(weights) - weights) / weights.sum()  # share of documents shorter than each value
-    cuts = np.searchsorted(shorter, np.arange(1, n_bins) / n_bins, side="left")
-    return sorted({int(values[i]) for i in cuts if 0 < i < len(values)})
-
-
-def ks_from_histograms(lengths_a: np.ndarray, counts_a: np.ndarray, lengths_b: np.ndarray,
-                       counts_b: np.ndarray) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov statistic and (asymptotic) p-value from two length
-    histograms (distinct values and their document counts)."""
-    values = np.union1d(lengths_a, lengths_b)
-    cdf = []
-    for lengths, counts in ((lengths_a, counts_a), (lengths_b, counts_b)):
-        per = np.zeros(len(values))
-        per[np.searchsorted(values, lengths)] = counts
-        cdf.append(np.cumsum(per) / per.sum())
-    d = float(np.max(np.abs(cdf[0] - cdf[1])))
-    n_a, n_b = float(np.sum(counts_a)), float(np.sum(counts_b))
-    en = n_a * n_b / (n_a + n_b)
-    return d, float(stats.kstwo.sf(d, max(1, round(en))))
-
-
-def weighted_median(lengths: np.ndarray, counts: np.ndarray) -> float:
-    """The median of a histogram (lower median for an even count)."""
-    order = np.argsort(lengths)
-    cum = np.cumsum(np.asarray(counts)[order])
-    return float(np.asarray(lengths)[order][np.searchsorted(cum, (cum[-1] + 1) // 2)])
-
+    @staticmethod
+    def display_table(table: pl.DataFrame) -> pl.DataFrame:
+        """``table`` (or a part of it) with ``merged`` as text, for HTML and CSV."""
+        if "merged" not in table.columns:
+            return table
+        return table.with_columns(pl.col("merged").list.eval(pl.element().cast(pl.String)).list.join(","))
 
 # -- public API --------------------------------------------------------------------------
 
@@ -303,66 +200,6 @@ def diff(
                      sae_id, min_docs, length_bins)
 
 
-def diff_files(
-    a_path: str | os.PathLike,
-    b_path: str | os.PathLike | None = None,
-    db: str | os.PathLike = "run.duckdb",
-    sae: str | os.PathLike | None = None,
-    *,
-    input_cfg: InputConfig = InputConfig(),
-    reader_cfg: ReaderConfig = ReaderConfig(),
-    embed_cfg: EmbedConfig = EmbedConfig(),
-    train_cfg: TrainConfig = TrainConfig(),
-    progress: bool = False,
-    log: Log = silent,
-    **diff_kwargs: Any,
-) -> DiffResult:
-    """Embed one or two corpus files into the store at ``db`` and diff them.
-
-    Datasets are named after the files (``a.jsonl`` -> ``a``). Without ``sae`` the
-    store's SAE is reused, or one is trained on both corpora together (saved beside the
-    store, ``run.sae/``). A file already embedded under its name is not embedded again.
-    ``diff_kwargs`` go to :func:`diff` (``by``, ``threshold``, ``paired_on``, ...).
-    """
-    from saedata.pipeline import default_dataset_name, default_sae_dir, embed
-
-    paths = [str(a_path)] + ([str(b_path)] if b_path is not None else [])
-    for p in paths:
-        if not Path(p).is_file():
-            raise InputError("no such file", path=p)
-    names = [default_dataset_name(p) for p in paths]
-    if len(names) == 2 and names[0] == names[1]:
-        names[1] = f"{names[1]}-2"
-        log(f"both files are named {names[0]!r}: the second is dataset {names[1]!r}")
-    _check_sources(db, paths, names)
-    if sae is None and not _store_has_sae(db) and not (default_sae_dir(db) / "cfg.json").exists():
-        sae = _train_on_both(paths, db, input_cfg, reader_cfg, train_cfg, progress, log)
-    results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
-                     train_cfg=train_cfg, progress=progress, log=log) for p, n in zip(paths, names)]
-    diff_kwargs.setdefault("sae_id", results[0].sae_id)
-    return diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)
-
-
-def are_files(a: str, b: str | None) -> bool:
-    """Whether the CLI's arguments name corpus files (True) or datasets in a store (False).
-
-    Raises InputError when one argument is a file and the other is not, or when an
-    argument looks like a corpus file (has a corpus extension) that does not exist.
-    """
-    args = [a] + ([b] if b is not None else [])
-    exists = [Path(x).is_file() for x in args]
-    if all(exists):
-        return True
-    if any(exists):
-        missing = next(x for x, e in zip(args, exists) if not e)
-        raise InputError("no such file (give two corpus files, or two dataset names of the store)", path=missing)
-    corpus_ext = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".pq", ".txt", ".gz")
-    for x in args:
-        if x.lower().endswith(corpus_ext) or os.sep in x:
-            raise InputError("no such file", path=x)
-    return False
-
-
 # -- the diff itself -----------------------------------------------------------------------
 
 
@@ -376,10 +213,7 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold:
     if by is not None and paired_on is not None:
         raise ConfigError("--by and --paired-on do not combine: --by splits one dataset, --paired-on pairs two")
     if by == BY_DATASET and a is None:
-        names = [r[0] for r in store.rows("SELECT name FROM datasets WHERE complete AND (? IS NULL OR sae_id = ?) "
-                                          "ORDER BY dataset_id", [sae_id, sae_id])]
-        if not names:
-            raise NotFoundError("the store has no complete dataset" + (f" of SAE {sae_id}" if sae_id else ""))
+        scope = resolve_scope(store, None, sae_id)
     else:
         if a is None:
             raise ConfigError("give a dataset (or two) to diff, or --by dataset to compare every dataset")
@@ -389,11 +223,10 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold:
             raise ConfigError(f"both sides are dataset {a!r}; compare two different datasets, or use --by")
         if paired_on is not None and b is None:
             raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
-        names = [a] + ([b] if b is not None else [])
-    states = dataset_states(store, names)
-    sae = common_sae(store, states, sae_id)
-    labels = latent_labels(store, sae).select("latent", "label")
-    ctx = _Context(store, states, sae, float(threshold), labels, examples, merge_duplicates, min_docs)
+        scope = resolve_scope(store, [a] + ([b] if b is not None else []), sae_id)
+    labels = latent_labels(store, scope.sae_id).select("latent", "label")
+    ctx = _Context(store, list(scope.states), scope.sae_id, float(threshold), labels, examples, merge_duplicates,
+                   min_docs)
     if by is not None:
         return _diff_by(ctx, by, length_control, length_bins)
     if paired_on is not None:
@@ -453,11 +286,7 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
             raise ConfigError(f"--by dataset compares datasets with each other, and there is one ({name})")
         group_name, none_tested = "dataset {!r}".format, "no dataset has"
     else:
-        levels_df = ctx.store.sql(
-            "SELECT meta ->> ? AS value, count(*) AS n FROM documents "
-            "WHERE dataset_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY value NULLS LAST",
-            [by, ctx.dataset_ids],
-        )
+        levels_df = ctx.store.macro("meta_counts", by, ctx.dataset_ids).sort("value", nulls_last=True)
         present = levels_df.filter(pl.col("value").is_not_null())
         if present.height == 0:
             raise NotFoundError(f"no metadata field {by!r} in {name} (fields: {_fields(ctx) or 'none'})")
@@ -513,17 +342,12 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
 def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
     sa, sb = ctx.states
     for s in ctx.states:
-        have = ctx.store.one(
-            "SELECT count(*) FROM documents WHERE dataset_id = ? AND meta ->> ? IS NOT NULL",
-            [s.dataset_id, field_name],
-        )[0]
-        if have == 0:
+        if ctx.store.macro("meta_counts", field_name, [s.dataset_id])["value"].drop_nulls().len() == 0:
             raise NotFoundError(f"no metadata field {field_name!r} in {s.name} "
                                 f"(fields: {_fields(ctx, [s.dataset_id]) or 'none'})")
-    n_pairs, n_repeat = ctx.store.one(
-        "SELECT count(*), count(*) FILTER (WHERE n_a > 1 OR n_b > 1) FROM doc_pairs(?, ?, ?)",
-        [sa.dataset_id, sb.dataset_id, field_name],
-    )
+    pairs = ctx.store.macro("doc_pairs", sa.dataset_id, sb.dataset_id, field_name)
+    n_pairs = pairs.height
+    n_repeat = pairs.filter((pl.col("n_a") > 1) | (pl.col("n_b") > 1)).height
     if n_pairs == 0:
         raise ConfigError(f"no document of {sa.name} shares a value of {field_name!r} with one of {sb.name}; "
                           "nothing to pair")
@@ -538,13 +362,7 @@ def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
         if s.n_docs > n_pairs:
             warnings.append(f"{s.n_docs - n_pairs} of {s.n_docs} documents of {s.name} have no partner and "
                             "are left out")
-    hist = ctx.store.sql(
-        "WITH p AS (SELECT * FROM doc_pairs($a, $b, $field)) "
-        "SELECT d.dataset_id AS grp, coalesce(d.n_tokens, 0) AS n_tokens, count(*) AS n "
-        "FROM (SELECT doc_a AS doc_id FROM p UNION ALL SELECT doc_b FROM p) JOIN documents AS d USING (doc_id) "
-        "GROUP BY ALL ORDER BY ALL",
-        {"a": sa.dataset_id, "b": sb.dataset_id, "field": field_name},
-    )
+    hist = ctx.store.macro("paired_lengths", sa.dataset_id, sb.dataset_id, field_name)
     warnings += _length_warning(_hist_arrays(hist, sa.dataset_id), _hist_arrays(hist, sb.dataset_id), sa.name,
                                 sb.name, None)
     pres = ctx.store.macro("paired_presence", ctx.sae_id, ctx.threshold, sa.dataset_id, sb.dataset_id,
@@ -578,11 +396,7 @@ def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
 
 def _length_histogram(ctx: _Context, by: str | None, levels: list[str]) -> pl.DataFrame:
     """(grp, n_tokens, n): documents per group and length."""
-    return ctx.store.sql(
-        "SELECT grp::BIGINT AS grp, n_tokens, count(*) AS n "
-        "FROM doc_strata(?, field := ?, levels := ?) WHERE grp IS NOT NULL GROUP BY ALL ORDER BY ALL",
-        [ctx.dataset_ids, by, levels],
-    )
+    return ctx.store.macro("length_histogram", ctx.dataset_ids, field=by, levels=levels)
 
 
 def _edges(hist: pl.DataFrame, n_bins: int) -> list[int]:
@@ -740,7 +554,7 @@ def _duplicates(sample: pl.DataFrame, latents: list[int], n_docs: int, labels: d
         overlap = shared / (size[:, None] + size[None, :] - shared)
     phi = np.nan_to_num(phi, nan=0.0, posinf=0.0, neginf=0.0)
     overlap = np.nan_to_num(overlap, nan=0.0)
-    words = [_label_words(labels.get(int(x))) for x in lat]
+    words = [label_words(labels.get(int(x))) for x in lat]
     index = {int(x): i for i, x in enumerate(lat)}
 
     def dup(l1: int, l2: int) -> bool:
@@ -752,11 +566,6 @@ def _duplicates(sample: pl.DataFrame, latents: list[int], n_docs: int, labels: d
                     or (same_words >= SIMILAR_LABELS and max(phi[i, j], overlap[i, j]) >= SIMILAR_LABELS))
 
     return dup
-
-
-def _label_words(label: str | None) -> set[str]:
-    """The words (two letters or more, or numbers) of a label, lower-cased."""
-    return set(re.findall(r"[^\W\d_]{2,}|\d+", label.lower())) if label else set()
 
 
 def _ranked(sample: pl.DataFrame) -> pl.DataFrame:
@@ -795,12 +604,8 @@ def _examples(ctx: _Context, top: pl.DataFrame, sample: pl.DataFrame, side_names
              .sort("_row", "_side", "_rank").with_row_index("i"))
     if frame.height == 0:
         return pl.DataFrame(schema=schema)
-    texts = ctx.store.sql(
-        "SELECT p.i, d.ext_id, word_at(d.text, p.peak) AS at_word, d.text "
-        "FROM (SELECT unnest(?) AS i, unnest(?) AS doc_id, unnest(?) AS peak) AS p "
-        "JOIN documents AS d USING (doc_id) ORDER BY p.i",
-        [frame["i"].to_list(), frame["doc_id"].to_list(), frame["peak"].to_list()],
-    ).with_columns(pl.col("i").cast(pl.UInt32))
+    texts = ctx.store.macro("doc_words", frame["doc_id"].to_list(), frame["peak"].to_list()).rename(
+        {"pos": "i"}).with_columns(pl.col("i").cast(pl.UInt32))
     out = frame.join(texts, on="i", how="left").sort("i").rename({"_grp": "group"})
     return out.select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
@@ -876,56 +681,4 @@ def _significance_warning(table: pl.DataFrame, length_control: bool, what: str) 
 
 
 def _fields(ctx: _Context, dataset_ids: Sequence[int] | None = None) -> str:
-    rows = ctx.store.rows(
-        "SELECT DISTINCT unnest(json_keys(meta)) AS k FROM documents "
-        "WHERE dataset_id IN (SELECT unnest(?)) AND meta IS NOT NULL ORDER BY k",
-        [list(dataset_ids or ctx.dataset_ids)],
-    )
-    return ", ".join(r[0] for r in rows)
-
-
-def _store_has_sae(db: str | os.PathLike) -> bool:
-    if not Path(db).exists():
-        return False
-    with Store(db, read_only=True) as store:
-        return store.one("SELECT count(*) FROM saes")[0] > 0
-
-
-def _check_sources(db: str | os.PathLike, paths: list[str], names: list[str]) -> None:
-    """A dataset already in the store under a file's name must come from that file."""
-    if not Path(db).exists():
-        return
-    with Store(db, read_only=True) as store:
-        for path, name in zip(paths, names):
-            row = store.one("SELECT source FROM datasets WHERE name = ?", [name])
-            if row and row[0] and Path(row[0]).resolve() != Path(path).resolve():
-                raise ConfigError(f"dataset {name!r} in {db} was embedded from {row[0]}, not {path}; "
-                                  "use another --db, or rename the file")
-
-
-def _train_on_both(paths: list[str], db: str | os.PathLike, input_cfg: InputConfig, reader_cfg: ReaderConfig,
-                   train_cfg: TrainConfig, progress: bool, log: Log) -> Path:
-    """Train the SAE on the texts of both corpora (so neither side's concepts are missing)."""
-    import json
-    import tempfile
-
-    from saedata.fit import train
-    from saedata.io import CorpusReader
-    from saedata.pipeline import default_sae_dir
-
-    out = default_sae_dir(db)
-    with tempfile.TemporaryDirectory() as tmp:
-        both = Path(tmp) / "both.jsonl"
-        n = 0
-        with both.open("w", encoding="utf-8") as f:
-            for p in paths:
-                for batch in CorpusReader(p, input_cfg):
-                    for d in batch:
-                        f.write(json.dumps({"text": d.text}, ensure_ascii=False) + "\n")
-                        n += 1
-        if n == 0:
-            raise InputError("no documents to embed (the corpus is empty or every document is blank)", path=paths[0])
-        log(f"no --sae given: training an SAE on {' and '.join(paths)} together (saved to {out}/)")
-        train(str(both), out, input_cfg=InputConfig(), reader_cfg=reader_cfg, train_cfg=train_cfg,
-              progress=progress, log=log)
-    return out
+    return ", ".join(ctx.store.macro("meta_fields", list(dataset_ids or ctx.dataset_ids))["field"].to_list())

@@ -11,33 +11,44 @@ these compare an SAE's codes with the dense embedding they were computed from:
 * :func:`linear_probe`: cross-validated accuracy of a logistic regression on any features;
 * :func:`sae_concepts`: each SAE latent's frequency, top rows and dominant class.
 
-Pure functions over arrays (numpy, or scipy sparse for codes): nothing here reads the
-store, so codes from the store and codes computed on the fly go through the same code.
+The functions over arrays (numpy, or scipy sparse for codes) take codes from anywhere;
+:func:`probe_dataset` and :func:`probe_ood` feed them a stored dataset's codes and its
+dense embedding (the mean of its reader activations at the SAE's layer, which the API's
+``models`` compute: an analysis never loads a reader itself).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from scipy import sparse
 
-from saedata.errors import ConfigError
+from saedata.analysis.scope import Models, documents_frame, latent_matrix, opened, resolve_scope
+from saedata.errors import ConfigError, DimensionMismatchError
+from saedata.store import Store
 
 # ------------------------------------------------------------------ helpers
 
 
-def _dense(X: Any, what: str) -> np.ndarray:
-    """A 2-D float64 numpy array from numpy, torch or scipy sparse input."""
+def as_matrix(X: Any, what: str = "data", dtype: Any = np.float64, d_in: int | None = None,
+              owner: str = "the model") -> np.ndarray:
+    """``X`` (numpy, torch or scipy sparse) as a contiguous 2-D ``dtype`` array, checked:
+    DimensionMismatchError when it is not 2-D or not ``d_in`` wide, ConfigError when it has
+    no rows or holds NaN or infinite values (each naming ``what``)."""
     if sparse.issparse(X):
         X = X.toarray()
     elif hasattr(X, "detach"):
         X = X.detach().cpu().numpy()
-    arr = np.asarray(X, dtype=np.float64)
+    arr = np.ascontiguousarray(np.asarray(X, dtype=dtype))
     if arr.ndim != 2:
-        raise ConfigError(f"{what} must be 2-D (n_rows, n_columns), got shape {arr.shape}")
+        raise DimensionMismatchError(f"{what} must be 2-D (n_rows, n_columns), got shape {arr.shape}")
+    if d_in is not None and arr.shape[1] != d_in:
+        raise DimensionMismatchError(f"{what} has {arr.shape[1]} columns, but {owner} expects d_in={d_in}")
     if arr.shape[0] == 0:
         raise ConfigError(f"{what} has no rows")
     if not np.isfinite(arr).all():
@@ -108,7 +119,7 @@ def ood_score_parts(
 
 
 def _unit_rows(X: Any, what: str) -> np.ndarray:
-    arr = _dense(X, what)
+    arr = as_matrix(X, what)
     norm = np.linalg.norm(arr, axis=1, keepdims=True)
     return arr / np.maximum(norm, 1e-12)
 
@@ -136,10 +147,10 @@ def ood_scores(sae: Any, X_in_train: Any, X_test: Any, k: int = 10, batch_size: 
     """
     import torch
 
-    mean = _dense(X_in_train, "X_in_train").mean(0)
+    mean = as_matrix(X_in_train, "X_in_train").mean(0)
 
     def run(X: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-        arr = _dense(X, what).astype(np.float32)
+        arr = as_matrix(X, what).astype(np.float32)
         if arr.shape[1] != sae.d_in:
             raise ConfigError(f"{what} has {arr.shape[1]} columns but the SAE expects d_in={sae.d_in}")
         codes, errs = [], []
@@ -195,7 +206,7 @@ def concept_purity(codes: Any, labels: Any, signed: bool = False, top: int | Non
         raise ConfigError("concept purity needs at least two distinct labels")
     m_top = top if top is not None else math.ceil(n / C)
     csc = sparse.csc_matrix(codes) if sparse.issparse(codes) else None
-    dense = None if csc is not None else _dense(codes, "codes")
+    dense = None if csc is not None else as_matrix(codes, "codes")
     onehot = y_idx[None, :] == np.arange(C)[:, None]  # (C, n)
 
     rows: dict[str, list] = {k: [] for k in ("latent", "n_active", "entropy", "best_class", "best_auroc", "sign")}
@@ -234,7 +245,7 @@ def best_per_class(codes: Any, labels: Any, signed: bool = False) -> pl.DataFram
     y = _labels(labels, codes.shape[0])
     classes, y_idx = np.unique(y, return_inverse=True)
     csc = sparse.csc_matrix(codes) if sparse.issparse(codes) else None
-    dense = None if csc is not None else _dense(codes, "codes")
+    dense = None if csc is not None else as_matrix(codes, "codes")
     best = np.full(classes.shape[0], 0.5)
     arg = np.full(classes.shape[0], -1)
     for j in range(codes.shape[1]):
@@ -315,7 +326,7 @@ def linear_probe(X: Any, y: Any, cv: int = 5, seed: int = 0, C: float = 1.0, max
     from sklearn.preprocessing import StandardScaler
 
     is_sparse = sparse.issparse(X)
-    feats = sparse.csr_matrix(X, dtype=np.float64) if is_sparse else _dense(X, "X")
+    feats = sparse.csr_matrix(X, dtype=np.float64) if is_sparse else as_matrix(X, "X")
     if feats.shape[1] == 0:
         raise ConfigError("the linear probe needs at least one feature column")
     labels = _labels(y, feats.shape[0])
@@ -356,7 +367,7 @@ def sae_concepts(codes: Any, labels: Any = None, ids: list[str] | None = None, t
     strongest rows, as in :func:`concept_purity`) with ``class_share`` (that label's share of
     those rows). Dead latents are left out.
     """
-    Z = np.abs(_dense(codes, "codes"))
+    Z = np.abs(as_matrix(codes, "codes"))
     n = Z.shape[0]
     names = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(names) != n:
@@ -379,3 +390,113 @@ def sae_concepts(codes: Any, labels: Any = None, ids: list[str] | None = None, t
         return pl.DataFrame(schema={"latent": pl.Int64, "freq": pl.Float64, "max_act": pl.Float64,
                                     "top_rows": pl.List(pl.Utf8)})
     return pl.DataFrame(rows).sort(["freq", "latent"], descending=[True, False])
+
+
+# -------------------------------------------------------------- stored datasets
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """SAE codes vs dense embedding on one labelled dataset."""
+
+    dataset: str
+    label_field: str
+    n_docs: int
+    n_classes: int
+    codes_accuracy: float
+    codes_accuracy_std: float
+    dense_accuracy: float
+    dense_accuracy_std: float
+    purity: pl.DataFrame
+    """Per SAE latent: n_active, entropy, best_class, best_auroc (from compare_purity)."""
+    per_class: pl.DataFrame
+    """Per class: the best single SAE latent and the best single raw dimension, with AUROCs."""
+    summary: pl.DataFrame
+    """Median label entropy and best single-feature AUROC: SAE latents vs raw dimensions."""
+
+    def table(self) -> pl.DataFrame:
+        """One row per representation (SAE codes, dense embedding): probe accuracy and its
+        spread, median best AUROC, mean class AUROC, median entropy."""
+        return pl.DataFrame({
+            "features": ["sae codes", "dense embedding"],
+            "probe_accuracy": [self.codes_accuracy, self.dense_accuracy],
+            "accuracy_std": [self.codes_accuracy_std, self.dense_accuracy_std],
+            "median_best_auroc": self.summary["median_best_auroc"].to_list(),
+            "mean_class_auroc": self.summary["mean_class_auroc"].to_list(),
+            "median_entropy": self.summary["median_entropy"].to_list(),
+        })
+
+
+def probe_dataset(store_or_path: Store | str | os.PathLike, dataset: str, label_field: str, *, models: Models,
+                  cv: int = 5, seed: int = 0) -> ProbeReport:
+    """Linear-probe accuracy and concept purity of a dataset's stored SAE codes vs its
+    dense embedding (``models.document_vectors``: the mean reader activation at the SAE's
+    layer, the vector the codes decompose)."""
+    with opened(store_or_path) as store:
+        scope = resolve_scope(store, dataset)
+        docs = documents_frame(store, scope, fields=[label_field])
+        labels = docs[label_field].cast(pl.String).to_numpy()
+        n_classes = len(set(labels.tolist()))
+        if n_classes < 2:
+            raise ConfigError(f"column {label_field!r} of {dataset!r} has {n_classes} class; a probe needs two")
+        counts = np.unique(labels, return_counts=True)[1]
+        if counts.min() < cv:
+            raise ConfigError(f"the smallest class of {label_field!r} has {counts.min()} documents; "
+                              f"{cv}-fold cross-validation needs at least {cv}")
+        codes = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy()).X
+        dense = models.document_vectors(scope.sae_id, docs["text"].to_list())
+    a_codes = linear_probe(codes, labels, cv=cv, seed=seed)
+    a_dense = linear_probe(dense, labels, cv=cv, seed=seed)
+    purity = compare_purity(codes, dense, labels)
+    return ProbeReport(dataset, label_field, docs.height, n_classes, a_codes.mean, a_codes.std,
+                       a_dense.mean, a_dense.std, purity.latents, purity.per_class, purity.summary)
+
+
+@dataclass(frozen=True)
+class OODReport:
+    in_dataset: str
+    out_dataset: str
+    auroc: float
+    """AUROC of the OOD score telling out-dataset documents from held-out in-dataset ones."""
+    auroc_recon_only: float
+    auroc_codes_only: float
+    n_train: int
+    n_test_in: int
+    n_test_out: int
+
+    def table(self) -> pl.DataFrame:
+        """The AUROC of the score and of each of its two terms, with the test sizes."""
+        return pl.DataFrame({"score": ["codes + reconstruction", "reconstruction error", "code distance"],
+                             "auroc": [self.auroc, self.auroc_recon_only, self.auroc_codes_only],
+                             "n_test_in": [self.n_test_in] * 3, "n_test_out": [self.n_test_out] * 3})
+
+
+def probe_ood(store_or_path: Store | str | os.PathLike, in_dataset: str, out_dataset: str, *, models: Models,
+              holdout: float = 0.3, seed: int = 0) -> OODReport:
+    """How well the SAE tells ``out_dataset`` documents from unseen ``in_dataset`` ones.
+
+    The in-dataset is split (seeded) into reference rows and held-out rows; each
+    held-out and out-of-distribution document gets the score of
+    :func:`~saedata.analysis.probe.ood_scores` (SAE reconstruction error of its dense
+    embedding + k-NN cosine distance of its code), and the AUROC is reported for the
+    score and for each of its two terms alone.
+    """
+    with opened(store_or_path) as store:
+        sae_id = resolve_scope(store, [in_dataset, out_dataset]).sae_id
+        docs_in = documents_frame(store, resolve_scope(store, in_dataset), fields=[])
+        docs_out = documents_frame(store, resolve_scope(store, out_dataset), fields=[])
+        if docs_in.height < 10:
+            raise ConfigError(f"dataset {in_dataset!r} has {docs_in.height} documents; OOD needs at least 10")
+        E_in = models.document_vectors(sae_id, docs_in["text"].to_list())
+        E_out = models.document_vectors(sae_id, docs_out["text"].to_list())
+    sae = models.sae(sae_id)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(E_in))
+    n_test = max(1, int(round(holdout * len(E_in))))
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    X_test = np.concatenate([E_in[test_idx], E_out])
+    is_out = np.r_[np.zeros(len(test_idx), bool), np.ones(len(E_out), bool)]
+    scores = ood_scores(sae, E_in[train_idx], X_test)
+    return OODReport(in_dataset, out_dataset, ood_auroc(scores.score, is_out),
+                     ood_auroc(scores.recon_error, is_out), ood_auroc(scores.code_distance, is_out),
+                     len(train_idx), len(test_idx), len(E_out))

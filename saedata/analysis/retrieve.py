@@ -4,7 +4,8 @@ A query ("Why did the dog do that?", "my dog played with the ball") becomes a we
 set of latents in two ways:
 
 - **query latents**: the SAE's reader reads the query, the SAE encodes its tokens and
-  the codes are pooled exactly as documents were embedded; each active latent weighs
+  the codes are pooled exactly as documents were embedded (``models.query_codes``,
+  which the API provides); each active latent weighs
   ``min(value / max_act, 1) x idf``, with ``idf = ln(1 / freq)`` from the latent's
   document frequency in the store (rare, specific latents count more than ones that
   fire everywhere); the ``query_latents`` heaviest are kept (a short query activates
@@ -28,25 +29,18 @@ metadata column says how many of the returned documents have the property.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import os
-import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from saedata.analysis.data import opened
-from saedata.config import EmbedConfig, ReaderConfig
-from saedata.errors import ConfigError, NotFoundError, SAEFormatError, StoreError
+from saedata.analysis.scope import Models, opened
+from saedata.analysis.words import content_words, forms, words
+from saedata.errors import ConfigError, NotFoundError
 from saedata.store import Store
-
-if TYPE_CHECKING:
-    from saedata.reader import Reader
-    from saedata.sae import SparseAutoencoder
 
 DEFAULT_QUERY_LATENTS = 128
 """Latents kept from the query's own activations (label matches come on top)."""
@@ -56,19 +50,6 @@ LABEL_WEIGHT = 0.5
 
 LABEL_LATENTS = 16
 """At most this many label matches are added (the heaviest)."""
-
-STOPWORDS = frozenset(
-    "a an the and or but of to in on at by for with from as is are was were be been being it its "
-    "this that these those there here which whom whose do does did done "
-    "has have had not no yes can could would should will shall may might must about into over under "
-    "than then so such very just also some any all each every more most other own same i me my we us "
-    "our you your he him his she her they them their written mentions mention text document documents "
-    "about like".split()
-)
-"""Query words never matched against labels (function words and words about documents themselves)."""
-
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|[?!]")
-
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -107,7 +88,7 @@ def search(
     top: int = 50,
     eval_field: str | None = None,
     eval_value: Any = None,
-    reader_cfg: ReaderConfig | None = None,
+    models: Models | None = None,
     sae_id: int | None = None,
     query_latents: int = DEFAULT_QUERY_LATENTS,
     use_index: bool | None = None,
@@ -117,8 +98,8 @@ def search(
     ``latents`` (explicit latent ids) replace the latents found from the query.
     ``dataset`` restricts the search to one dataset. ``eval_field`` (a metadata field)
     with ``eval_value`` (default True, for boolean fields) adds precision@top.
-    ``reader_cfg`` overrides how the query is read (device, dtype; model and layer
-    default to the SAE's). ``use_index``: None reads ``activations_by_latent`` when it
+    ``models`` computes the query's codes (``saedata.search`` passes the SAE's reader
+    and SAE); without it only label matches map a query. ``use_index``: None reads ``activations_by_latent`` when it
     is current and :func:`index_pays_off`, False always scans ``activations``, True
     requires the index.
     """
@@ -129,7 +110,7 @@ def search(
     if not (query and query.strip()) and not latents:
         raise ConfigError("give a query text or --latents")
     with opened(store_or_path) as store:
-        _check_macros(store)
+        store.require_macros("score_docs", "search_matches")
         dataset_id, base_rate, precision = None, None, None
         if dataset is not None:
             state = store.dataset_state(dataset)
@@ -142,7 +123,7 @@ def search(
         if latents:
             weights = explicit_latents(store, sae_id, latents)
         else:
-            weights = map_query(store, str(query), sae_id, reader_cfg=reader_cfg, query_latents=query_latents)
+            weights = map_query(store, str(query), sae_id, models=models, query_latents=query_latents)
         if use_index is None:
             use_index = store.has_latent_index() and index_pays_off(store, sae_id, weights["latent"].to_list())
         elif use_index and not store.has_latent_index():
@@ -156,15 +137,6 @@ def search(
                         eval_field, eval_value if eval_field is not None else None)
 
 
-def _check_macros(store: Store) -> None:
-    (n,) = store.one("SELECT count(*) FROM duckdb_functions() WHERE function_name IN ('score_docs', 'search_matches')")
-    if n < 2:
-        raise StoreError(
-            f"{store.path} was written by an older saedata without the search macros; "
-            "open it once for writing to add them (e.g. `saedata index`)"
-        )
-
-
 # -- query -> latents --------------------------------------------------------------------
 
 
@@ -173,18 +145,16 @@ def map_query(
     query: str,
     sae_id: int,
     *,
-    reader_cfg: ReaderConfig | None = None,
+    models: Models | None = None,
     query_latents: int = DEFAULT_QUERY_LATENTS,
 ) -> pl.DataFrame:
-    """(latent, label, weight, source) for a query text: its own latents plus label matches.
+    """(latent, label, weight, source) for a query text: its own latents (from
+    ``models.query_codes``) plus label matches.
 
     Raises NotFoundError when the query activates no latent seen in the store and no
     label matches it.
     """
-    lat = store.sql(
-        "SELECT latent, label, label_source, freq, max_act FROM latents WHERE sae_id = ? ORDER BY latent",
-        [sae_id],
-    )
+    lat = store.latents(sae_id)
     ids = lat["latent"].to_numpy()
     n = int(ids.max()) + 1 if len(ids) else 0
     freq, max_act = np.zeros(n), np.zeros(n)  # indexed by latent id
@@ -192,9 +162,9 @@ def map_query(
     max_act[ids] = lat["max_act"].fill_null(0.0).to_numpy()
     idf = np.where(freq > 0, -np.log(np.clip(freq, 1e-12, 1.0)), 0.0)
 
-    codes = query_codes(store, sae_id, [query], reader_cfg=reader_cfg)[0]
+    q_lat, q_val = models.query_codes(sae_id, query) if models is not None else (np.zeros(0, np.int64), np.zeros(0))
     w_query = np.zeros(n)
-    c_lat, c_val = codes.latent[codes.latent < n], codes.value[codes.latent < n]
+    c_lat, c_val = q_lat[q_lat < n], q_val[q_lat < n]
     ok = max_act[c_lat] > 0
     w_query[c_lat[ok]] = np.minimum(np.abs(c_val[ok]) / max_act[c_lat[ok]], 1.0) * idf[c_lat[ok]]
     keep_q = _top_nonzero(w_query, query_latents)
@@ -224,17 +194,14 @@ def map_query(
 
 def explicit_latents(store: Store, sae_id: int, latents: list[int]) -> pl.DataFrame:
     """(latent, label, weight=1, source='explicit') for user-given latent ids, checked to exist."""
-    d_sae = int(store.one("SELECT d_sae FROM saes WHERE sae_id = ?", [sae_id])[0])
+    d_sae = store.sae_info(sae_id)["d_sae"]
     bad = [int(x) for x in latents if not 0 <= int(x) < d_sae]
     if bad:
         raise NotFoundError(
             f"no latent {', '.join(map(str, bad))} in SAE {sae_id} (latent ids are 0..{d_sae - 1})"
         )
     ids = list(dict.fromkeys(int(x) for x in latents))
-    labels = store.sql(
-        "SELECT latent, label FROM latents WHERE sae_id = ? AND latent IN (SELECT unnest(?::INTEGER[]))",
-        [sae_id, ids],
-    )
+    labels = store.latents(sae_id).filter(pl.col("latent").is_in(ids))
     label_of = dict(zip(labels["latent"].to_list(), labels["label"].to_list()))
     return pl.DataFrame(
         {"latent": ids, "label": [label_of.get(i) for i in ids], "weight": [1.0] * len(ids),
@@ -243,100 +210,27 @@ def explicit_latents(store: Store, sae_id: int, latents: list[int]) -> pl.DataFr
     )
 
 
-def query_words(text: str) -> set[str]:
-    """Content words of a query (and ``?``/``!``), lower-cased, plurals folded ("dogs" -> "dog")."""
-    return {_fold(w) for w in _WORD.findall(text.lower()) if (len(w) >= 3 or w in "?!") and w not in STOPWORDS}
-
-
 def label_match_share(labels: list[str | None], sources: list[str | None], query: str) -> np.ndarray:
-    """(n_latents,) share of each label's terms ("a / b c / d") holding a query content word.
-
-    Weak labels (label_source 'frequent-words') never match.
-    """
-    words = query_words(query)
+    """(n_latents,) share of each label's terms ("a / b c / d") holding a content word of
+    the query (singular and plural alike). Weak labels (label_source 'frequent-words')
+    never match."""
+    query_forms = {f for w in content_words(query) for f in forms(w)}
     share = np.zeros(len(labels))
-    if not words:
+    if not query_forms:
         return share
     for i, (label, src) in enumerate(zip(labels, sources)):
         if not label or src == "frequent-words":
             continue
         terms = [t for t in label.split(" / ") if t.strip()]
-        hits = sum(1 for t in terms if words & {_fold(w) for w in _WORD.findall(t.lower())})
+        hits = sum(1 for t in terms if query_forms & set(words(t)))
         share[i] = hits / len(terms) if terms else 0.0
     return share
-
-
-def _fold(word: str) -> str:
-    if len(word) > 3 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
 
 
 def _top_nonzero(w: np.ndarray, k: int) -> list[int]:
     nz = np.flatnonzero(w > 0)
     order = nz[np.lexsort((nz, -w[nz]))]
     return [int(i) for i in order[:k]]
-
-
-@dataclass(frozen=True)
-class QueryCodes:
-    """Pooled SAE codes of one text, as stored documents get them."""
-
-    latent: np.ndarray
-    """(nnz,) int64 latent ids."""
-    value: np.ndarray
-    """(nnz,) float32 pooled values."""
-
-
-def query_codes(
-    store: Store, sae_id: int, texts: list[str], *, reader_cfg: ReaderConfig | None = None
-) -> list[QueryCodes]:
-    """Pooled latent codes of ``texts``, computed exactly as the SAE's documents were embedded
-    (same reader, layer, pooling, min_value and rounding); one entry per text."""
-    import torch
-
-    from saedata.pipeline import encode_tokens, pool_codes, round_significant
-
-    row = store.one("SELECT reader, layer, path FROM saes WHERE sae_id = ?", [sae_id])
-    reader_name, layer, path = row
-    if not path or not os.path.exists(path):
-        raise SAEFormatError(
-            f"SAE {sae_id} of {store.path} was loaded from {path}, which no longer exists; "
-            "search by --latents instead"
-        )
-    cfg = reader_cfg or ReaderConfig()
-    cfg = cfg.replace(model=cfg.model or reader_name, layer=layer if cfg.layer is None else cfg.layer)
-    embed_cfg = _embed_cfg(store, sae_id)
-    reader, sae = _query_models(cfg, str(path))
-    batch = reader.read(texts)
-    rows, lats, vals = encode_tokens(sae, batch.acts, embed_cfg.encode_tokens)
-    n_tokens = torch.as_tensor(batch.n_tokens, device=batch.acts.device)
-    pooled = pool_codes(rows, lats, vals, batch.doc_index, n_tokens, sae.d_sae, embed_cfg.pooling)
-    doc, lat, val = (t.cpu().numpy() for t in pooled[:3])
-    val = round_significant(val, embed_cfg.value_digits)
-    keep = np.abs(val) > embed_cfg.min_value
-    doc, lat, val = doc[keep], lat[keep], val[keep]
-    return [QueryCodes(lat[doc == i].astype(np.int64), val[doc == i]) for i in range(len(texts))]
-
-
-def _embed_cfg(store: Store, sae_id: int) -> EmbedConfig:
-    row = store.one("SELECT args FROM datasets WHERE sae_id = ? ORDER BY dataset_id LIMIT 1", [sae_id])
-    args = json.loads(row[0]) if row and row[0] else {}
-    return EmbedConfig.from_dict(args.get("embed", {}))
-
-
-@functools.lru_cache(maxsize=2)
-def _query_models(cfg: ReaderConfig, sae_path: str) -> tuple[Reader, SparseAutoencoder]:
-    """The reader and SAE for queries, loaded once per (config, SAE) in a process."""
-    from saedata.reader import Reader
-    from saedata.sae import check_d_in, load_sae
-
-    reader = Reader(cfg)
-    sae = load_sae(sae_path, device="cpu")
-    check_d_in(sae, reader.d_model, reader.describe())
-    return reader, sae.to(reader.device).eval()
 
 
 # -- scoring ---------------------------------------------------------------------------------
@@ -355,13 +249,9 @@ def index_pays_off(store: Store, sae_id: int, latents: list[int]) -> bool:
     1.4x, 512 (12% of the rows) as fast, 1,024 0.85x. So: use it on stores of more than
     a few row groups, while the latents hold under a tenth of the activations.
     """
-    (matched,) = store.one(
-        "SELECT coalesce(sum(l.freq), 0) * (SELECT coalesce(sum(n_docs), 0) FROM datasets WHERE sae_id = $sae) "
-        "FROM latents AS l WHERE l.sae_id = $sae AND l.latent IN (SELECT unnest($lats::INTEGER[]))",
-        {"sae": sae_id, "lats": [int(x) for x in latents]},
-    )
-    (total,) = store.one("SELECT count(*) FROM activations_by_latent")
-    return total > 4 * ROW_GROUP and float(matched) < 0.1 * total
+    matched = store.macro("expected_rows", int(sae_id), [int(x) for x in latents])["rows"][0]
+    total = store.latent_index_rows()
+    return total > 4 * ROW_GROUP and float(matched or 0) < 0.1 * total
 
 
 def score_documents(
@@ -384,13 +274,9 @@ def _describe(store: Store, sae_id: int, scored: pl.DataFrame, weights: pl.DataF
               use_index: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The documents frame (with ``matched``) and the matches frame for scored documents."""
     doc_ids = scored["doc_id"].to_list()
-    info = store.sql(
-        "SELECT d.doc_id, ds.name AS dataset, d.ext_id, d.text FROM documents AS d "
-        "JOIN datasets AS ds USING (dataset_id) WHERE d.doc_id IN (SELECT unnest(?::BIGINT[]))",
-        [doc_ids],
-    )
+    info = store.documents_by_id(doc_ids).select("doc_id", "dataset", "ext_id", "text")
     w = weights.join(
-        store.sql("SELECT latent, max_act FROM latents WHERE sae_id = ?", [sae_id]), on="latent", how="left"
+        store.latents(sae_id).select("latent", "max_act"), on="latent", how="left"
     ).with_columns((pl.col("weight") / pl.col("max_act").fill_null(1.0)).alias("w"))
     matches = store.macro("search_matches", int(sae_id), doc_ids, weights["latent"].to_list(),
                           src="activations_by_latent" if use_index else "activations")
@@ -427,20 +313,14 @@ def _meta_text(value: Any) -> str:
 
 def _eval_target(store: Store, dataset_id: int | None, field: str, value: Any) -> tuple[str, float]:
     """The value to count as relevant (as text) and its base rate among the searched documents."""
-    counts = store.sql(
-        "SELECT meta->>$f AS v, count(*) AS n FROM documents "
-        "WHERE $ds IS NULL OR dataset_id = $ds GROUP BY v ORDER BY n DESC, v",
-        {"f": field, "ds": dataset_id},
-    )
-    present = counts.filter(pl.col("v").is_not_null())
+    ids = None if dataset_id is None else [dataset_id]
+    counts = store.macro("meta_counts", field, ids).sort(["n", "value"], descending=[True, False])
+    present = counts.filter(pl.col("value").is_not_null())
     if present.height == 0:
-        keys = store.sql(
-            "SELECT DISTINCT unnest(json_keys(meta)) AS k FROM documents "
-            "WHERE meta IS NOT NULL AND ($ds IS NULL OR dataset_id = $ds) ORDER BY k",
-            {"ds": dataset_id},
-        )["k"].to_list()
-        raise NotFoundError(f"no metadata field {field!r} in the documents searched (fields: {', '.join(keys) or 'none'})")
-    values = present["v"].to_list()
+        keys = store.macro("meta_fields", ids)["field"].to_list()
+        raise NotFoundError(f"no metadata field {field!r} in the documents searched "
+                            f"(fields: {', '.join(keys) or 'none'})")
+    values = present["value"].to_list()
     if value is None:
         if not set(values) <= {"true", "false"}:
             shown = ", ".join(values[:10]) + (", ..." if len(values) > 10 else "")
@@ -448,7 +328,7 @@ def _eval_target(store: Store, dataset_id: int | None, field: str, value: Any) -
         value = "true"
     value = _meta_text(value)
     total = int(counts["n"].sum())
-    hits = int(present.filter(pl.col("v") == value)["n"].sum())
+    hits = int(present.filter(pl.col("value") == value)["n"].sum())
     return value, hits / total if total else math.nan
 
 
@@ -456,8 +336,5 @@ def _precision(store: Store, doc_ids: list[int], field: str, value: str) -> floa
     """Share of ``doc_ids`` whose meta ``field`` renders as ``value``; None when there are none."""
     if not doc_ids:
         return None
-    (hits,) = store.one(
-        "SELECT count(*) FILTER (WHERE meta->>$f = $v) FROM documents WHERE doc_id IN (SELECT unnest($ids::BIGINT[]))",
-        {"f": field, "v": value, "ids": doc_ids},
-    )
-    return hits / len(doc_ids)
+    hits = store.macro("meta_counts", field, None, doc_ids=doc_ids).filter(pl.col("value") == value)["n"].sum()
+    return int(hits) / len(doc_ids)

@@ -25,12 +25,15 @@ Weights are read with safetensors only: nothing is ever unpickled. Every problem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,41 +70,60 @@ def native_tensors(sae: SparseAutoencoder) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in tensors.items()}
 
 
-def save_sae(sae: SparseAutoencoder, path: str | Path) -> Path:
-    """Write ``sae`` to the directory ``path`` (``cfg.json`` + ``sae.safetensors``).
-
-    A new directory appears all at once (written to a temporary sibling, then renamed);
-    in an existing directory each file is replaced atomically, so no file is ever half
-    written. Returns the directory.
-    """
-    from safetensors.torch import save_file
-
+@contextmanager
+def atomic_directory(path: str | os.PathLike, names: tuple[str, ...], what: str = "an SAE") -> Iterator[Path]:
+    """Write a model directory all at once: the block writes the files ``names`` into the
+    temporary sibling this yields; then a new directory is renamed into place, and in an
+    existing one (or one another process created meanwhile) each file is replaced
+    atomically, so no file is ever half written. Every saved model (SAE, VAE) uses it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise SAEFormatError(f"{path}: exists and is not a directory; cannot save an SAE there")
+        raise SAEFormatError(f"{path}: exists and is not a directory; cannot save {what} there")
     path.parent.mkdir(parents=True, exist_ok=True)
-    cfg = {**sae.cfg.to_dict(), "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-        save_file(native_tensors(sae), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        yield tmp
         if not path.exists():
             try:
                 os.replace(tmp, path)
-                return path
-            except OSError:
+                return
+            except OSError:  # another process made the directory first: replace its files
                 if not path.is_dir():
                     raise
-        for name in (WEIGHTS_FILE, CFG_FILE):
+        for name in names:
             os.replace(tmp / name, path / name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+
+def save_sae(sae: SparseAutoencoder, path: str | Path) -> Path:
+    """Write ``sae`` to the directory ``path`` (``cfg.json`` + ``sae.safetensors``) with
+    :func:`atomic_directory`. Returns the directory."""
+    from safetensors.torch import save_file
+
+    cfg = {**sae.cfg.to_dict(), "format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    with atomic_directory(path, (WEIGHTS_FILE, CFG_FILE)) as tmp:
+        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        save_file(native_tensors(sae), str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+    return Path(path)
+
+
+def sae_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 over an SAE directory's config and weight files (identifies the SAE in a store)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(root.glob("*.json")) + sorted(root.glob("*.safetensors")):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------- reading
-def _read_json(file: Path) -> dict[str, Any]:
+def read_json(file: Path) -> dict[str, Any]:
+    """A model directory's JSON config as a dict; SAEFormatError (one line) when it is not."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -113,7 +135,8 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def _read_safetensors(file: Path) -> dict[str, Tensor]:
+def read_safetensors(file: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, on CPU (nothing is unpickled); SAEFormatError when corrupt."""
     from safetensors.torch import load_file
 
     if not file.is_file():
@@ -196,7 +219,7 @@ def _load_native(path: Path, cfg_dict: dict[str, Any]) -> SparseAutoencoder:
     except (ConfigError, TypeError) as e:
         raise SAEFormatError(f"{cfg_file}: invalid SAE config ({e})") from None
     file = path / WEIGHTS_FILE
-    t = _read_safetensors(file)
+    t = read_safetensors(file)
     d, h = cfg.d_in, cfg.d_sae
     threshold = log_threshold = None
     if cfg.activation == "jumprelu":
@@ -260,7 +283,7 @@ def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
         )
 
     file = path / SAELENS_WEIGHTS_FILE
-    t = _read_safetensors(file)
+    t = read_safetensors(file)
     W_enc = _take(t, "W_enc", (d, h), file)
     W_dec = _take(t, "W_dec", (h, d), file)
     b_enc = _take(t, "b_enc", (h,), file)
@@ -314,7 +337,7 @@ def _load_sparsify(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
         if cfg.get(flag):
             raise SAEFormatError(f"{cfg_file}: sparsify option {flag}=true is not supported")
     file = path / SPARSIFY_WEIGHTS_FILE
-    t = _read_safetensors(file)
+    t = read_safetensors(file)
     if "W_skip" in t:
         raise SAEFormatError(f"{file}: sparsify skip connections (W_skip) are not supported")
     enc_w = _take(t, "encoder.weight", (h, d), file)
@@ -332,7 +355,7 @@ def detect_format(path: str | Path) -> str:
     """``"saedata"``, ``"saelens"`` or ``"sparsify"`` for the SAE directory ``path``."""
     path = Path(path)
     _check_dir(path)
-    return _detect(path, _read_json(path / CFG_FILE))
+    return _detect(path, read_json(path / CFG_FILE))
 
 
 def _check_dir(path: Path) -> None:
@@ -380,7 +403,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     """
     path = Path(path)
     _check_dir(path)
-    cfg = _read_json(path / CFG_FILE)
+    cfg = read_json(path / CFG_FILE)
     fmt = _detect(path, cfg)
     loader = {"saedata": _load_native, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
     sae = loader(path, cfg)

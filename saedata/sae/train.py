@@ -43,6 +43,7 @@ from torch import Tensor
 
 from saedata.config import SAEConfig, TrainConfig
 from saedata.errors import ConfigError, DimensionMismatchError
+from saedata.reader import resolve_device
 from saedata.sae.formats import load_sae, save_sae
 from saedata.sae.metrics import dead_fraction, fire_counts
 from saedata.sae.model import ForwardOutput, SparseAutoencoder
@@ -67,15 +68,6 @@ class TrainResult:
     seconds, loss (last step), lr and input_scale."""
     history: list[dict[str, float]] = field(default_factory=list)
     """Per-step loss, mse, fvu, l0, aux_loss and dead fraction, every ``log_every`` steps."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; otherwise ``torch.device(device)``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available")
-    return torch.device(device)
 
 
 def default_lr(d_sae: int) -> float:

@@ -1,0 +1,170 @@
+"""What an analysis covers, read from the store only: one :class:`Scope` for all of them.
+
+Every analysis starts here: which datasets and SAE it is about (:func:`resolve_scope`,
+the one place where a missing, incomplete or mixed-SAE dataset becomes an error), the
+document x latent matrix of pooled activations (scipy sparse), the documents with their
+metadata as columns, and the latents' labels. Nothing here touches the reader or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+from scipy import sparse
+
+from saedata.errors import ConfigError, NotFoundError
+from saedata.store import DatasetState, Store
+from saedata.store import open as open_store
+
+
+@contextmanager
+def opened(store_or_path: Store | str | os.PathLike) -> Iterator[Store]:
+    """A Store as given, or one opened read-only from a path (a file or a shard folder) and closed after."""
+    if isinstance(store_or_path, Store):
+        yield store_or_path
+        return
+    with open_store(store_or_path, read_only=True) as store:
+        yield store
+
+
+class Models(Protocol):
+    """What an analysis may ask of the models behind a store. Analyses never load a reader
+    or an SAE themselves: the API passes :class:`saedata.embed.models.StoreModels`."""
+
+    def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(latents (nnz,) int64, values (nnz,) float32): ``text``'s pooled codes, computed as
+        SAE ``sae_id``'s documents were embedded."""
+        ...
+
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        """(n_texts, d) unit vectors of short texts (labels, an axis) from the default reader."""
+        ...
+
+    def document_vectors(self, sae_id: int, texts: list[str]) -> np.ndarray:
+        """(n_texts, d_model) dense embeddings: the mean reader activation at SAE ``sae_id``'s layer."""
+        ...
+
+    def sae(self, sae_id: int) -> Any:
+        """SAE ``sae_id`` as a :class:`~saedata.sae.SparseAutoencoder` (eval mode)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The datasets an analysis reads and the SAE they share."""
+
+    names: tuple[str, ...]
+    states: tuple[DatasetState, ...]
+    sae_id: int
+
+    @property
+    def dataset_ids(self) -> list[int]:
+        return [s.dataset_id for s in self.states]
+
+    @property
+    def n_docs(self) -> int:
+        return sum(s.n_docs for s in self.states)
+
+    def describe(self) -> str:
+        return ", ".join(self.names)
+
+
+def resolve_scope(store: Store, datasets: str | list[str] | tuple[str, ...] | None,
+                  sae_id: int | None = None) -> Scope:
+    """The named datasets, or by default every complete dataset of the SAE (``sae_id``, or
+    the store's only one). Named datasets must exist (NotFoundError naming those there
+    are), be complete and non-empty (ConfigError) and share one SAE (ConfigError)."""
+    if isinstance(datasets, str):
+        names = [datasets]
+    elif datasets:
+        names = list(dict.fromkeys(datasets))
+    else:
+        sae = store.resolve_sae(sae_id)
+        names = store.dataset_names(sae, complete=True)
+        if not names:
+            raise NotFoundError(f"{store.path} has no complete dataset embedded with SAE {sae}; "
+                                "run `saedata embed` first")
+    states = [store.dataset_state(n) for n in names]
+    for s in states:
+        if not s.complete:
+            raise ConfigError(
+                f"dataset {s.name!r} is incomplete ({s.n_docs} documents stored); "
+                "finish it by rerunning its `saedata embed` first"
+            )
+        if s.n_docs == 0:
+            raise ConfigError(f"dataset {s.name!r} has no documents")
+    ids = {s.sae_id for s in states} | ({sae_id} if sae_id is not None else set())
+    if len(ids) != 1:
+        described = ", ".join(f"{s.name} (SAE {s.sae_id})" for s in states)
+        raise ConfigError(f"datasets were embedded with different SAEs: {described}; compare like with like")
+    return Scope(tuple(names), tuple(states), store.resolve_sae(ids.pop()))
+
+
+@dataclass(frozen=True)
+class LatentMatrix:
+    """Pooled activations of a set of documents as a sparse (n_docs, d_sae) matrix."""
+
+    doc_ids: np.ndarray
+    """(n_docs,) int64 store ids, row order of ``X``."""
+    X: sparse.csr_matrix
+    """(n_docs, d_sae) float32 pooled values (0 where a latent is inactive)."""
+    sae_id: int
+    d_sae: int
+
+    def active(self, threshold: float = 0.0) -> sparse.csr_matrix:
+        """(n_docs, d_sae) bool: latent active in document (|value| > threshold)."""
+        X = self.X.copy()
+        X.data = np.abs(X.data) > threshold
+        X.eliminate_zeros()
+        return X.astype(bool)
+
+
+def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None) -> LatentMatrix:
+    """The sparse document x latent matrix of the scope's documents, rows in doc_id order
+    (or in ``doc_ids`` order when given, which may name a subset)."""
+    d_sae = store.sae_info(scope.sae_id)["d_sae"]
+    if doc_ids is None:
+        doc_ids = store.doc_ids(scope.dataset_ids)
+    acts = store.activations_of(scope.sae_id, scope.dataset_ids)
+    row_of = {int(d): i for i, d in enumerate(doc_ids)}
+    rows = np.fromiter((row_of.get(int(d), -1) for d in acts["doc_id"].to_numpy()), dtype=np.int64,
+                       count=acts.height)
+    keep = rows >= 0
+    X = sparse.csr_matrix(
+        (acts["value"].to_numpy()[keep].astype(np.float32), (rows[keep], acts["latent"].to_numpy()[keep])),
+        shape=(len(doc_ids), d_sae),
+    )
+    return LatentMatrix(np.asarray(doc_ids, dtype=np.int64), X, scope.sae_id, d_sae)
+
+
+def documents_frame(store: Store, scope: Scope, fields: list[str] | None = None) -> pl.DataFrame:
+    """doc_id, dataset, ext_id, text, n_tokens, n_chars, plus metadata fields as columns.
+
+    ``fields`` limits (and checks) the metadata fields unpacked; a missing field is a
+    NotFoundError naming the fields there are.
+    """
+    docs = store.documents_of(scope.dataset_ids)
+    metas = [json.loads(m) if m else {} for m in docs["meta"].to_list()]
+    available = sorted({k for m in metas for k in m})
+    wanted = available if fields is None else fields
+    for f in wanted:
+        if f not in available:
+            raise NotFoundError(
+                f"no metadata field {f!r} in {scope.describe()} (fields: {', '.join(available) or 'none'})"
+            )
+    cols = {f: [m.get(f) for m in metas] for f in wanted if f not in docs.columns}
+    meta = pl.DataFrame(cols, strict=False) if cols else None
+    docs = docs.drop("meta")
+    return pl.concat([docs, meta], how="horizontal") if meta is not None else docs
+
+
+def latent_labels(store: Store, sae_id: int) -> pl.DataFrame:
+    """(latent, label, label_source, freq) of every latent of an SAE."""
+    return store.latents(sae_id).select("latent", "label", "label_source", "freq")

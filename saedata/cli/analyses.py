@@ -1,0 +1,299 @@
+"""The analysis commands: diff, associate, correlate, cluster, search."""
+
+from __future__ import annotations
+
+import click
+
+import saedata
+from saedata.cli.app import main
+from saedata.cli.options import (
+    configs,
+    datasets_option,
+    db_option,
+    device_option,
+    emit,
+    example,
+    format_option,
+    input_options,
+    latents_option,
+    log,
+    progress,
+    quiet_option,
+    reader_options,
+    report_option,
+    sae_id_option,
+    seed_option,
+    short_numbers,
+    threshold_option,
+    top_option,
+    train_options,
+)
+from saedata.config import ReaderConfig
+
+
+@main.command(epilog=example(
+    "saedata diff a b --report diff.html --top 10",
+    "saedata diff a --by topic --top 5",
+))
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@db_option
+@click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="SAE directory for embedding files [default: the store's SAE, else train one on both].")
+@sae_id_option
+@threshold_option
+@top_option(20, "Rows to show (0 for all).")
+@report_option("Write an offline HTML report (bars, table, example documents) here.")
+@click.option("--no-length-control", is_flag=True,
+              help="Skip the length-stratified comparison (adj_* columns) and rank by the raw difference.")
+@click.option("--paired-on", default=None, help="Pair documents of A and B by this metadata field (McNemar).")
+@click.option("--by", default=None,
+              help="Split dataset A by this metadata column: each value vs the rest. `--by dataset` compares "
+                   "every dataset (or A and B) each against the others.")
+@click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
+@click.option("--examples", type=int, default=3, show_default=True, help="Example documents per side and latent.")
+@format_option
+@reader_options
+@input_options
+@train_options
+@quiet_option
+@click.pass_context
+def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length_control, paired_on, by,
+         no_merge, examples, fmt, **kw):
+    """Diff the concepts of A and B: which latents are more common on one side.
+
+    A and B are two corpus files (embedded into --db first, training an SAE on both
+    when the store has none) or two dataset names in --db (a store file or a shard
+    folder). With --by COLUMN, A alone is split by a metadata column into one-vs-rest
+    diffs; with --by dataset and no A, every dataset is compared with the others.
+    Ranked by q-value, then by the size of the difference; the adj_* columns compare
+    documents of similar length.
+    """
+    if a is None and by != "dataset":
+        raise click.UsageError("give A (and B), or --by dataset to compare every dataset of the store")
+    options = dict(by=by, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
+                   merge_duplicates=not no_merge, examples=examples, sae_id=sae_id)
+    if a is not None and saedata.are_corpus_files(a, b):
+        result = saedata.diff_files(a, b, db, sae_path, **configs(kw), **progress(ctx), **options)
+    else:
+        result = saedata.diff(db, a, b, **options)
+    for w in result.warnings:
+        log(ctx)(f"warning: {w}")
+    if report_path:
+        log(ctx)(f"wrote {saedata.write_report(result, report_path)}")
+    if fmt == "table":
+        click.echo(result.summary())
+        emit(short_numbers(result.rows(top, compact=True)), fmt)
+    else:
+        rows = result.rows(top)
+        emit(result.display_table(rows) if fmt == "csv" else rows, fmt)
+
+
+@main.command(epilog=example("saedata associate --target is_question --top 5"))
+@click.option("--target", required=True, help="Metadata column to predict (binary or numeric).")
+@click.option("--dataset", default=None, help="Dataset to use [default: every complete dataset of the SAE].")
+@db_option
+@click.option("--n-latents", type=int, default=10, show_default=True, help="Latents the sparse model keeps.")
+@threshold_option
+@sae_id_option
+@top_option(20, "Rows to show (0 for all).")
+@seed_option("Seed of the cross-validation folds.")
+@format_option
+@quiet_option
+@click.pass_context
+def associate(ctx, target, dataset, db, n_latents, threshold, sae_id, top, seed, fmt):
+    """Find the latents that predict a metadata column (--target), with no LLM.
+
+    A binary target (two values) gets an L1 logistic regression, a numeric one the
+    Lasso, each keeping about --n-latents latents, and a cross-validated score (AUC or
+    R^2). Every latent gets an effect size, a p-value and a q-value; chosen latents
+    come first.
+    """
+    result = saedata.associate(db, dataset, target, n_latents=n_latents, threshold=threshold, sae_id=sae_id,
+                               seed=seed)
+    for w in result.warnings:
+        log(ctx)(f"warning: {w}")
+    table = result.table.head(top) if top else result.table
+    if fmt == "table":
+        click.echo(result.summary())
+        table = short_numbers(table)
+    else:
+        log(ctx)(result.summary())
+    emit(table, fmt)
+
+
+@main.command(epilog=example(
+    "saedata correlate --top 5 --report corr.html",
+    "saedata correlate --with topic --top 2",
+))
+@db_option
+@datasets_option
+@click.option("--with", "column", default=None,
+              help="Associate latents with this metadata column instead of with each other.")
+@click.option("--as", "kind", type=click.Choice(["auto", "categorical", "numeric"]), default="auto",
+              show_default=True, help="How to treat the --with column (auto: numbers are numeric).")
+@click.option("--min-support", type=int, default=5, show_default=True,
+              help="Latents and pairs must fire in at least this many documents.")
+@threshold_option
+@click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
+@latents_option("Only these comma-separated latent ids.")
+@top_option(20, "Pairs to show (metadata: latents per class, or rows for a numeric column).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="q-value cut for significance.")
+@report_option("Write an offline HTML report (heatmap, table, example documents) here.")
+@sae_id_option
+@format_option
+@quiet_option
+@click.pass_context
+def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, latent_ids, top, alpha,
+              report_path, sae_id, fmt):
+    """Find latents that fire together more than chance, or that go with a metadata column.
+
+    Pairs are counted in DuckDB, scored by NPMI (-1..1) and phi, tested (chi-square,
+    or Fisher's exact test for small counts) with BH q-values, and ranked by NPMI
+    among significant pairs; `redundant` marks two latents with nearly the same
+    documents. With --with COLUMN: per-class frequencies and a chi-square test per
+    latent (categorical), or Spearman's rho (numeric).
+    """
+    names = list(datasets) or None
+    say = log(ctx)
+    if top < 1:
+        raise click.BadParameter(f"must be at least 1, got {top}", param_hint="--top")
+    if column is not None:
+        result = saedata.correlate_metadata(db, names, column, kind=kind, min_support=min_support,
+                                            threshold=threshold, label_pattern=pattern, latents=latent_ids,
+                                            per_class=top, alpha=alpha, sae_id=sae_id)
+        summary = (f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.latents.height} latents "
+                   f"tested against {result.kind} column {column!r}; {int((result.latents['q'] <= alpha).sum())} "
+                   f"with q <= {alpha}")
+        if result.kind == "categorical":
+            table, compact = result.classes, result.classes
+        else:
+            table = result.latents.head(top)
+            compact = table.select("latent", "label", "n_docs", "freq", "rho", "q")
+    else:
+        result = saedata.correlate(db, names, min_support=min_support, threshold=threshold, label_pattern=pattern,
+                                   latents=latent_ids, top=top, alpha=alpha, sae_id=sae_id)
+        summary = (f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.n_tested} pairs of "
+                   f"{result.n_latents} latents fire together in >= {min_support} documents; "
+                   f"{result.n_significant} significant at q <= {alpha}")
+        table = result.pairs
+        compact = table.select("rank", "latent_i", "label_i", "latent_j", "label_j", "n_ij", "npmi", "phi", "q",
+                               "redundant")
+    for w in result.warnings:
+        say(f"warning: {w}")
+    say(summary)
+    if report_path:
+        say(f"wrote {saedata.write_report(result, report_path)}")
+    emit(short_numbers(compact, ".1e", ("q",)) if fmt == "table" else table, fmt)
+
+
+@main.command(epilog=example(
+    "saedata cluster --axis sentiment --k 2 --eval-field sentiment --report clusters.html",
+))
+@db_option
+@datasets_option
+@click.option("--axis", default=None,
+              help="Cluster along this axis, in words (e.g. sentiment): latents whose label has one of "
+                   "its words, or whose label's embedding is close to it.")
+@click.option("--label", "pattern", default=None, help="Cluster on latents whose label matches this regex.")
+@latents_option("Cluster on these comma-separated latent ids.")
+@click.option("--method", type=click.Choice(["kmeans", "hdbscan"]), default="kmeans", show_default=True,
+              help="k-means (k given or estimated), or HDBSCAN (finds k, marks noise as -1).")
+@click.option("--k", type=int, default=None, help="Number of k-means clusters [default: estimated by silhouette].")
+@click.option("--max-k", type=int, default=12, show_default=True, help="Largest k tried when estimating k.")
+@click.option("--min-cluster-size", type=int, default=10, show_default=True, help="HDBSCAN's smallest cluster.")
+@click.option("--scale", type=click.Choice(["values", "binary", "tfidf"]), default="values", show_default=True,
+              help="Features: pooled values, 0/1, or 0/1 weighted by rarity (rows at unit length).")
+@top_option(20, "Most latents an --axis picks.")
+@click.option("--compare", is_flag=True, help="Also cluster on all latents and compare (adjusted Rand index).")
+@click.option("--eval-field", default=None, help="Score the clusterings against this metadata column (ARI, NMI).")
+@report_option("Write an offline HTML report here, and the 2-D map beside it as PNG.")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the 2-D map (UMAP, coloured by cluster) as PNG here.")
+@click.option("--assignments", is_flag=True, help="Print one row per document instead of one per cluster.")
+@seed_option("Seed: same input + seed -> same clusters.")
+@sae_id_option
+@format_option
+@quiet_option
+@click.pass_context
+def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_cluster_size, scale, top, compare,
+            eval_field, report_path, png_path, assignments, seed, sae_id, fmt):
+    """Cluster documents on the latents of one axis, and describe each cluster.
+
+    --axis TEXT picks latents whose label contains a word of TEXT (or its plural or
+    singular), plus those whose label, embedded with the default reader, is most
+    similar to TEXT (cosine >= 0.3 and 3 SD above the average label); --label and
+    --latents name them directly. Without any, all latents are used. The latents
+    picked are listed on stderr. Clusters are described by the latents (of all) with
+    the highest lift in them.
+    """
+    say = log(ctx)
+    result = saedata.cluster(db, list(datasets) or None, axis=axis, latents=latent_ids, label_pattern=pattern,
+                             method=method, k=k, max_k=max_k, seed=seed, min_cluster_size=min_cluster_size,
+                             scale=scale, map=bool(report_path or png_path), unfiltered=compare,
+                             eval_field=eval_field, top=top, sae_id=sae_id)
+    used = result.latents_used
+    say(f"clustering {result.n_docs} documents ({', '.join(result.datasets)}) on {used.height} latents:")
+    for row in used.head(30).iter_rows(named=True):
+        score = f"{row['score']:.2f}" if row["score"] is not None else "   -"
+        say(f"  {row['latent']:>6}  {score}  {row['label'] or ''}")
+    if used.height > 30:
+        say(f"  ... and {used.height - 30} more")
+    for w in result.warnings:
+        say(f"warning: {w}")
+    for row in result.comparison.iter_rows(named=True):
+        sil = f"{row['silhouette']:.3f}" if row["silhouette"] is not None else "n/a"
+        ev = f"; vs {row['field']}: ARI {row['ari']:.3f}, NMI {row['nmi']:.3f}" if row["field"] else ""
+        say(f"{row['clustering']} ({row['n_latents']} latents): {method}, k = {row['k']}, silhouette {sil}{ev}")
+    if result.ari_unfiltered is not None:
+        say(f"ARI between the filtered clustering and the one on all latents: {result.ari_unfiltered:.3f}")
+    if report_path:
+        html = saedata.write_report(result, report_path, png=png_path)
+        png = png_path or html.with_suffix(".png")
+        say(f"wrote {html}" + (f" and {png}" if result.has_map else ""))
+    elif png_path:
+        png = saedata.write_report(result, png_path)
+        if png is not None:
+            say(f"wrote {png}")
+    emit(result.assignments if assignments else result.clusters, fmt)
+
+
+@main.command(epilog=example('saedata search "Why did the dog do that?" --top 5 --eval-field is_question'))
+@click.argument("query", required=False)
+@db_option
+@latents_option("Comma-separated latent ids to score by, instead of the latents the query maps to.")
+@click.option("--dataset", default=None, help="Search one dataset [default: every dataset of the SAE].")
+@top_option(50, "Documents to return.")
+@click.option("--eval-field", default=None, help="Metadata field to report precision@top against.")
+@click.option("--eval-value", default=None,
+              help="Value of --eval-field that counts as relevant [default: true, for boolean fields].")
+@click.option("--query-latents", type=int, default=128, show_default=True,
+              help="Latents kept from the query's own activations (label matches come on top).")
+@sae_id_option
+@device_option(help="Where the query is read.")
+@format_option
+@quiet_option
+@click.pass_context
+def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, sae_id, device, fmt):
+    """Find the documents that show a property described by QUERY, best first.
+
+    QUERY is read by the SAE's reader and mapped to latents (weighted by rarity, plus
+    latents whose labels share its words); documents are scored from the stored
+    activations alone. Phrase it as an example: "Why did the dog do that?".
+    """
+    if not (query and query.strip()) and not latent_ids:
+        raise click.UsageError("give a QUERY or --latents")
+    result = saedata.search(db, query, latents=latent_ids, dataset=dataset, top=top, eval_field=eval_field,
+                            eval_value=eval_value, reader_cfg=ReaderConfig(device=device), sae_id=sae_id,
+                            query_latents=query_latents)
+    say = log(ctx)
+    n = result.query_latents.height
+    say(f"{n} latents ({'by-latent index' if result.used_index else 'full scan'}), heaviest first:")
+    for row in result.query_latents.head(10).iter_rows(named=True):
+        say(f"  {row['latent']:>6}  {row['weight']:6.3f}  {row['source']:<11}  {row['label'] or ''}")
+    if n > 10:
+        say(f"  ... and {n - 10} more")
+    emit(result.docs, fmt)
+    if result.precision is not None:
+        click.echo(f"precision@{result.docs.height}: {result.precision:.2f} "
+                   f"(base rate {result.base_rate:.2f}, {eval_field} = {result.eval_value})", err=True)

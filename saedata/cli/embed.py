@@ -1,0 +1,142 @@
+"""Commands that run models over corpora: train, embed (local or Ray), import."""
+
+from __future__ import annotations
+
+import click
+
+import saedata
+from saedata.cli.app import main
+from saedata.cli.options import (
+    db_option,
+    example,
+    input_options,
+    log,
+    progress,
+    quiet_option,
+    reader_options,
+    train_options,
+)
+from saedata.config import POOLINGS
+
+
+@main.command(epilog=example("saedata train a.jsonl --out sae/ --train-tokens 20000"))
+@click.argument("corpus", type=str)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to save the SAE in.")
+@train_options
+@reader_options
+@input_options
+@quiet_option
+@click.pass_context
+def train(ctx, corpus, out, **kw):
+    """Train an SAE on the reader's activations of CORPUS and save it to --out.
+
+    CORPUS is a .jsonl, .csv, .parquet or .txt file (or - for stdin). Prints the
+    final FVU (fraction of variance unexplained), mean L0 and dead-latent fraction.
+    """
+    from saedata.cli.options import configs
+
+    result = saedata.train(corpus, out, **configs(kw), **progress(ctx))
+    m = result.metrics
+    click.echo(f"saved {out}  fvu={m['fvu']:.4f}  l0={m['l0']:.1f}  dead={m['dead_fraction']:.3f}  "
+               f"tokens={m['tokens']}  seconds={m['seconds']:.1f}")
+
+
+@main.command(epilog=example(
+    "saedata embed b.jsonl --name b_again --id-field id",
+    "saedata embed a.jsonl b.jsonl --sae run.sae --id-field id --engine ray --out shards/ --num-workers 2",
+))
+@click.argument("corpus", nargs=-1, required=True)
+@click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="SAE directory (saedata, SAELens or sparsify). Default: the store's SAE, else train one.")
+@db_option
+@click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
+@click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
+              help="How token codes become a document vector.")
+@click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process, into --db. ray: a Ray Data actor pool, into Parquet shards in --out.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Shard folder (--engine ray); query it with --shards, or `saedata import` it.")
+@click.option("--num-workers", type=int, default=1, show_default=True,
+              help="Ray actors, each with its own reader and SAE (--engine ray).")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+              help="GPUs per Ray actor; > 0 runs the reader on CUDA (--engine ray).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+              help="CPU cores per Ray actor, also its torch threads (--engine ray).")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+              help="Ray cluster to join, e.g. ray://head:10001 [default: the running one, else a local Ray].")
+@click.option("--part-docs", type=int, default=4096, show_default=True,
+              help="Documents per shard part: the unit of work, of resuming, and of the Parquet files (--engine ray).")
+@reader_options
+@input_options
+@train_options
+@quiet_option
+@click.pass_context
+def embed(ctx, corpus, sae_path, db, name, verbose, engine, out, num_workers, gpus_per_worker, cpus_per_worker,
+          ray_address, part_docs, **kw):
+    """Embed CORPUS files into the store as interpretable concept vectors.
+
+    Each file becomes a dataset. Without --sae, the store's SAE is reused, or one is
+    trained on the first corpus (saved beside the store as NAME.sae/). Interrupted
+    runs resume when rerun with the same arguments. A folder is read as images
+    (recursively) with a vision encoder given by --model (ViT, CLIP, SigLIP, DINOv2).
+
+    With --engine ray, CORPUS may be globs or URLs ('data/*.jsonl', 's3://b/*.jsonl'); the documents and
+    activations are written as Parquet shards in --out (partitioned by dataset) by a
+    pool of Ray actors, locally or on the cluster at --ray-address:
+
+    \b
+        saedata embed 'data/*.jsonl' --sae sae/ --engine ray --out shards/ \\
+            --num-workers 4 --gpus-per-worker 1
+    """
+    from saedata.cli.options import configs
+
+    if name is not None and len(corpus) > 1:
+        raise click.UsageError("--name names one dataset; give one CORPUS with it")
+    cfgs = configs(kw)
+    if engine == "ray":
+        if out is None:
+            raise click.UsageError("--engine ray writes shards: give --out FOLDER")
+        result = saedata.embed_ray(
+            list(corpus), out, sae_path, names=[name] if name else None, **cfgs, num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=ray_address,
+            part_docs=part_docs, **progress(ctx),
+        )
+        click.echo(
+            f"{', '.join(result.datasets)}: {result.n_docs} documents in {result.n_parts} "
+            f"part{'s' * (result.n_parts != 1)} in {out}/ "
+            f"({result.n_new_parts} embedded now), {result.n_activations} activations, "
+            f"{result.docs_per_second:.1f} docs/s; query with --shards {out}, or `saedata import {out}`"
+        )
+        return
+    if out is not None:
+        raise click.UsageError("--out is where --engine ray writes shards; the local engine writes to --db")
+    for source in corpus:
+        result = saedata.embed(source, db, sae_path, name=name, **cfgs, **progress(ctx), verbose=verbose)
+        if result.already_complete:
+            continue
+        click.echo(
+            f"{result.dataset}: {result.n_docs} documents in {db} (dataset {result.dataset_id}, SAE "
+            f"{result.sae_id}); {result.n_new} embedded now, {result.n_activations} activations, "
+            f"{result.n_empty} empty skipped, {result.n_truncated} truncated, "
+            f"{result.docs_per_second:.1f} docs/s"
+        )
+
+
+@main.command("import", epilog=example("saedata import shards/ --db merged.duckdb"))
+@click.argument("shards", type=click.Path(exists=True, file_okay=False))
+@db_option
+@click.option("--dataset", "datasets", multiple=True, help="Import only this dataset (repeatable) [default: all].")
+@quiet_option
+@click.pass_context
+def import_cmd(ctx, shards, db, datasets):
+    """Copy a shard folder (from `embed --engine ray`) into a store file.
+
+    The SAE is reused when the store has the same weights; each shard dataset becomes
+    a dataset of the store (doc ids renumbered after the store's own), then latent
+    statistics and labels are recomputed over the store. All or nothing: an error
+    leaves the store as it was.
+    """
+    result = saedata.import_shards(shards, db, datasets or None, log=log(ctx))
+    click.echo(f"{', '.join(result.datasets)}: {result.n_docs} documents, {result.n_activations} activations "
+               f"imported into {db} (SAE {result.sae_id})")

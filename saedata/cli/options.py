@@ -1,0 +1,199 @@
+"""Options that several commands share, defined once, and how results reach stdout.
+
+Each ``*_option`` returns a Click decorator; the ``*_options`` groups stack several
+(the corpus, the reader, SAE training). ``emit`` writes a frame to stdout in the chosen
+``--format``; messages go to stderr through ``log(ctx)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from saedata.config import ACTIVATIONS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+
+FORMATS = ("table", "json", "csv")
+DEVICES = ("auto", "cpu", "cuda")
+
+Decorator = Callable[[Callable], Callable]
+
+
+def _stack(*options: Decorator) -> Decorator:
+    def apply(f: Callable) -> Callable:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+# -- single options ---------------------------------------------------------------------
+
+
+def quiet_option(f: Callable) -> Callable:
+    def set_quiet(ctx: click.Context, _p: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.ensure_object(dict)["quiet"] = True
+        return value
+
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                        help="No progress bars or messages on stderr.")(f)
+
+
+def db_option(f: Callable) -> Callable:
+    return click.option("--db", "--shards", "db", default="run.duckdb", show_default=True, envvar="SAEDATA_DB",
+                        type=click.Path(), help="Concept store: a DuckDB file, or (read-only) a folder of "
+                                                "Parquet shards from `embed --engine ray`.")(f)
+
+
+def format_option(f: Callable) -> Callable:
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="Output format on stdout.")(f)
+
+
+def device_option(default: str = "auto", help: str = "Where the reader and SAE run.") -> Decorator:  # noqa: A002
+    return click.option("--device", type=click.Choice(DEVICES), default=default, show_default=True, help=help)
+
+
+def sae_id_option(f: Callable) -> Callable:
+    return click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")(f)
+
+
+def datasets_option(f: Callable) -> Callable:
+    return click.option("--dataset", "datasets", multiple=True,
+                        help="Dataset to use (repeatable) [default: every complete dataset of the SAE].")(f)
+
+
+def top_option(default: int, help: str) -> Decorator:  # noqa: A002
+    return click.option("--top", type=int, default=default, show_default=True, help=help)
+
+
+def threshold_option(f: Callable) -> Callable:
+    return click.option("--threshold", type=float, default=0.0, show_default=True,
+                        help="A latent is active in a document when |pooled value| > this.")(f)
+
+
+def seed_option(help: str = "Seed: same input + seed -> same result.") -> Decorator:  # noqa: A002
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def report_option(help: str) -> Decorator:  # noqa: A002
+    return click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def _latent_ids(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param=param) from None
+
+
+def latents_option(help: str) -> Decorator:  # noqa: A002
+    return click.option("--latents", "latent_ids", default=None, callback=_latent_ids, help=help)
+
+
+# -- groups of options -------------------------------------------------------------------
+
+input_options = _stack(
+    click.option("--text-field", default="text", show_default=True,
+                 help="Field (JSONL/Parquet) or column (CSV) holding the text."),
+    click.option("--id-field", default=None,
+                 help="Field holding a unique document id [default: the line/row number]."),
+    click.option("--input-format", type=click.Choice(["jsonl", "csv", "parquet", "txt", "images"]), default=None,
+                 help="Corpus format [default: from the file extension; jsonl for stdin; images for a "
+                      "folder]. 'images' with a file reads it as a list of image paths."),
+)
+
+reader_options = _stack(
+    click.option("--model", default=None,
+                 help="Reader: Hugging Face model id or local directory "
+                      "[default: the SAE's reader, else all-MiniLM-L6-v2, shipped offline]."),
+    click.option("--layer", type=int, default=None,
+                 help="Block whose residual-stream output is read; negative counts from the end "
+                      "[default: the SAE's layer, else the last]."),
+    click.option("--max-tokens", type=int, default=256, show_default=True,
+                 help="Truncate documents longer than this many tokens (counted in the output)."),
+    click.option("--batch-size", type=int, default=32, show_default=True, help="Documents per forward pass."),
+    device_option(),
+    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+                 show_default=True, help="Reader weights' dtype."),
+)
+
+train_options = _stack(
+    click.option("--activation", type=click.Choice(ACTIVATIONS), default="topk", show_default=True,
+                 help="SAE activation when training one."),
+    click.option("--k", type=int, default=32, show_default=True, help="Active latents per token (TopK family)."),
+    click.option("--expansion", type=int, default=8, show_default=True, help="d_sae = expansion x reader width."),
+    click.option("--train-tokens", type=int, default=2_000_000, show_default=True,
+                 help="Tokens to train the SAE on (the corpus is cycled when shorter)."),
+    seed_option("Seed: same corpus + seed -> same SAE."),
+)
+
+
+def configs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The input, reader and train configs from the options of ``input_options``,
+    ``reader_options`` and ``train_options`` (popped from ``kw``), as keyword arguments."""
+    input_cfg = InputConfig(text_field=kw.pop("text_field"), id_field=kw.pop("id_field"),
+                            format=kw.pop("input_format"))
+    device = kw.pop("device")
+    reader_cfg = ReaderConfig(model=kw.pop("model"), layer=kw.pop("layer"), max_tokens=kw.pop("max_tokens"),
+                              batch_size=kw.pop("batch_size"), device=device, dtype=kw.pop("dtype"))
+    out: dict[str, Any] = {"input_cfg": input_cfg, "reader_cfg": reader_cfg}
+    if "activation" in kw:
+        out["train_cfg"] = TrainConfig(activation=kw.pop("activation"), k=kw.pop("k"), expansion=kw.pop("expansion"),
+                                       max_tokens=kw.pop("train_tokens"), seed=kw.pop("seed"), device=device)
+    if "pooling" in kw:
+        out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"))
+    return out
+
+
+# -- messages and output -------------------------------------------------------------------
+
+
+def quiet(ctx: click.Context) -> bool:
+    root = ctx.find_root().obj or {}
+    return bool(root.get("quiet")) or bool(ctx.obj and ctx.obj.get("quiet"))
+
+
+def log(ctx: click.Context) -> Callable[[str], None]:
+    """The message function for this command: stderr, or nothing with --quiet."""
+    from saedata.console import silent, stderr_log
+
+    return silent if quiet(ctx) else stderr_log
+
+
+def progress(ctx: click.Context) -> dict[str, Any]:
+    """``progress`` and ``log`` keyword arguments for a library call."""
+    return {"progress": not quiet(ctx), "log": log(ctx)}
+
+
+def emit(df: Any, fmt: str) -> None:
+    """Write a polars frame to stdout in the chosen format."""
+    import polars as pl
+
+    if fmt == "json":
+        click.echo(df.write_json())
+    elif fmt == "csv":
+        click.echo(df.write_csv(), nl=False)
+    else:
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=60, tbl_hide_dataframe_shape=True,
+                       tbl_hide_column_data_types=True, tbl_width_chars=160, float_precision=3):
+            click.echo(str(df))
+
+
+def short_numbers(df: Any, digits: str = ".2g", cols: tuple[str, ...] = ("p", "q", "adj_p", "adj_q")) -> Any:
+    """p- and q-value columns (those of ``cols`` present) as short text (3.2e-09), for the table format."""
+    import polars as pl
+
+    present = [c for c in df.columns if c in cols]
+    return df.with_columns(pl.col(c).map_elements(lambda v, d=digits: f"{v:{d}}", return_dtype=pl.String)
+                           for c in present)
+
+
+def example(*lines: str) -> str:
+    """The epilog that ends a command's --help: ``Example:`` and command lines a test runs."""
+    return "Example:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)

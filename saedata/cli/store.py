@@ -1,0 +1,151 @@
+"""Commands over the store itself: demo, datasets, latents, show, sql, export, label, index."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+import saedata
+from saedata.cli.app import main
+from saedata.cli.options import (
+    db_option,
+    emit,
+    example,
+    format_option,
+    latents_option,
+    log,
+    quiet_option,
+    sae_id_option,
+    top_option,
+)
+
+
+@main.command(epilog=example("saedata demo demo.jsonl -n 200"))
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-n", "--n-docs", type=int, default=600, show_default=True, help="Documents to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed -> the same corpus.")
+@quiet_option
+@click.pass_context
+def demo(ctx, path, n_docs, seed):
+    """Write a small JSONL corpus with planted topics, sentiment and questions to PATH.
+
+    Each line has id, text and the planted truth (topic, sentiment, is_question), so
+    you can check the concepts saedata finds against what was put in.
+    """
+    saedata.write_demo(path, n_docs, seed=seed)
+    log(ctx)(f"wrote {n_docs} documents to {path}")
+
+
+@main.command(epilog=example("saedata datasets --format csv"))
+@db_option
+@format_option
+@quiet_option
+def datasets(db, fmt):
+    """List the datasets in the store, with their document counts and state.
+    """
+    with saedata.open(db) as store:
+        emit(store.datasets(), fmt)
+
+
+@main.command(epilog=example("saedata latents --top 10 --label 'dog|cat'"))
+@db_option
+@top_option(20, "Rows to show (0 for all).")
+@click.option("--sort", type=click.Choice(["freq", "max_act", "latent"]), default="freq", show_default=True,
+              help="Order of the rows (freq and max_act largest first).")
+@click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
+@sae_id_option
+@format_option
+@quiet_option
+def latents(db, top, sort, pattern, sae_id, fmt):
+    """List latents with their label, document frequency and max activation.
+    """
+    with saedata.open(db) as store:
+        emit(store.latents(sae_id, label=pattern, sort=sort, top=top or None), fmt)
+
+
+@main.command(epilog=example("saedata show 3 --top 5"))
+@click.argument("doc")
+@db_option
+@click.option("--dataset", default=None, help="Dataset of DOC when DOC is an external id.")
+@top_option(20, "Concepts to show (0 for all).")
+@format_option
+@quiet_option
+def show(doc, db, dataset, top, fmt):
+    """Show a document's active concepts, strongest first.
+
+    DOC is a doc_id, or the corpus's own id (ext_id) with --dataset.
+    """
+    with saedata.open(db) as store:
+        row = store.document(int(doc) if doc.isdigit() and dataset is None else doc, dataset)
+        concepts = store.doc_concepts(row["doc_id"])
+    if fmt == "table":
+        text = row["text"] if len(row["text"]) <= 300 else row["text"][:300] + "..."
+        click.echo(f"doc {row['doc_id']} ({row['dataset']}:{row['ext_id']}, {row['n_tokens']} tokens)")
+        click.echo(f"  {text}")
+    emit(concepts.head(top) if top else concepts, fmt)
+
+
+@main.command(epilog=example("saedata sql 'SELECT name, n_docs FROM datasets WHERE n_docs >= $n' -p n 100"))
+@click.argument("query")
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="A named parameter for $NAME in the query (repeatable); values are cast where used.")
+@db_option
+@format_option
+@quiet_option
+def sql(query, params, db, fmt):
+    """Run any SQL QUERY over the concept store (`-` reads the query from stdin).
+
+    Tables: datasets, documents, saes, latents, activations, latent_counts,
+    word_counts; view: concepts; macros: latent_freq, latent_stats, top_docs,
+    doc_concepts, word_at, word_before, diff, cooccur, score_docs and the analyses'
+    own (queries/*.sql). The store opens read-only; pass values with -p, never by
+    pasting them into the query.
+    """
+    if query == "-":
+        query = sys.stdin.read()
+    with saedata.open(db) as store:
+        emit(store.sql(query, dict(params) or None), fmt)
+
+
+@main.command(epilog=example("saedata export activations acts.parquet"))
+@click.argument("table")
+@click.argument("path", type=click.Path(dir_okay=False))
+@db_option
+@quiet_option
+@click.pass_context
+def export(ctx, table, path, db):
+    """Export TABLE (or the concepts view) to a Parquet file at PATH.
+    """
+    with saedata.open(db) as store:
+        out = store.export(table, path)
+    log(ctx)(f"wrote {out}")
+
+
+@main.command(epilog=example("saedata label"))
+@db_option
+@sae_id_option
+@click.option("--llm", is_flag=True,
+              help="Label with an LLM via an OpenAI-compatible endpoint (SAEDATA_LLM_BASE_URL, "
+                   "SAEDATA_LLM_MODEL, SAEDATA_LLM_API_KEY).")
+@latents_option("Comma-separated latent ids to label with --llm [default: the 50 most frequent].")
+@quiet_option
+@click.pass_context
+def label(ctx, db, sae_id, llm, latent_ids):
+    """(Re)compute latent labels: offline contrastive keywords, or an LLM with --llm.
+    """
+    saedata.relabel(db, sae_id, llm=llm, latents=latent_ids, log=log(ctx))
+
+
+@main.command(epilog=example("saedata index"))
+@db_option
+@quiet_option
+@click.pass_context
+def index(ctx, db):
+    """Build the by-latent copy of the activations that makes `saedata search` fast on large stores.
+
+    Rebuild it after embedding more documents: until then search notices it is stale
+    and scans the activations instead.
+    """
+    n = saedata.build_index(db)
+    log(ctx)(f"indexed {n} activations by latent in {db}")

@@ -1,0 +1,748 @@
+"""Read a corpus file (JSONL, CSV/TSV, Parquet, plain text; optionally gzip-compressed)
+into batches of :class:`Document`, with memory flat in corpus size.
+
+    reader = read_documents("corpus.jsonl", InputConfig(text_field="body", id_field="id"))
+    for batch in reader:            # lists of at most cfg.batch_size Documents, in file order
+        ...
+    reader.n_read, reader.n_empty   # documents yielded, documents skipped for empty text
+
+Every mistake in the input raises :class:`~saedata.errors.InputError` with a one-line
+message that names the file and the line (JSONL, text) or data row (CSV: header
+excluded; Parquet) at fault, e.g. ``/data/corpus.jsonl:17: invalid JSON (Expecting ','
+delimiter at column 23)``. An empty corpus is not an error here; the caller decides.
+
+How each format is streamed:
+
+- JSONL and text: the raw bytes are read in blocks of about ``_CHUNK_BYTES`` and cut
+  into lines; a JSONL block is parsed at once with ``polars.read_ndjson``. Only when
+  polars rejects a block is it parsed again line by line with ``json.loads``, to name the
+  bad line (or, when every line is valid JSON that polars could not fit one schema, to
+  read the block anyway).
+- CSV/TSV: ``pyarrow.csv.open_csv``, a streaming reader over any byte stream (so gzip
+  and stdin need no temporary copy of the data in memory), every column read as text;
+  each block becomes a polars frame through ``pl.from_arrow``. polars 2.1 has no
+  ``read_csv_batched``, and ``scan_csv(...).collect_batches()`` reads up to a few hundred
+  MB ahead of its consumer, needs a file path and rejects quotes inside unquoted
+  fields (``5" screen``). When pyarrow rejects the file, it is read again with Python's
+  ``csv`` module to name the row at fault.
+- Parquet: ``pyarrow.parquet.ParquetFile.iter_batches`` then ``pl.from_arrow``.
+
+Metadata (``Document.meta``) holds every field but the text and id, as JSON-ready values:
+dates and times become ISO strings, durations seconds, decimals floats, NaN None. CSV
+values stay strings, exactly as written (empty cells are ""). In JSONL, a field that is
+null is left out of ``meta``, the same as a field that is absent (so a line's ``meta``
+does not depend on its neighbours).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import datetime as _dt
+import decimal
+import gzip
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
+
+import polars as pl
+
+from saedata.config import InputConfig
+from saedata.corpus.formats import STDIN, Document, detect_format
+from saedata.errors import ConfigError, InputError
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+
+_CHUNK_BYTES = 4 << 20
+"""Bytes read (and parsed) at a time from JSONL, text and CSV input; bounds memory."""
+
+# polars' Rust panics derive from BaseException, not Exception.
+_POLARS_ERRORS: tuple[type[BaseException], ...] = (Exception, pl.exceptions.PanicException)
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+# dtypes whose Python values are JSON-ready as they come out of polars
+_PLAIN_DTYPES = (pl.String, pl.Boolean, pl.Null, pl.Categorical, pl.Enum,
+                 pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.Int128,
+                 pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+
+
+def _check_file(source: str) -> None:
+    if not os.path.exists(source):
+        raise InputError("no such file", path=source)
+    if os.path.isdir(source):
+        raise InputError("is a directory, not a corpus file", path=source)
+    if not os.access(source, os.R_OK):
+        raise InputError("permission denied", path=source)
+
+
+def _is_gzip_file(source: str) -> bool:
+    with open(source, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+class CorpusReader:
+    """Iterate a corpus in batches of Documents, memory flat in corpus size.
+
+    Iterating yields lists of ``cfg.batch_size`` documents (the last may be shorter) in
+    file order; documents with empty or whitespace-only text are skipped and counted in
+    ``n_empty``. A file can be iterated again (counters restart); stdin only once.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        cfg: InputConfig = InputConfig(),
+        stdin: BinaryIO | None = None,
+    ):
+        if cfg.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
+        raw = os.fspath(path)
+        self.cfg = cfg
+        self._stdin = stdin
+        self._is_stdin = raw == "-"
+        self.source: str = STDIN if self._is_stdin else os.path.abspath(raw)
+        """Absolute path of the corpus, or ``"<stdin>"``."""
+        if not self._is_stdin:
+            _check_file(self.source)
+        self.format: str = detect_format(raw if self._is_stdin else self.source, cfg.format)
+        """One of ``jsonl``, ``csv``, ``parquet``, ``txt``."""
+        self.n_read: int = 0
+        """Documents yielded so far."""
+        self.n_empty: int = 0
+        """Documents skipped so far because their text was empty or whitespace-only."""
+        if self.format == "txt" and cfg.id_field is not None:
+            raise InputError(
+                f"a plain-text corpus has no fields, so --id-field {cfg.id_field!r} cannot "
+                "apply (documents are numbered by line)",
+                path=self.source,
+            )
+        name = self.source.lower()
+        self._separator: str = cfg.extra.get("separator") or (
+            "\t" if name.endswith((".tsv", ".tsv.gz")) else ","
+        )
+        self._seen: dict[str, int] = {}
+        self._stdin_used = False
+
+    def __repr__(self) -> str:
+        return f"CorpusReader({self.source!r}, format={self.format!r})"
+
+    def __iter__(self) -> Iterator[list[Document]]:
+        if self._is_stdin:
+            if self._stdin_used:
+                raise RuntimeError("stdin can be read only once")
+            self._stdin_used = True
+        self.n_read = 0
+        self.n_empty = 0
+        self._seen = {}
+        chunks = {
+            "jsonl": self._jsonl_chunks,
+            "txt": self._txt_chunks,
+            "csv": self._csv_chunks,
+            "parquet": self._parquet_chunks,
+        }[self.format]
+        size = self.cfg.batch_size
+        buf: list[Document] = []
+        for docs in chunks():
+            buf.extend(docs)
+            start = 0
+            while len(buf) - start >= size:
+                batch = buf[start : start + size]
+                start += size
+                self.n_read += len(batch)
+                yield batch
+            buf = buf[start:]
+        if buf:
+            self.n_read += len(buf)
+            yield buf
+
+    # ------------------------------------------------------------------ raw input
+
+    def _error(self, message: str, line: int | None = None) -> InputError:
+        return InputError(_one_line(message), path=self.source, line=line)
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[BinaryIO]:
+        """The corpus as a binary stream, gzip decompressed (detected by magic bytes)."""
+        if self._is_stdin:
+            stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+            head = _read_exactly(stream, 2)
+            stream = io.BufferedReader(_Prepend(head, stream))
+            yield gzip.GzipFile(fileobj=stream, mode="rb") if head == _GZIP_MAGIC else stream
+            return
+        with self._open_path(self.source) as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def _open_path(self, path: str) -> Iterator[BinaryIO]:
+        """The file at ``path`` as a binary stream, gzip decompressed (detected by magic bytes)."""
+        try:
+            fh = open(path, "rb")
+        except OSError as e:
+            raise self._error(f"cannot open ({e.strerror or e})") from e
+        with fh:
+            magic = fh.read(2)
+            fh.seek(0)
+            if magic == _GZIP_MAGIC:
+                with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                    yield gz  # type: ignore[misc]
+            else:
+                yield fh
+
+    @contextlib.contextmanager
+    def _local_path(self) -> Iterator[str]:
+        """A path to the (still compressed) corpus; stdin is first copied to a temporary file."""
+        if not self._is_stdin:
+            yield self.source
+            return
+        stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+        fd, tmp = tempfile.mkstemp(prefix="saedata-stdin-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(_Prepend(b"", stream), out, 1 << 20)  # type: ignore[misc]
+            yield tmp
+        finally:
+            os.unlink(tmp)
+
+    def _line_chunks(self) -> Iterator[tuple[int, list[bytes]]]:
+        """(number of the first line, lines without their b"\\n") for each block of input."""
+        lineno = 1
+        pending: list[bytes] = []
+        first = True
+        with self._open() as stream:
+            while True:
+                try:
+                    block = stream.read(_CHUNK_BYTES)
+                except _GZIP_ERRORS as e:
+                    raise self._error(f"corrupt gzip data ({e})", None) from e
+                if not block:
+                    break
+                if first:
+                    first = False
+                    if block.startswith(_BOM):
+                        block = block[len(_BOM) :]
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    pending.append(block)
+                    continue
+                if pending:
+                    pending.append(block[:cut])
+                    head, pending = b"".join(pending), []
+                else:
+                    head = block[:cut]
+                lines = head.split(b"\n")
+                rest = block[cut + 1 :]
+                if rest:
+                    pending.append(rest)
+                yield lineno, lines
+                lineno += len(lines)
+        if pending:
+            yield lineno, [b"".join(pending)]
+
+    # ------------------------------------------------------------------ building documents
+
+    def _emit(
+        self,
+        lines: Sequence[int],
+        texts: Sequence[Any],
+        ids: Sequence[Any] | None,
+        metas: Sequence[dict[str, Any]] | None,
+        bad: dict[int, str],
+        null_check: Callable[[int, str], str | None] | None = None,
+    ) -> list[Document]:
+        """Documents for one block of rows, raising at the first row at fault, in order.
+
+        ``texts`` and ``ids`` hold strings or None; ``bad`` maps row -> error message;
+        ``null_check(row, field)`` tells a null field from a missing one (JSONL).
+        """
+        tf, idf = self.cfg.text_field, self.cfg.id_field
+        seen = self._seen
+        docs: list[Document] = []
+        append = docs.append
+        for i, line in enumerate(lines):
+            if bad and i in bad:
+                raise self._error(bad[i], line)
+            text = texts[i]
+            if ids is None:
+                ext = str(line)
+            else:
+                ext = ids[i]
+                if ext is None:
+                    msg = null_check(i, idf) if null_check else None  # type: ignore[arg-type]
+                    raise self._error(msg or f"empty id (field {idf!r} is null)", line)
+                if ext == "":
+                    raise self._error(f"empty id (field {idf!r} is '')", line)
+                first = seen.get(ext)
+                if first is not None:
+                    raise self._error(f"duplicate id {ext!r} (first seen on line {first})", line)
+                seen[ext] = line
+            if text is None:
+                msg = null_check(i, tf) if null_check else None
+                if msg:
+                    raise self._error(msg, line)
+                self.n_empty += 1
+                continue
+            if not text or text.isspace():
+                self.n_empty += 1
+                continue
+            append(Document(ext, text, metas[i] if metas is not None else {}, line))
+        return docs
+
+    def _frame_docs(
+        self,
+        df: pl.DataFrame,
+        lines: Sequence[int],
+        *,
+        drop_nulls: bool = False,
+        null_check: Callable[[int, str], str | None] | None = None,
+        bad: dict[int, str] | None = None,
+    ) -> list[Document]:
+        """Documents from a polars frame whose row ``i`` came from line/row ``lines[i]``."""
+        tf, idf = self.cfg.text_field, self.cfg.id_field
+        bad = dict(bad or {})
+        n = df.height
+        if tf in df.columns:
+            texts = _column_values(df.get_column(tf), tf, bad)
+        else:
+            texts = [None] * n
+        ids = None
+        if idf is not None:
+            ids = _column_values(df.get_column(idf), idf, bad) if idf in df.columns else [None] * n
+        meta_cols = [c for c in df.columns if c != tf and c != idf]
+        metas = _frame_meta(df.select(meta_cols), drop_nulls) if meta_cols else None
+        return self._emit(lines, texts, ids, metas, bad, null_check)
+
+    # ------------------------------------------------------------------ JSONL
+
+    def _jsonl_chunks(self) -> Iterator[list[Document]]:
+        for start, raw in self._line_chunks():
+            numbers = [start + i for i, b in enumerate(raw) if b and not b.isspace()]
+            lines = [raw[k - start] for k in numbers]
+            if not lines:
+                continue
+            df = None
+            try:
+                df = pl.read_ndjson(b"\n".join(lines), infer_schema_length=None)
+            except _POLARS_ERRORS:  # bad JSON somewhere in the block: find it line by line
+                pass
+            if df is not None and df.height == len(lines):
+
+                def null_check(i: int, field: str, lines: list[bytes] = lines) -> str | None:
+                    obj = json.loads(lines[i])
+                    if field in obj:
+                        return None  # present but null
+                    return _missing_field(field, obj, field == self.cfg.id_field)
+
+                bad = self._jsonl_nested_text(df, lines)
+                yield self._frame_docs(df, numbers, drop_nulls=True, null_check=null_check, bad=bad)
+            else:
+                yield self._jsonl_slow(numbers, lines)
+
+    def _jsonl_nested_text(self, df: pl.DataFrame, lines: list[bytes]) -> dict[int, str]:
+        """Rows whose text or id is a JSON object or array (polars turns those into strings
+        when other lines hold strings): row -> error message."""
+        bad: dict[int, str] = {}
+        for field in (self.cfg.text_field, self.cfg.id_field):
+            if field is None or df.schema.get(field) != pl.String:
+                continue
+            col = pl.col(field)
+            suspects = df.select(pl.arg_where(col.str.starts_with("{") | col.str.starts_with("[")))
+            for i in suspects.to_series().to_list():
+                value = json.loads(lines[i]).get(field)
+                if isinstance(value, (dict, list)):
+                    bad.setdefault(i, f"field {field!r} holds {_kind(value)}, not text")
+        return bad
+
+    def _jsonl_slow(self, numbers: list[int], lines: list[bytes]) -> list[Document]:
+        """Parse a block line by line with json.loads, stopping at the first bad line."""
+        tf, idf = self.cfg.text_field, self.cfg.id_field
+        texts: list[Any] = []
+        ids: list[Any] | None = [] if idf is not None else None
+        metas: list[dict[str, Any]] = []
+        bad: dict[int, str] = {}
+        for i, raw in enumerate(lines):
+            obj, problem = _parse_json_line(raw, numbers[i])
+            if problem is None and tf not in obj:
+                problem = _missing_field(tf, obj, False)
+            if problem is None and idf is not None and idf not in obj:
+                problem = _missing_field(idf, obj, True)
+            if problem is not None:
+                bad[i] = problem
+                texts.append(None)
+                metas.append({})
+                if ids is not None:
+                    ids.append(None)
+                numbers = numbers[: i + 1]
+                break
+            texts.append(_text_value(obj[tf], tf, bad, i))
+            if ids is not None:
+                ids.append(_text_value(obj[idf], idf, bad, i))
+            metas.append(
+                {k: c for k, v in obj.items() if k != tf and k != idf and (c := _clean(v)) is not None}
+            )
+        return self._emit(numbers, texts, ids, metas, bad)
+
+    # ------------------------------------------------------------------ plain text
+
+    def _txt_chunks(self) -> Iterator[list[Document]]:
+        for start, raw in self._line_chunks():
+            try:
+                texts = b"\n".join(raw).decode("utf-8").split("\n")
+            except UnicodeDecodeError:
+                for i, b in enumerate(raw):
+                    try:
+                        b.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise self._error(_utf8_message(e), start + i) from None
+                raise  # pragma: no cover - the block failed, so some line does
+            texts = [t[:-1] if t.endswith("\r") else t for t in texts]
+            yield self._emit(range(start, start + len(texts)), texts, None, None, {})
+
+    # ------------------------------------------------------------------ CSV
+
+    def _csv_chunks(self) -> Iterator[list[Document]]:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        sep = self._separator
+        with self._local_path() as path:
+            with self._open_path(path) as stream:
+                header = stream.readline()
+                if header.startswith(_BOM):
+                    header = header[len(_BOM) :]
+                if not header.strip():
+                    if not header and not stream.read(1):
+                        return  # an empty file: no documents
+                    raise self._error("the first line is empty; a CSV corpus needs a header row", 1)
+                names = self._csv_header(header, sep)
+                rows = 0
+                try:
+                    reader = pacsv.open_csv(
+                        stream,
+                        read_options=pacsv.ReadOptions(column_names=names, block_size=_CHUNK_BYTES),
+                        parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
+                        convert_options=pacsv.ConvertOptions(
+                            column_types={n: pa.string() for n in names},
+                            strings_can_be_null=False,
+                            quoted_strings_can_be_null=False,
+                        ),
+                    )
+                    for batch in reader:
+                        df = pl.from_arrow(batch)
+                        assert isinstance(df, pl.DataFrame)
+                        yield self._frame_docs(df, range(rows + 1, rows + 1 + df.height))
+                        rows += df.height
+                except (pa.ArrowException, *_GZIP_ERRORS) as e:
+                    if isinstance(e, _GZIP_ERRORS):
+                        raise self._error(f"corrupt gzip data ({e})") from e
+                    if rows == 0 and "Empty CSV file" in str(e):
+                        return  # a header and nothing else: no documents
+                    found = self._csv_diagnose(path, sep, names)
+                    if found is not None:
+                        raise self._error(found[1], found[0]) from e
+                    raise self._error(f"cannot parse CSV ({_one_line(str(e))})", None) from e
+
+    def _csv_header(self, header: bytes, sep: str) -> list[str]:
+        """Column names from the header line; checks the text and id columns are there."""
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise self._error(_utf8_message(e) + " in the header", 1) from None
+        names = next(csv.reader([text.rstrip("\r\n")], delimiter=sep))
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                raise self._error(f"duplicate column {n!r} in the header", 1)
+            seen.add(n)
+        self._check_columns(names)
+        return names
+
+    def _check_columns(self, names: list[str]) -> None:
+        """Raise unless the text and id columns are among ``names`` (CSV header, Parquet schema)."""
+        fields = ((self.cfg.text_field, "--text-field"), (self.cfg.id_field, "--id-field"))
+        for field, option in fields:
+            if field is not None and field not in names:
+                columns = ", ".join(names)
+                raise self._error(f"no column {field!r} (columns: {columns}); use {option}", 1)
+
+    def _csv_diagnose(self, path: str, sep: str, names: list[str]) -> tuple[int, str] | None:
+        """(data row, problem) for the first row Python's csv module finds at fault."""
+        limit = csv.field_size_limit()
+        csv.field_size_limit(sys.maxsize)
+        try:
+            with self._open_path(path) as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+                reader = csv.reader(text, delimiter=sep, strict=True)
+                row = 0
+                try:
+                    next(reader, None)
+                    for fields in reader:
+                        if not fields:
+                            continue  # a blank line, skipped as pyarrow does
+                        row += 1
+                        if len(fields) != len(names):
+                            return row, f"{len(fields)} fields, but the header has {len(names)}"
+                        for name, value in zip(names, fields):
+                            try:
+                                value.encode("utf-8")
+                            except UnicodeEncodeError:
+                                return row, f"invalid UTF-8 in column {name!r}"
+                except csv.Error as e:
+                    return row + 1, f"malformed CSV ({e})"
+                except _GZIP_ERRORS:
+                    return None
+        finally:
+            csv.field_size_limit(limit)
+        return None
+
+    # ------------------------------------------------------------------ Parquet
+
+    def _parquet_chunks(self) -> Iterator[list[Document]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with self._local_path() as path:
+            if os.path.getsize(path) == 0:
+                return  # an empty file: no documents
+            try:
+                pf = pq.ParquetFile(path)
+            except (pa.ArrowException, OSError) as e:
+                raise self._error(f"not a valid Parquet file ({_one_line(str(e))})") from e
+            with pf:
+                names = pf.schema_arrow.names
+                self._check_columns(names)
+                rows = 0
+                batches = pf.iter_batches(batch_size=self.cfg.batch_size)
+                while True:
+                    try:
+                        batch = next(batches, None)
+                        if batch is None:
+                            break
+                        df = pl.from_arrow(batch)
+                    except (pa.ArrowException, OSError, *_POLARS_ERRORS) as e:
+                        raise self._error(f"corrupt Parquet data ({_one_line(str(e))})", rows + 1) from e
+                    assert isinstance(df, pl.DataFrame)
+                    yield self._frame_docs(df, range(rows + 1, rows + 1 + df.height))
+                    rows += df.height
+
+
+def read_documents(
+    path: str | os.PathLike, cfg: InputConfig = InputConfig(), stdin: BinaryIO | None = None
+) -> CorpusReader:
+    """A :class:`CorpusReader` over ``path`` (``"-"`` for stdin); see the module docstring."""
+    return CorpusReader(path, cfg, stdin=stdin)
+
+
+def count_documents(path: str | os.PathLike, cfg: InputConfig = InputConfig()) -> int | None:
+    """A cheap estimate of the number of documents, for progress bars.
+
+    Lines (JSONL: blank ones included; CSV: header excluded) or Parquet's row count from
+    its metadata; None for stdin and gzip-compressed input, which would cost a full read.
+    """
+    raw = os.fspath(path)
+    if raw == "-":
+        return None
+    source = os.path.abspath(raw)
+    _check_file(source)
+    fmt = detect_format(source, cfg.format)
+    if os.path.getsize(source) == 0:
+        return 0
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(source).metadata.num_rows
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"not a valid Parquet file ({_one_line(str(e))})", path=source) from e
+    if _is_gzip_file(source):
+        return None
+    lines = 0
+    last = b"\n"
+    with open(source, "rb") as fh:
+        while block := fh.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(lines - 1, 0) if fmt == "csv" else lines
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Prepend(io.RawIOBase):
+    """A raw stream that yields ``head`` and then the rest of ``stream`` (bytes or text)."""
+
+    def __init__(self, head: bytes, stream: Any):
+        self._head = head
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            data, self._head = self._head[: len(b)], self._head[len(b) :]
+        else:
+            data = self._stream.read(len(b))
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+        b[: len(data)] = data
+        return len(data)
+
+
+def _read_exactly(stream: Any, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        data = stream.read(n - len(out))
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not data:
+            break
+        out += data
+    return out
+
+
+def _one_line(message: str) -> str:
+    return message.strip().replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _utf8_message(e: UnicodeDecodeError) -> str:
+    return f"invalid UTF-8 (byte 0x{e.object[e.start]:02x} at column {e.start + 1})"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _missing_field(field: str, obj: dict[str, Any], is_id: bool) -> str:
+    option = "--id-field" if is_id else "--text-field"
+    return f"no field {field!r} (fields: {', '.join(map(str, obj)) or 'none'}); use {option}"
+
+
+def _parse_json_line(raw: bytes, line: int) -> tuple[Any, str | None]:
+    """(object, None) or (None, problem) for one JSONL line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, _utf8_message(e)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = ""
+        if line == 1 and text.lstrip().startswith("["):
+            hint = "; this looks like a JSON array, but a corpus must be JSON Lines (one object per line)"
+        return None, f"invalid JSON ({e.msg} at column {e.colno}){hint}"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {_kind(obj)}"
+    return obj, None
+
+
+def _text_value(value: Any, field: str, bad: dict[int, str], row: int) -> str | None:
+    """A text or id field's value as a string (numbers via str()), or None; odd types go to ``bad``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.setdefault(row, f"field {field!r}: {_utf8_message(e)}")
+            return None
+    if isinstance(value, (dict, list, tuple)):
+        bad.setdefault(row, f"field {field!r} holds {_kind(value)}, not text")
+        return None
+    if isinstance(value, (_dt.date, _dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _column_values(series: pl.Series, field: str, bad: dict[int, str]) -> list[str | None]:
+    """A text or id column as Python strings (or None); rows of unusable values go to ``bad``."""
+    values = series.to_list()
+    if series.dtype == pl.String or series.dtype == pl.Null:
+        return values
+    return [_text_value(v, field, bad, i) for i, v in enumerate(values)]
+
+
+def _frame_meta(df: pl.DataFrame, drop_nulls: bool) -> list[dict[str, Any]]:
+    """Rows of ``df`` as JSON-ready dicts (nulls left out when ``drop_nulls``)."""
+    dicts = df.to_dicts()
+    convert = [c for c in df.columns if _needs_conversion(df.get_column(c))]
+    nullable = [c for c in df.columns if df.get_column(c).null_count()] if drop_nulls else []
+    if not convert and not nullable:
+        return dicts
+    clean = _clean if drop_nulls else _jsonable
+    for d in dicts:
+        for c in convert:
+            d[c] = clean(d[c])
+        for c in nullable:
+            if d[c] is None:
+                del d[c]
+    return dicts
+
+
+def _needs_conversion(series: pl.Series) -> bool:
+    """Whether some Python value of ``series`` is not JSON-ready as polars gives it."""
+    dtype = series.dtype
+    if isinstance(dtype, _PLAIN_DTYPES):
+        return False
+    if dtype.is_float():
+        return bool(series.is_nan().any() or series.is_infinite().any())
+    return True
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as something ``json.dumps`` writes as standard JSON."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (_dt.date, _dt.time)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(data).decode("ascii")
+    return str(value)
+
+
+def _clean(value: Any) -> Any:
+    """:func:`_jsonable`, also leaving null members out of objects (JSONL meta)."""
+    if isinstance(value, dict):
+        return {str(k): c for k, v in value.items() if (c := _clean(v)) is not None}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return _jsonable(value)

@@ -1,0 +1,197 @@
+"""Token activations -> document codes: encode -> pool -> threshold -> round, in one copy.
+
+:func:`document_codes` is the step every path shares: the single-process embed and each
+Ray worker (through :func:`embed_chunk`) and the query of a property search
+(:class:`~saedata.embed.models.StoreModels`), so a query's codes are computed exactly as
+its store's documents were. :func:`mean_activations` is the other use of a reader: the
+dense embedding (mean activation per text) that probes and axis matching compare with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+import polars as pl
+
+from saedata.config import EmbedConfig
+from saedata.corpus import Document
+from saedata.label import word_document_frequency
+
+if TYPE_CHECKING:
+    import torch
+
+    from saedata.reader import Reader, TokenBatch, VisionReader
+    from saedata.sae import SparseAutoencoder
+
+
+class Pooled(NamedTuple):
+    """Pooled document codes of one batch, one entry per non-zero (document, latent)."""
+
+    doc: torch.Tensor
+    """(nnz,) int64 document index within the batch."""
+    latent: torch.Tensor
+    """(nnz,) int64 latent index."""
+    value: torch.Tensor
+    """(nnz,) float32 pooled value."""
+    peak: torch.Tensor
+    """(nnz,) int64 token row (into the batch's token arrays) where |code| peaked."""
+
+
+class DocCodes(NamedTuple):
+    """Stored document codes of one batch (numpy), one entry per kept (document, latent)."""
+
+    doc: np.ndarray
+    """(nnz,) int64 document index within the batch."""
+    latent: np.ndarray
+    """(nnz,) int64 latent index."""
+    value: np.ndarray
+    """(nnz,) float32 pooled value, rounded to the stored significant digits."""
+    peak: np.ndarray
+    """(nnz,) int64 token row where |code| peaked."""
+
+
+def encode_tokens(sae: SparseAutoencoder, acts: torch.Tensor,
+                  chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAE-encode token activations (n_tokens, d_in) in chunks of ``chunk`` tokens; returns
+    the non-zero codes as (token row, latent, value) triplets."""
+    import torch
+
+    rows, lats, vals = [], [], []
+    with torch.inference_mode():
+        for start in range(0, acts.shape[0], chunk):
+            codes = sae.encode_sparse(acts[start : start + chunk])
+            nz = codes.values != 0
+            r = torch.arange(start, start + codes.values.shape[0], device=acts.device)
+            rows.append(r[:, None].expand_as(codes.values)[nz])
+            lats.append(codes.indices[nz])
+            vals.append(codes.values[nz].float())
+    if not rows:
+        empty = torch.zeros(0, dtype=torch.int64, device=acts.device)
+        return empty, empty, torch.zeros(0, device=acts.device)
+    return torch.cat(rows), torch.cat(lats), torch.cat(vals)
+
+
+def pool_codes(
+    rows: torch.Tensor,
+    latents: torch.Tensor,
+    values: torch.Tensor,
+    doc_index: torch.Tensor,
+    n_tokens: torch.Tensor,
+    d_sae: int,
+    pooling: str = "max",
+) -> Pooled:
+    """Pool token codes per document.
+
+    ``rows``, ``latents``, ``values``: the non-zero token codes as (token row, latent,
+    value) triplets; ``doc_index`` (n_tokens,) maps token rows to documents;
+    ``n_tokens`` (n_docs,) tokens per document. ``max`` keeps the value of largest
+    magnitude with its sign (the plain max for non-negative codes), ``sum`` adds,
+    ``mean`` divides the sum by the document's token count.
+    """
+    import torch
+
+    key = doc_index[rows] * d_sae + latents
+    uniq, inv = torch.unique(key, return_inverse=True)
+    m = uniq.numel()
+    magnitude = values.abs()
+    peak_mag = torch.zeros(m, device=values.device).scatter_reduce(
+        0, inv, magnitude, "amax", include_self=False
+    )
+    is_peak = magnitude == peak_mag[inv]
+    peak = torch.full((m,), -1, dtype=torch.int64, device=values.device).scatter_reduce(
+        0, inv, torch.where(is_peak, rows, -1), "amax", include_self=True
+    )
+    if pooling == "max":
+        at_peak = is_peak & (rows == peak[inv])
+        value = torch.zeros(m, device=values.device).scatter(0, inv[at_peak], values[at_peak])
+    else:
+        value = torch.zeros(m, device=values.device).scatter_add(0, inv, values)
+        if pooling == "mean":
+            value = value / n_tokens[torch.div(uniq, d_sae, rounding_mode="floor")].clamp(min=1)
+    return Pooled(torch.div(uniq, d_sae, rounding_mode="floor"), uniq % d_sae, value, peak)
+
+
+def round_significant(values: np.ndarray, digits: int | None) -> np.ndarray:
+    """``values`` rounded to ``digits`` significant decimal digits, as float32 (None: unchanged)."""
+    if digits is None:
+        return values.astype(np.float32)
+    v = values.astype(np.float64)
+    out = np.zeros_like(v)
+    nz = v != 0
+    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(v[nz]))))
+    out[nz] = np.round(v[nz] * scale) / scale
+    return out.astype(np.float32)
+
+
+def document_codes(sae: SparseAutoencoder, batch: TokenBatch, embed_cfg: EmbedConfig) -> DocCodes:
+    """The stored codes of a batch of documents: SAE-encode every token, pool per document,
+    keep |value| > ``min_value`` (every non-zero at 0), round to ``value_digits``."""
+    import torch
+
+    rows, lats, vals = encode_tokens(sae, batch.acts, embed_cfg.encode_tokens)
+    n_tokens = torch.as_tensor(batch.n_tokens, device=batch.acts.device)
+    pooled = pool_codes(rows, lats, vals, batch.doc_index, n_tokens, sae.d_sae, embed_cfg.pooling)
+    keep = pooled.value.abs() > embed_cfg.min_value if embed_cfg.min_value > 0 else pooled.value != 0
+    if not bool(keep.all()):
+        pooled = Pooled(*(t[keep] for t in pooled))
+    doc, latent, value, peak = (t.cpu().numpy() for t in pooled)
+    return DocCodes(doc, latent, round_significant(value, embed_cfg.value_digits), peak)
+
+
+class EmbeddedChunk(NamedTuple):
+    """One chunk of documents embedded: rows for the store's tables."""
+
+    documents: pl.DataFrame
+    """The ``documents`` table's columns."""
+    activations: pl.DataFrame
+    """The ``activations`` table's columns."""
+    word_counts: pl.DataFrame
+    """(word, df): the chunk's share of the background word counts labels contrast with."""
+    n_truncated: int
+
+
+def embed_chunk(docs: list[Document], first_id: int, reader: Reader | VisionReader, model: SparseAutoencoder,
+                sae_id: int, dataset_id: int, embed_cfg: EmbedConfig, images: bool = False) -> EmbeddedChunk:
+    """Read, encode and pool ``docs`` (doc ids ``first_id``, ``first_id + 1``, ...): the
+    unit of work that the single-process run and each distributed worker share."""
+    ids = np.arange(first_id, first_id + len(docs), dtype=np.int64)
+    texts = [d.text for d in docs]
+    batch = reader.read(texts)
+    codes = document_codes(model, batch, embed_cfg)
+    if images:
+        peak = pl.Series("peak", [None] * len(codes.doc), dtype=pl.Int32)  # no text position
+    else:
+        # The peak token's last character: inside its word even when the token
+        # carries a leading space (GPT-2 style byte-level BPE).
+        peak = np.maximum(batch.offsets[codes.peak, 1] - 1, batch.offsets[codes.peak, 0]).astype(np.int32)
+    acts = pl.DataFrame(
+        {"doc_id": ids[codes.doc], "sae_id": np.full(len(codes.doc), sae_id, dtype=np.int32),
+         "latent": codes.latent.astype(np.int32), "value": codes.value, "peak": peak}
+    )
+    doc_frame = pl.DataFrame(
+        {"doc_id": ids, "dataset_id": np.full(len(docs), dataset_id, dtype=np.int32),
+         "ext_id": [d.ext_id for d in docs], "text": texts,
+         "meta": [json.dumps(d.meta, ensure_ascii=False) if d.meta else None for d in docs],
+         "n_tokens": batch.n_tokens.astype(np.int32)},
+        schema_overrides={"meta": pl.String},
+    )
+    return EmbeddedChunk(doc_frame, acts, word_document_frequency(texts), int(batch.truncated.sum()))
+
+
+def mean_activations(reader: Reader | VisionReader, texts: list[str], batch_docs: int | None = None) -> np.ndarray:
+    """(n_texts, d_model) float32: each text's reader activations at the reader's layer,
+    averaged over its tokens (patches for images), read ``batch_docs`` texts at a time
+    (all at once when None)."""
+    import torch
+
+    out = np.zeros((len(texts), reader.d_model), dtype=np.float32)
+    step = batch_docs or max(len(texts), 1)
+    for start in range(0, len(texts), step):
+        batch = reader.read(texts[start : start + step])
+        sums = torch.zeros(len(batch.n_tokens), batch.acts.shape[1], device=batch.acts.device)
+        sums.index_add_(0, batch.doc_index, batch.acts)
+        n = torch.as_tensor(batch.n_tokens, device=sums.device).clamp(min=1).unsqueeze(1)
+        out[start : start + len(batch.n_tokens)] = (sums / n).cpu().numpy()
+    return out

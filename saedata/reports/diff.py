@@ -1,0 +1,93 @@
+"""The HTML report of a dataset diff: warnings, diverging bars, the ranked table, examples.
+
+One self-contained file (figures embedded as PNG, no scripts or remote resources), made
+from the blocks of :mod:`saedata.reports.html`.
+"""
+
+from __future__ import annotations
+
+import html
+
+import polars as pl
+
+from saedata.analysis.diff import DiffResult
+from saedata.reports.html import Figure, Html, Report, Table, Text, doc_snippet_at
+from saedata.reports.png import diverging_bars
+
+TABLE_ROWS = 50
+"""Rows of the ranked table shown per group."""
+
+
+def latent_name(latent: int, label: str | None, merged: list[int] | None = None) -> str:
+    """How a latent is named in charts and headings: ``123 dog / puppy (+2 merged)``."""
+    name = f"{latent} {label or '(no label)'}"
+    return name + (f" (+{len(merged)} merged)" if merged else "")
+
+
+def diff_report(result: DiffResult, top: int = 20) -> Report:
+    """The report's blocks for ``result``: ``top`` latents in the chart (per group)."""
+    blocks: list = []
+    if result.warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+        blocks.append(Html(f"<div class='warn'><b>Warnings</b><ul>{items}</ul></div>"))
+    blocks.append(Text(result.summary()))
+    blocks.append(Text(_how_to_read(result)))
+    groups = result.table["group"].unique(maintain_order=True).to_list() if result.by else [None]
+    n_examples = 10 if len(groups) == 1 else 5
+    for group in groups:
+        sub = result.table if group is None else result.table.filter(pl.col("group") == group)
+        a, b = ("the rest", f"{result.by}={group}") if result.by else (result.a, result.b or "")
+        if group is not None:
+            blocks.append(Text(f"{result.by} = {group} vs the rest", level=2))
+        head = sub.head(top if group is None else max(top // 2, 5))
+        if head.height:
+            names = [latent_name(r["latent"], r["label"], r["merged"]) for r in head.iter_rows(named=True)]
+            fig = diverging_bars(names, head[result.effect].fill_nan(0.0).to_list(),
+                                 title=f"Top latents, {a} vs {b}",
+                                 xlabel=("length-controlled " if result.length_controlled else "")
+                                 + f"difference in fraction of documents ({b} - {a})",
+                                 left_name=a, right_name=b)
+            blocks.append(Figure(fig, caption="Most significant latents first; bars are the difference in the "
+                                              "fraction of documents where the latent is active."))
+        blocks.append(Table(result.display_table(sub), max_rows=TABLE_ROWS,
+                            caption=f"Ranked latents ({sub.height} rows; first {min(TABLE_ROWS, sub.height)} shown)"))
+        blocks.append(Text("Example documents", level=3))
+        blocks += _example_blocks(result, sub.head(n_examples), group)
+    return Report(f"saedata diff: {result.title()}", blocks,
+                  subtitle="Which concepts (SAE latents) are more common on one side than the other.")
+
+
+def _how_to_read(result: DiffResult) -> str:
+    text = ("freq_a and freq_b are the fractions of documents where a latent is active (|pooled value| > "
+            f"{result.threshold:g}); diff = freq_b - freq_a; q is the Benjamini-Hochberg q-value of ")
+    if result.paired_on:
+        text += f"McNemar's exact test over documents paired on {result.paired_on!r}."
+    else:
+        text += "a two-proportion z-test."
+    if result.length_controlled:
+        text += (" adj_diff, adj_log_or and adj_q compare documents of similar length only (Cochran-Mantel-"
+                 "Haenszel over length bins) and rank the table.")
+    if result.by:
+        text += f" Each value of {result.by!r} is side b; all other documents are side a."
+    return text + " merged lists near-duplicate latents folded into a row."
+
+
+def _example_blocks(result: DiffResult, head: pl.DataFrame, group: str | None) -> list:
+    blocks = []
+    ex = result.examples
+    if group is not None and "group" in ex.columns:
+        ex = ex.filter(pl.col("group") == group)
+    for row in head.iter_rows(named=True):
+        q = row["adj_q"] if result.length_controlled else row["q"]
+        parts = [f"<h4>{html.escape(latent_name(row['latent'], row['label'], row['merged']))}</h4>",
+                 f"<p class='sub'>active in {row['freq_a']:.1%} of side a, {row['freq_b']:.1%} of side b; "
+                 f"q = {q:.2g}</p>"]
+        docs = ex.filter(pl.col("latent") == row["latent"])
+        for side in docs["side"].unique(maintain_order=True).to_list():
+            parts.append(f"<p><b>{html.escape(str(side))}</b></p>")
+            for d in docs.filter(pl.col("side") == side).iter_rows(named=True):
+                parts.append(doc_snippet_at(d["text"] or "", d["peak"]))
+        if docs.height == 0:
+            parts.append("<p class='sub'>No example in the sampled documents.</p>")
+        blocks.append(Html("".join(parts)))
+    return blocks

@@ -1,0 +1,378 @@
+"""Concept tables as Parquet shards: what ``saedata embed --engine ray --out DIR`` writes.
+
+A shard folder holds the store's tables as Parquet files, partitioned by dataset
+(Hive style, so Spark, Polars or any Parquet engine reads them too), and a
+``manifest.json`` that says which files are complete::
+
+    shards/
+      manifest.json                                   SAE, reader, datasets, finished parts
+      documents/dataset=a/part-00000.parquet          the documents table's columns
+      activations/dataset=a/part-00000.parquet        the activations table's columns
+      word_counts/dataset=a/part-00000.parquet        (word, df): partial label statistics
+      label_candidates/dataset=a/part-00000.parquet   each latent's strongest rows in the part
+      latent_counts/dataset=a/part-00000.parquet      the latent_counts table's columns
+      latents.parquet                                 labels and frequencies, written at the end
+      latent_counts.parquet                           the parts' latent counts summed, written at the end
+
+A part is listed in the manifest only after all its files are in place (each written
+to a hidden temporary name, then renamed), so a reader of the manifest never sees
+half a part; files that no manifest lists are ignored and overwritten on resume.
+
+:func:`open_shards` (and ``saedata.open(folder)``) gives a read-only :class:`Store`
+whose tables are DuckDB views over the listed files, so every analysis and
+``saedata sql`` runs over the shards in place; :func:`copy_into` copies them into a
+store file (``saedata import``, which then finishes the datasets as embedding does).
+This module is the format only: it imports nothing above the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, StoreError
+from saedata.store.store import MACRO_FILES, Store, length_floor, read_query_file
+
+FORMAT = "saedata-shards"
+FORMAT_VERSION = 1
+"""Version of the folder layout; a newer one is refused."""
+MANIFEST = "manifest.json"
+MERGED_COUNTS = "latent_counts.parquet"
+"""Every part's latent_counts summed, written when the run finishes."""
+TABLES = ("documents", "activations", "word_counts", "label_candidates", "latent_counts")
+"""The per-part files, one folder each."""
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+"""Dataset names that are safe as a Hive partition value and a folder name."""
+
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "documents": {"doc_id": pl.Int64, "dataset_id": pl.Int32, "ext_id": pl.String, "text": pl.String,
+                  "meta": pl.String, "n_tokens": pl.Int32},
+    "activations": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
+                    "peak": pl.Int32},
+    "word_counts": {"word": pl.String, "df": pl.Int64},
+    "label_candidates": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
+                         "peak": pl.Int32},
+    "latent_counts": {"dataset_id": pl.Int32, "sae_id": pl.Int32, "len_floor": pl.Int32, "latent": pl.Int32,
+                      "n_active": pl.Int64},
+}
+
+
+# -- manifest ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """What a shard folder holds. ``parts`` maps "dataset/index" to the finished part's
+    counts; ``datasets`` lists each dataset's id, source and planned parts."""
+
+    sae: dict[str, Any]
+    """sae_id, name, path, fingerprint, d_in, d_sae, activation, reader, layer, cfg."""
+    reader: dict[str, Any]
+    embed: dict[str, Any]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    complete: bool = False
+    labelled: bool = False
+    version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": self.version, "sae": self.sae, "reader": self.reader,
+                "embed": self.embed, "datasets": self.datasets, "parts": self.parts,
+                "complete": self.complete, "labelled": self.labelled}
+
+    def dataset(self, name: str) -> dict[str, Any] | None:
+        return next((d for d in self.datasets if d["name"] == name), None)
+
+    def total(self, key: str, dataset: str | None = None) -> int:
+        """Sum of ``key`` (n_docs, n_activations, n_truncated) over the finished parts (of one dataset)."""
+        return sum(p[key] for p in self.parts.values() if dataset is None or p["dataset"] == dataset)
+
+    def files(self, table: str, dataset: str | None = None) -> list[str]:
+        """Relative paths of ``table``'s files of the finished parts (of one dataset)."""
+        return [_part_file(table, p["dataset"], p["index"]) for _, p in sorted(self.parts.items())
+                if dataset is None or p["dataset"] == dataset]
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """The manifest of a shard folder; a clear error when it is missing, not a shard
+    folder, or from a newer saedata."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise NotFoundError(f"{folder} is not a shard folder (no {MANIFEST}); "
+                            "write one with `saedata embed --engine ray --out FOLDER`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StoreError(f"{path} is not a saedata shard manifest")
+    if int(data.get("version", 0)) > FORMAT_VERSION:
+        raise SchemaVersionError(f"{folder} holds shards of format version {data['version']}, but this "
+                                 f"saedata reads up to version {FORMAT_VERSION}; upgrade saedata to read it")
+    return Manifest(sae=data["sae"], reader=data["reader"], embed=data["embed"], datasets=data["datasets"],
+                    parts=data["parts"], complete=bool(data["complete"]), labelled=bool(data.get("labelled")),
+                    version=int(data["version"]))
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """Replace the manifest atomically (write a temporary file, then rename)."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def part_key(dataset: str, index: int) -> str:
+    return f"{dataset}/{index:05d}"
+
+
+def _part_file(table: str, dataset: str, index: int) -> str:
+    return f"{table}/dataset={dataset}/part-{index:05d}.parquet"
+
+
+def check_dataset_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"dataset name {name!r} cannot name a shard partition: use letters, digits "
+                          "and _ . + - (pass --name)")
+    return name
+
+
+# -- writing one part -----------------------------------------------------------------------------------
+
+
+def write_part(folder: str | os.PathLike, dataset: str, index: int, frames: dict[str, pl.DataFrame]) -> None:
+    """Write one part's files (``frames`` has one frame per name in TABLES), each to a
+    hidden temporary name first and renamed when written; the caller lists the part in
+    the manifest afterwards."""
+    folder = Path(folder)
+    for table in TABLES:
+        frame = frames[table].select([pl.col(c).cast(t) for c, t in _SCHEMAS[table].items()])
+        final = folder / _part_file(table, dataset, index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        os.replace(tmp, final)
+
+
+def label_candidates(activations: pl.DataFrame, top_docs: int) -> pl.DataFrame:
+    """Each latent's ``top_docs`` strongest rows (|value| descending, then doc_id): the
+    part's share of the evidence labels are made from. The strongest rows of a latent
+    over the whole corpus are among the union of every part's, so labelling from the
+    union gives the labels a single-process run gives."""
+    return (activations.with_columns(_mag=pl.col("value").abs())
+            .sort(["latent", "_mag", "doc_id"], descending=[False, True, False])
+            .group_by("latent", maintain_order=True).head(top_docs)
+            .drop("_mag"))
+
+
+def part_latent_counts(documents: pl.DataFrame, activations: pl.DataFrame) -> pl.DataFrame:
+    """The part's latent_counts rows: active documents per latent and length class
+    (what ``Store.complete_dataset`` writes for a dataset in a store file)."""
+    floors = length_floor(documents["n_tokens"].fill_null(0).to_numpy())
+    docs = documents.select("doc_id", "dataset_id").with_columns(len_floor=pl.Series(floors, dtype=pl.Int32))
+    keys = ["dataset_id", "sae_id", "len_floor", "latent"]
+    return (activations.filter(pl.col("value") != 0).join(docs, on="doc_id")
+            .group_by(keys).agg(n_active=pl.len().cast(pl.Int64)).sort(keys))
+
+
+# -- reading shards in place -----------------------------------------------------------------------------
+
+
+def is_shard_folder(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).exists()
+
+
+def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection whose store tables are views over the shards the
+    manifest lists (documents, activations, word_counts, label_candidates,
+    latent_counts with one row per part and cell) and small tables for saes, datasets and latents; the store's views and
+    macros are loaded on top."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET enable_progress_bar = false")
+        con.execute(read_query_file("schema.sql"))
+        for table in ("documents", "activations", "word_counts", "latent_counts"):
+            con.execute(f"DROP TABLE {table}")
+        _insert_sae(con, manifest.sae)
+        for d in manifest.datasets:
+            con.execute(
+                "INSERT INTO datasets (dataset_id, name, source, n_docs, sae_id, complete, n_empty, n_truncated, "
+                "args) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [d["dataset_id"], d["name"], d["source"], manifest.total("n_docs", d["name"]),
+                 manifest.sae["sae_id"], bool(d.get("complete")), d.get("n_empty", 0),
+                 manifest.total("n_truncated", d["name"]),
+                 json.dumps({"reader": manifest.reader, "embed": manifest.embed})],
+            )
+        latents_file = folder / "latents.parquet"
+        if manifest.labelled and latents_file.exists():
+            con.read_parquet(str(latents_file)).project(
+                "sae_id, latent, label, label_source, freq, max_act").insert_into("latents")
+        else:
+            con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
+                        [manifest.sae["sae_id"], manifest.sae["d_sae"]])
+        columns = {
+            "documents": "doc_id, dataset_id, ext_id, text, meta::JSON AS meta, n_tokens",
+            "activations": "doc_id, sae_id, latent, value, peak",
+            "word_counts": f"{int(manifest.sae['sae_id'])}::INTEGER AS sae_id, word, df",
+            "label_candidates": "doc_id, sae_id, latent, value, peak",
+            # one row per part and cell: read it with sum(n_active) ... GROUP BY, as counted_presence does
+            "latent_counts": "dataset_id, sae_id, len_floor, latent, n_active",
+        }
+        for table, cols in columns.items():
+            files = [str(folder / f) for f in manifest.files(table)]
+            if table == "latent_counts" and manifest.labelled and (folder / MERGED_COUNTS).exists():
+                files = [str(folder / MERGED_COUNTS)]  # the parts' counts summed when the run finished
+            _relation(con, table, files).project(cols).create_view(table)
+        for name in MACRO_FILES:
+            con.execute(read_query_file(name))
+    except duckdb.Error as e:
+        con.close()
+        raise StoreError(f"cannot read the shards in {folder}: {str(e).splitlines()[0]}") from e
+    return con
+
+
+def _relation(con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> duckdb.DuckDBPyRelation:
+    """The files of one table as a relation (Hive partitions read), or an empty relation
+    of its columns. Paths go to DuckDB as values, never into SQL text."""
+    if files:
+        return con.read_parquet(files, hive_partitioning=True)
+    cols = ", ".join(f"NULL::{_duck_type(t)} AS {c}" for c, t in _SCHEMAS[table].items())
+    return con.sql(f"SELECT {cols} WHERE false")
+
+
+def _duck_type(t: Any) -> str:
+    return {pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.String: "VARCHAR", pl.Float32: "REAL"}[t]
+
+
+def _insert_sae(con: duckdb.DuckDBPyConnection, sae: dict[str, Any], sae_id: int | None = None) -> None:
+    con.execute(
+        "INSERT INTO saes (sae_id, name, reader, layer, d_in, d_sae, activation, cfg, path, fingerprint) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [sae["sae_id"] if sae_id is None else sae_id, sae["name"], sae.get("reader"), sae.get("layer"),
+         sae["d_in"], sae["d_sae"], sae["activation"], json.dumps(sae.get("cfg", {})), sae.get("path"),
+         sae["fingerprint"]],
+    )
+
+
+def open_shards(folder: str | os.PathLike) -> Store:
+    """A read-only :class:`~saedata.store.Store` over a shard folder."""
+    return Store.over(connect_shards(folder), folder)
+
+
+# -- at the end of a run ---------------------------------------------------------------------------------
+
+
+def write_merged_counts(store: Store, folder: str | os.PathLike) -> None:
+    """Write ``latent_counts.parquet``: the parts' latent counts summed, one row per
+    dataset, length class and latent (what makes a diff over shards fast)."""
+    folder = Path(folder)
+    tmp = folder / f".{MERGED_COUNTS}.tmp"
+    store.con.sql("SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
+                  "FROM latent_counts GROUP BY ALL ORDER BY ALL").write_parquet(str(tmp))
+    os.replace(tmp, folder / MERGED_COUNTS)
+
+
+def write_latents(folder: str | os.PathLike, latents: pl.DataFrame) -> None:
+    """Write ``latents.parquet`` (sae_id, latent, label, label_source, freq, max_act)."""
+    tmp = Path(folder) / ".latents.parquet.tmp"
+    latents.write_parquet(tmp)
+    os.replace(tmp, Path(folder) / "latents.parquet")
+
+
+# -- copying into a store file ---------------------------------------------------------------------------
+
+
+def check_importable(folder: str | os.PathLike, datasets: Iterable[str] | None) -> tuple[Manifest, list[str]]:
+    """The manifest of a finished shard folder and the dataset names to import (all when
+    ``datasets`` is None); errors for an unfinished run or a name the folder lacks."""
+    manifest = read_manifest(folder)
+    if not manifest.complete:
+        done = len(manifest.parts)
+        planned = sum(d.get("n_parts", 0) for d in manifest.datasets)
+        raise StoreError(f"{folder} is an unfinished run ({done} of {planned} parts); rerun the same "
+                         "`saedata embed --engine ray` to finish it, then import")
+    names = [d["name"] for d in manifest.datasets]
+    wanted = list(datasets) if datasets is not None else names
+    for name in wanted:
+        if name not in names:
+            raise NotFoundError(f"no dataset {name!r} in {folder} (datasets: {', '.join(names)})")
+    return manifest, wanted
+
+
+def copy_into(store: Store, folder: str | os.PathLike, manifest: Manifest, names: list[str]
+              ) -> tuple[int, list[int], int, int]:
+    """Copy the named datasets of a shard folder into ``store``, in the caller's
+    transaction: the SAE (reused when the store has the same weights), then per dataset
+    its documents (doc ids moved after the store's), activations and word counts. Returns
+    (sae_id, new dataset ids, documents, activations). The datasets are left incomplete:
+    finishing them (counts, statistics, labels) is the caller's next step."""
+    folder = Path(folder)
+    for name in names:
+        if store.one("SELECT 1 FROM datasets WHERE name = ?", [name]):
+            raise ConfigError(f"{store.path} already has a dataset {name!r}; import into another store, or "
+                              "pass --dataset for the others")
+    sae = manifest.sae
+    row = store.one("SELECT sae_id FROM saes WHERE fingerprint = ?", [sae["fingerprint"]])
+    con = store.con
+    if row is None:
+        sae_id = int(con.execute("SELECT coalesce(max(sae_id), 0) + 1 FROM saes").fetchone()[0])
+        _insert_sae(con, sae, sae_id)
+        con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)", [sae_id, sae["d_sae"]])
+    else:
+        sae_id = int(row[0])
+    ids: list[int] = []
+    n_docs = n_acts = 0
+    for name in names:
+        d = manifest.dataset(name)
+        doc_files = [str(folder / f) for f in manifest.files("documents", name)]
+        act_files = [str(folder / f) for f in manifest.files("activations", name)]
+        word_files = [str(folder / f) for f in manifest.files("word_counts", name)]
+        dataset_id = int(con.execute("SELECT coalesce(max(dataset_id), 0) + 1 FROM datasets").fetchone()[0])
+        (start,) = con.execute("SELECT coalesce(max(doc_id), -1) + 1 FROM documents").fetchone()
+        (low,) = con.execute("SELECT coalesce(min(doc_id), 0) FROM read_parquet(?)", [doc_files]).fetchone()
+        shift = int(start) - int(low)
+        con.execute(
+            "INSERT INTO datasets (dataset_id, name, source, sae_id, complete, n_empty, n_truncated, args) "
+            "VALUES (?, ?, ?, ?, false, ?, ?, ?)",
+            [dataset_id, name, d["source"], sae_id, d.get("n_empty", 0), manifest.total("n_truncated", name),
+             json.dumps({"reader": manifest.reader, "embed": manifest.embed, "shards": str(folder)})],
+        )
+        # every part has all five files, so no list is empty; paths are parameters
+        con.execute("INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
+                    "FROM read_parquet(?) ORDER BY doc_id", [shift, dataset_id, doc_files])
+        con.execute("INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
+                    "FROM read_parquet(?) ORDER BY doc_id, latent", [shift, sae_id, act_files])
+        con.execute("INSERT INTO word_counts SELECT ?, word, df FROM read_parquet(?)", [sae_id, word_files])
+        n_docs += int(con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?", [dataset_id]).fetchone()[0])
+        n_acts += int(con.execute("SELECT count(*) FROM read_parquet(?)", [act_files]).fetchone()[0])
+        ids.append(dataset_id)
+    return sae_id, ids, n_docs, n_acts
+
+
+def remove_unlisted(folder: str | os.PathLike, manifest: Manifest) -> int:
+    """Delete part files that the manifest does not list (left by an interrupted run);
+    returns how many."""
+    folder = Path(folder)
+    listed = {folder / f for t in TABLES for f in manifest.files(t)}
+    n = 0
+    for table in TABLES:
+        for path in (folder / table).rglob("*"):
+            if path.is_file() and path not in listed:
+                path.unlink()
+                n += 1
+    return n
+
+
+def remove_inputs(folder: str | os.PathLike) -> None:
+    shutil.rmtree(Path(folder) / "_input", ignore_errors=True)

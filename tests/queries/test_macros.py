@@ -1,0 +1,136 @@
+"""Every macro of queries/*.sql, called from a plain DuckDB session on a small store whose
+answers are worked out by hand. A user's `duckdb run.duckdb` has these macros too."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from importlib import resources
+
+import duckdb
+import polars as pl
+import pytest
+
+from saedata.label import word_document_frequency
+from saedata.store import Store
+from saedata.store.store import QUERY_FILES
+
+TEXTS = ["The dog barks loudly.", "New York is big.", "Dogs and cats.", "A cat sleeps.", "Rain in London."]
+# (doc_id, latent, value, peak): peak is the character offset of the word where the latent fired
+ACTIVATIONS = [(0, 0, 2.0, 4), (0, 1, 1.0, 20), (1, 1, 0.5, 15), (1, 2, 3.0, 5), (2, 0, 1.5, 0), (2, 3, 0.75, 9),
+               (3, 0, 1.25, 2), (3, 1, 0.75, 12), (4, 4, 2.5, 0), (4, 1, 0.25, 14)]
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory):
+    """Dataset a (documents 0-2) and b (3-4), one SAE of 6 latents, opened read-only by DuckDB alone."""
+    path = tmp_path_factory.mktemp("macros") / "run.duckdb"
+    with Store(path, read_only=False) as store:
+        sae = store.register_sae("toy", {"d_in": 2, "d_sae": 6, "activation": "topk", "reader": "r"}, None, "fp")
+        a = store.create_dataset("a", "a.jsonl", sae, {})
+        b = store.create_dataset("b", "b.jsonl", sae, {})
+        docs = pl.DataFrame({
+            "doc_id": [0, 1, 2, 3, 4], "dataset_id": [a.dataset_id] * 3 + [b.dataset_id] * 2,
+            "ext_id": ["x0", "x1", "x2", "y0", "y1"], "text": TEXTS,
+            "meta": ['{"topic": "pets", "pid": "p1"}', '{"topic": "city", "pid": "p2"}', '{"topic": "pets"}',
+                     '{"topic": "pets", "pid": "p1"}', '{"topic": "weather", "pid": "p2"}'],
+            "n_tokens": [5, 4, 40, 3, 3]})
+        acts = pl.DataFrame(ACTIVATIONS, schema=["doc_id", "latent", "value", "peak"], orient="row").with_columns(
+            sae_id=pl.lit(sae))
+        store.append_batch(docs, acts, word_document_frequency(TEXTS), sae)
+        for d in (a, b):
+            store.complete_dataset(d.dataset_id)
+        store.refresh_latent_stats(sae)
+        store.fold_word_counts(sae)
+    connection = duckdb.connect(str(path), read_only=True)
+    yield connection
+    connection.close()
+
+
+def rows(con, sql: str) -> list[tuple]:
+    return con.execute(sql).fetchall()
+
+
+def test_every_macro_is_tested_here():
+    here = open(__file__, encoding="utf-8").read().replace(inspect.getsource(test_every_macro_is_tested_here), "")
+    macros = set()
+    for name in QUERY_FILES:
+        text = resources.files("saedata.queries").joinpath(name).read_text(encoding="utf-8")
+        macros |= set(re.findall(r"CREATE OR REPLACE MACRO (\w+)", text))
+    untested = sorted(m for m in macros if not re.search(rf"\b{m}\(", here))
+    assert len(macros) >= 25 and untested == []
+
+
+def test_words(con):
+    assert rows(con, "SELECT word_at('New York is big', 5), word_before('New York is big', 5)") == [("york", "new")]
+    assert rows(con, "SELECT word_at('big.', 3), word_at('x', 7), word_before('York', 0)") == [(".", None, None)]
+
+
+def test_latents(con):
+    assert rows(con, "SELECT length_floor(103), length_floor(20), length_floor(40)") == [(100, 20, 40)]
+    stats = {r[0]: r[1:] for r in rows(con, "SELECT * FROM latent_stats(1)")}
+    assert stats[0] == (3, 0.6, 2.0) and stats[1] == (4, 0.8, 1.0) and set(stats) == {0, 1, 2, 3, 4}
+    freq = {r[0]: r[2:] for r in rows(con, "SELECT * FROM latent_freq('a')")}
+    assert freq[0] == (2, 2 / 3, 1.75, 2.0) and freq[1] == (2, 2 / 3, 0.75, 1.0) and 4 not in freq
+    assert rows(con, "SELECT doc_id, dataset, value, at_word FROM top_docs(1, 0, n := 2)") == \
+        [(0, "a", 2.0, "dog"), (2, "a", 1.5, "dogs")]
+    assert rows(con, "SELECT latent, value, at_word FROM doc_concepts(1)") == [(2, 3.0, "york"), (1, 0.5, ".")]
+
+
+def test_documents(con):
+    assert sorted(rows(con, "SELECT * FROM meta_counts('topic', [1])")) == [("city", 1), ("pets", 2)]
+    assert sorted(rows(con, "SELECT * FROM meta_counts('topic', NULL)")) == [("city", 1), ("pets", 3),
+                                                                               ("weather", 1)]
+    assert sorted(rows(con, "SELECT * FROM meta_counts('topic', NULL, doc_ids := [0, 4])")) == \
+        [("pets", 1), ("weather", 1)]
+    assert set(rows(con, "SELECT * FROM meta_counts('pid', [1])")) == {(None, 1), ("p1", 1), ("p2", 1)}
+    assert rows(con, "SELECT * FROM meta_fields([2])") == [("pid",), ("topic",)]
+    assert rows(con, "SELECT pos, doc_id, at_word FROM doc_words([1, 0], [5, 4])") == [(0, 1, "york"), (1, 0, "dog")]
+
+
+def test_labels(con):
+    terms = {r[0]: r[1:] for r in rows(con, "SELECT latent, term, contrastive, rk FROM keyword_terms(1)")}
+    # each of these latents has one top document, and its peak word is rare in the corpus
+    assert terms[2] == ("york", True, 1) and terms[4] == ("rain", True, 1)
+    # latent 0 peaks on dog / dogs / cat once each: no word is evidence twice, so no label
+    assert 0 not in terms
+
+
+def test_diff(con):
+    strata = rows(con, "SELECT doc_id, grp, bin FROM doc_strata([1, 2], edges := [5]) ORDER BY doc_id")
+    assert strata == [(0, 1, 1), (1, 1, 0), (2, 1, 1), (3, 2, 0), (4, 2, 0)]
+    by_topic = rows(con, "SELECT doc_id, grp FROM doc_strata([1], field := 'topic', levels := ['pets']) ORDER BY 1")
+    assert by_topic == [(0, 1), (1, None), (2, 1)]
+    presence = sorted(rows(con, "SELECT latent, grp, bin, n_active FROM latent_presence(1, 0, [1, 2])"))
+    assert presence[:4] == [(0, 1, 0, 2), (0, 2, 0, 1), (1, 1, 0, 2), (1, 2, 0, 2)]
+    assert sorted(rows(con, "SELECT latent, grp, bin, n_active FROM counted_presence(1, [1, 2])")) == presence
+    assert sorted(rows(con, "SELECT latent, n_active FROM latent_presence(1, 1.1, [1, 2])")) == \
+        [(0, 1), (0, 2), (2, 1), (4, 1)]  # |value| > 1.1: latent 0 in two documents of a, one of b
+    d = {r[0]: r[1:] for r in rows(con, "SELECT latent, n_a, n_b, freq_a, freq_b, diff, z FROM diff('a', 'b')")}
+    n_a, n_b, f_a, f_b, delta, z = d[0]
+    assert (n_a, n_b) == (2, 1) and f_a == pytest.approx(2 / 3) and f_b == pytest.approx(0.5)
+    assert delta == pytest.approx(-1 / 6) and z == pytest.approx(-(1 / 6) / math.sqrt(0.6 * 0.4 * (1 / 3 + 1 / 2)))
+    assert rows(con, "SELECT latent, doc_id, value FROM latent_docs(1, 0, [0, 2], [1, 2])") == \
+        [(0, 0, 2.0), (0, 2, 1.5), (0, 3, 1.25), (2, 1, 3.0)]
+    assert sorted(rows(con, "SELECT * FROM doc_pairs(1, 2, 'pid')")) == [("p1", 0, 3, 1, 1), ("p2", 1, 4, 1, 1)]
+    paired = {r[0]: r[1:] for r in rows(con, "SELECT * FROM paired_presence(1, 0, 1, 2, 'pid')")}
+    assert paired == {0: (1, 0, 0), 1: (2, 0, 0), 2: (0, 1, 0), 4: (0, 0, 1)}
+    assert rows(con, "SELECT * FROM length_histogram([1, 2])") == [(1, 4, 1), (1, 5, 1), (1, 40, 1), (2, 3, 2)]
+    assert rows(con, "SELECT * FROM paired_lengths(1, 2, 'pid')") == [(1, 4, 1), (1, 5, 1), (2, 3, 2)]
+
+
+def test_correlate(con):
+    assert rows(con, "SELECT * FROM cooccur(1, [1, 2], min_support := 2)") == [(0, 1, 2, 3, 4, 5)]
+    pairs = "SELECT latent_i, latent_j, doc_id, word_i, word_j FROM cooccur_docs(1, [1, 2], [0], [1], n := 1)"
+    assert rows(con, pairs) == [(0, 1, 0, "dog", ".")]
+    assert sorted(rows(con, "SELECT * FROM supported_latents(1, [1, 2], min_support := 2)")) == [(0, 3), (1, 4)]
+    assert rows(con, "SELECT * FROM supported_latents(1, [1], min_support := 2, keep_latents := [1])") == [(1, 2)]
+
+
+def test_retrieve(con):
+    ((doc, score, n_matched),) = rows(con, "SELECT * FROM score_docs(1, [2], [1.0], n := 5)")
+    assert (doc, n_matched) == (1, 1) and score == pytest.approx(1.0 / math.log(5))  # 3.0 / max_act 3.0, 4 tokens
+    assert rows(con, "SELECT doc_id, latent, value, word FROM search_matches(1, [0, 1], [0, 2])") == \
+        [(0, 0, 2.0, "dog"), (1, 2, 3.0, "york")]
+    assert rows(con, "SELECT rows FROM expected_rows(1, [0, 1])") == [(pytest.approx(7.0),)]
