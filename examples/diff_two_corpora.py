@@ -43,7 +43,7 @@ def main() -> None:
 
     import saedata
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
-    from saedata.demo import TOPICS, make_corpus, write_jsonl
+    from saedata.demo import make_pair, write_jsonl
 
     out = Path(args.out or tempfile.mkdtemp(prefix="saedata-diff-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -54,10 +54,9 @@ def main() -> None:
 
     # 1. Two corpora with known differences.
     n_docs = 160 if args.quick else 300
-    weights = [4.0 if t in ("pets", "science") else 1.0 for t in TOPICS]
-    blogs = write_jsonl(make_corpus(n_docs, seed=11, id_prefix="blog"), out / "blogs.jsonl")
-    forum = write_jsonl(make_corpus(n_docs, seed=12, topics=list(TOPICS), topic_weights=weights,
-                                    question_rate=0.75, id_prefix="post"), out / "forum.jsonl")
+    docs_blogs, docs_forum = make_pair(n_docs, id_prefixes=("blog", "post"))
+    blogs = write_jsonl(docs_blogs, out / "blogs.jsonl")
+    forum = write_jsonl(docs_forum, out / "forum.jsonl")
 
     # 2. Embed both (an SAE trained on both corpora together) and diff them.
     train = TrainConfig(max_tokens=60_000 if args.quick else 150_000, batch_size=1024, device="cpu", seed=0)

@@ -274,9 +274,15 @@ def build_index(db: str | os.PathLike = "run.duckdb") -> int:
         return store.build_latent_index()
 
 
-def write_demo(path: str | os.PathLike, n_docs: int = 600, seed: int = 0, **kwargs: Any) -> os.PathLike:
-    """Write a JSONL corpus with planted topics, sentiment and questions to ``path``
-    (:func:`saedata.demo.make_corpus` options in ``kwargs``); returns the path."""
-    from saedata.demo import make_corpus, write_jsonl
+def write_demo(path: str | os.PathLike, second: str | os.PathLike | None = None, *, n_docs: int | None = None,
+               seed: int | None = None) -> list[os.PathLike]:
+    """Write a JSONL corpus with planted topics, sentiment and questions to ``path`` (600
+    documents), or with ``second`` a pair of corpora with planted differences
+    (:data:`saedata.demo.PAIR_DIFFERENCES`, 300 documents each) for ``saedata diff``.
+    Returns the paths written."""
+    from saedata.demo import make_corpus, make_pair, write_jsonl
 
-    return write_jsonl(make_corpus(n_docs, seed=seed, **kwargs), path)
+    if second is None:
+        return [write_jsonl(make_corpus(n_docs or 600, seed=seed or 0), path)]
+    a, b = make_pair(n_docs or 300, seed=11 if seed is None else seed)
+    return [write_jsonl(a, path), write_jsonl(b, second)]

@@ -122,6 +122,23 @@ def make_corpus(
     return docs
 
 
+PAIR_DIFFERENCES = "b is about pets and science 4x as often as a, and asks questions 3x as often"
+"""What :func:`make_pair` plants between its two corpora (what a diff should find)."""
+
+
+def make_pair(n_docs: int = 300, seed: int = 11, id_prefixes: tuple[str, str] = ("a", "b")
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two corpora with planted differences (:data:`PAIR_DIFFERENCES`): ``a`` over all
+    topics uniformly with a quarter questions (seed ``seed``), ``b`` with pets and science
+    weighted 4x and three quarters questions (seed ``seed + 1``)."""
+    topics = list(TOPICS)
+    weights = [4.0 if t in ("pets", "science") else 1.0 for t in topics]
+    a = make_corpus(n_docs, seed=seed, id_prefix=id_prefixes[0])
+    b = make_corpus(n_docs, seed=seed + 1, topics=topics, topic_weights=weights, question_rate=0.75,
+                    id_prefix=id_prefixes[1])
+    return a, b
+
+
 def write_jsonl(docs: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write documents as JSON Lines; returns the path."""
     out = Path(path)

@@ -80,15 +80,12 @@ def demo_store(tmp_path_factory) -> dict:
     read-only (saedata.open) or copy the file before writing.
     """
     from saedata.config import InputConfig, ReaderConfig, TrainConfig
-    from saedata.demo import TOPICS, make_corpus
+    from saedata.demo import make_pair
     from saedata.embed.local import embed
 
     root = tmp_path_factory.mktemp("demo-store")
-    topics = list(TOPICS)
-    a = write_jsonl(make_corpus(160, seed=11, id_prefix="a"), root / "a.jsonl")
-    weights = [4.0 if t in ("pets", "science") else 1.0 for t in topics]
-    b = write_jsonl(make_corpus(160, seed=12, topics=topics, topic_weights=weights, question_rate=0.75,
-                                id_prefix="b"), root / "b.jsonl")
+    docs_a, docs_b = make_pair(160)
+    a, b = write_jsonl(docs_a, root / "a.jsonl"), write_jsonl(docs_b, root / "b.jsonl")
     db = root / "run.duckdb"
     reader = ReaderConfig(device="cpu")
     train = TrainConfig(max_tokens=60_000, batch_size=1024, device="cpu", seed=0)

@@ -22,8 +22,9 @@ LAYER = {  # room (first name under saedata/) -> layer; an import may only point
     "__init__": 5,
     "cli": 6,
 }
-PUBLIC_FOR_CLI = {"saedata", "saedata.config", "saedata.errors", "saedata.console"}
-"""What the CLI may import from the library: the API (``import saedata``) and the layer-0 modules."""
+PUBLIC_FOR_CLI = {"saedata", "saedata.config", "saedata.errors", "saedata.console", "saedata.demo"}
+"""What the CLI may import from the library: the API (``import saedata``), the layer-0 modules and
+the planted demo corpora."""
 ANALYSIS_HELPERS = {"scope", "stats", "words", "axes"}
 """The analysis room's shared modules; the analyses themselves import only these (and the store)."""
 

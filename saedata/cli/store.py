@@ -21,20 +21,31 @@ from saedata.cli.options import (
 )
 
 
-@main.command(epilog=example("saedata demo demo.jsonl -n 200"))
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("-n", "--n-docs", type=int, default=600, show_default=True, help="Documents to write.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed: same seed -> the same corpus.")
+@main.command(epilog=example("saedata demo a.jsonl b.jsonl -n 200"))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="PATH [PATH_B]")
+@click.option("-n", "--n-docs", type=int, default=None,
+              help="Documents per corpus [default: 600, or 300 each for a pair].")
+@click.option("--seed", type=int, default=None, help="Seed: same seed -> the same corpus.")
 @quiet_option
 @click.pass_context
-def demo(ctx, path, n_docs, seed):
-    """Write a small JSONL corpus with planted topics, sentiment and questions to PATH.
+def demo(ctx, paths, n_docs, seed):
+    """Write a small JSONL corpus with planted topics, sentiment and questions to PATH,
+    or with PATH_B a pair of corpora with planted differences, to diff.
 
     Each line has id, text and the planted truth (topic, sentiment, is_question), so
-    you can check the concepts saedata finds against what was put in.
+    you can check the concepts saedata finds against what was put in. In a pair, the
+    second corpus is about pets and science 4x as often and asks questions 3x as often.
     """
-    saedata.write_demo(path, n_docs, seed=seed)
-    log(ctx)(f"wrote {n_docs} documents to {path}")
+    if len(paths) > 2:
+        raise click.UsageError("give one PATH, or two for a pair of corpora to diff")
+    from saedata.demo import PAIR_DIFFERENCES
+
+    written = saedata.write_demo(*paths, n_docs=n_docs, seed=seed)
+    sizes = [sum(1 for _ in open(p, encoding="utf-8")) for p in written]
+    if len(written) == 1:
+        log(ctx)(f"wrote {sizes[0]} documents to {written[0]}")
+    else:
+        log(ctx)(f"wrote {sizes[0]} documents to {written[0]} and {sizes[1]} to {written[1]}: {PAIR_DIFFERENCES}")
 
 
 @main.command(epilog=example("saedata datasets --format csv"))

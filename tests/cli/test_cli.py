@@ -128,6 +128,17 @@ def test_usage_errors_exit_2(runner):
     assert runner.invoke(main, ["nosuchcommand"]).exit_code == 2
 
 
+def test_demo_writes_a_pair_with_planted_differences(runner, tmp_path):
+    result = runner.invoke(main, ["demo", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+    assert result.exit_code == 0 and "300 to" in result.stderr and "4x" in result.stderr
+    a, b = ([json.loads(x) for x in (tmp_path / f"{n}.jsonl").read_text().splitlines()] for n in "ab")
+    assert len(a) == len(b) == 300
+    share = {name: sum(d["topic"] in ("pets", "science") for d in docs) / 300 for name, docs in (("a", a), ("b", b))}
+    questions = {name: sum(d["is_question"] for d in docs) / 300 for name, docs in (("a", a), ("b", b))}
+    assert share["b"] > 2 * share["a"] and questions["b"] > 2 * questions["a"]
+    assert runner.invoke(main, ["demo", "x.jsonl", "y.jsonl", "z.jsonl"]).exit_code == 2
+
+
 def test_demo_writes_a_planted_corpus(runner, tmp_path):
     path = tmp_path / "demo.jsonl"
     result = runner.invoke(main, ["demo", str(path), "-n", "50"])

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from saedata.cli import main
-from saedata.demo import TOPICS, make_corpus, write_jsonl
+from saedata.demo import make_pair, write_jsonl
 from tests.helpers import write_digit_images
 
 
@@ -65,10 +65,9 @@ def test_help_ends_with_an_example(path):
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     root = tmp_path_factory.mktemp("examples")
-    weights = [4.0 if t in ("pets", "science") else 1.0 for t in TOPICS]
-    write_jsonl(make_corpus(160, seed=11, id_prefix="a"), root / "a.jsonl")
-    write_jsonl(make_corpus(160, seed=12, topics=list(TOPICS), topic_weights=weights, question_rate=0.75,
-                            id_prefix="b"), root / "b.jsonl")
+    docs_a, docs_b = make_pair(160)
+    write_jsonl(docs_a, root / "a.jsonl")
+    write_jsonl(docs_b, root / "b.jsonl")
     write_digit_images(root / "digits")
     return root
 
