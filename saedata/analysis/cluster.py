@@ -136,7 +136,6 @@ def cluster(
     warnings: list[str] = []
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
-        store.require_macros("search_matches")
         n = scope.n_docs
         where = f"the {n} documents of {scope.describe()}"
         if n < 3:

@@ -114,7 +114,6 @@ def correlate(
         raise ConfigError(f"alpha must be in (0, 1], got {alpha}")
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
-        store.require_macros("cooccur", "cooccur_docs")
         keep = _restrict(store, scope.sae_id, label_pattern, latents)
         n = scope.n_docs
         if n < max(min_support, 2):

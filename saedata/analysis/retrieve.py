@@ -110,7 +110,6 @@ def search(
     if not (query and query.strip()) and not latents:
         raise ConfigError("give a query text or --latents")
     with opened(store_or_path) as store:
-        store.require_macros("score_docs", "search_matches")
         dataset_id, base_rate, precision = None, None, None
         if dataset is not None:
             state = store.dataset_state(dataset)

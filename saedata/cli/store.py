@@ -111,11 +111,13 @@ def sql(query, params, db, fmt):
     word_counts; view: concepts; macros: latent_freq, latent_stats, top_docs,
     doc_concepts, word_at, word_before, diff, cooccur, score_docs and the analyses'
     own (queries/*.sql). The store opens read-only; pass values with -p, never by
-    pasting them into the query.
+    pasting them into the query. Unlike every other command, the query may read and
+    write other files (read_csv, COPY ... TO): it is your SQL. The macros and views it
+    calls are saedata's own, never ones stored in the file.
     """
     if query == "-":
         query = sys.stdin.read()
-    with saedata.open(db) as store:
+    with saedata.open(db, file_access=True) as store:
         emit(store.sql(query, dict(params) or None), fmt)
 
 

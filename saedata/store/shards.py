@@ -40,7 +40,7 @@ import duckdb
 import polars as pl
 
 from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, StoreError
-from saedata.store.store import MACRO_FILES, Store, length_floor, read_query_file
+from saedata.store.store import Store, define_own_sql, length_floor, read_query_file, restrict_files
 
 FORMAT = "saedata-shards"
 FORMAT_VERSION = 1
@@ -191,7 +191,7 @@ def is_shard_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).exists()
 
 
-def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+def connect_shards(folder: str | os.PathLike, file_access: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection whose store tables are views over the shards the
     manifest lists (documents, activations, word_counts, label_candidates,
     latent_counts with one row per part and cell) and small tables for saes, datasets and latents; the store's views and
@@ -234,8 +234,9 @@ def connect_shards(folder: str | os.PathLike) -> duckdb.DuckDBPyConnection:
             if table == "latent_counts" and manifest.labelled and (folder / MERGED_COUNTS).exists():
                 files = [str(folder / MERGED_COUNTS)]  # the parts' counts summed when the run finished
             _relation(con, table, files).project(cols).create_view(table)
-        for name in MACRO_FILES:
-            con.execute(read_query_file(name))
+        define_own_sql(con)
+        if not file_access:
+            restrict_files(con, [folder])
     except duckdb.Error as e:
         con.close()
         raise StoreError(f"cannot read the shards in {folder}: {str(e).splitlines()[0]}") from e
@@ -265,9 +266,10 @@ def _insert_sae(con: duckdb.DuckDBPyConnection, sae: dict[str, Any], sae_id: int
     )
 
 
-def open_shards(folder: str | os.PathLike) -> Store:
-    """A read-only :class:`~saedata.store.Store` over a shard folder."""
-    return Store.over(connect_shards(folder), folder)
+def open_shards(folder: str | os.PathLike, file_access: bool = False) -> Store:
+    """A read-only :class:`~saedata.store.Store` over a shard folder (its SQL may read no
+    file outside the folder unless ``file_access``)."""
+    return Store.over(connect_shards(folder, file_access), folder)
 
 
 # -- at the end of a run ---------------------------------------------------------------------------------

@@ -71,7 +71,11 @@ class Store:
     read_only=False)`` to write. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike = "run.duckdb", read_only: bool = False):
+    def __init__(self, path: str | os.PathLike = "run.duckdb", read_only: bool = False, *,
+                 file_access: bool = False, allowed_directories: Sequence[str | os.PathLike] = ()):
+        """``file_access``: let SQL on this connection read and write other files (what
+        ``saedata sql`` allows its user); otherwise DuckDB may touch no file but the store
+        and ``allowed_directories`` (a shard folder being imported)."""
         self.path = Path(path)
         self.read_only = read_only
         self._in_transaction = False
@@ -86,6 +90,9 @@ class Store:
         self.con = _connect(self.path, read_only)
         try:
             self._check_and_migrate()
+            define_own_sql(self.con)
+            if not file_access:
+                restrict_files(self.con, allowed_directories)
         except BaseException:
             self.con.close()
             raise
@@ -102,11 +109,22 @@ class Store:
 
     def _check_and_migrate(self) -> None:
         tables = {r[0] for r in self.rows("SELECT table_name FROM duckdb_tables()")}
+        views = {r[0] for r in self.rows("SELECT view_name FROM duckdb_views() WHERE NOT internal")}
+        disguised = sorted(views & {*TABLES, "saedata_meta", "latent_counts"})
+        if disguised:
+            # a view runs the SQL stored in the file: a store from someone else could hide
+            # anything behind a table's name
+            raise SchemaVersionError(f"{self.path} is not a saedata store: {', '.join(disguised)} "
+                                     "should be a table but is a view")
         if "saedata_meta" in tables:
             row = self.one(
                 "SELECT value FROM saedata_meta WHERE key = 'schema_version'"
             )
-            version = int(row[0]) if row else 0
+            try:
+                version = int(row[0]) if row else 0
+            except ValueError:
+                raise SchemaVersionError(f"{self.path} has an unreadable store schema version {row[0]!r}; "
+                                         "it was not written by saedata") from None
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.path} has store schema version {version}, but this saedata reads "
@@ -143,6 +161,7 @@ class Store:
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file."""
+        fault_point("checkpoint")
         self.con.execute("CHECKPOINT")
 
     def __enter__(self) -> Store:
@@ -210,9 +229,24 @@ class Store:
             raise NotFoundError(
                 f"no table {table!r}; choose one of {', '.join(TABLES + VIEWS)}"
             )
+        import pyarrow.parquet as pq
+
         out = Path(path)
+        if not out.parent.is_dir():
+            raise StoreError(f"cannot write {out}: folder {out.parent} does not exist")
         # Identifiers cannot be parameters; `table` was checked against a fixed list above.
-        self.con.sql(f'SELECT * FROM "{table}"').write_parquet(str(out))
+        # Written by pyarrow, batch by batch: DuckDB itself may not write files here.
+        reader = self.con.sql(f'SELECT * FROM "{table}"').fetch_record_batch(1 << 16)
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with pq.ParquetWriter(str(tmp), reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+            os.replace(tmp, out)
+        except OSError as e:
+            raise StoreError(f"cannot write {out}: {e.strerror or e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
         return out
 
     # -- read helpers (polars) -------------------------------------------------------
@@ -386,18 +420,6 @@ class Store:
         """Whether the store has a dataset called ``name`` (complete or not)."""
         return self.one("SELECT 1 FROM datasets WHERE name = ?", [name]) is not None
 
-    def require_macros(self, *names: str) -> None:
-        """StoreError (one line) when the store predates macros that ``names`` an analysis needs."""
-        have = {r[0] for r in self.rows(
-            "SELECT DISTINCT function_name FROM duckdb_functions() WHERE list_contains(?, function_name)",
-            [list(names)])}
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise StoreError(
-                f"{self.path} was written by an older saedata without the {', '.join(missing)} macro(s); "
-                "open it once for writing to add them (e.g. `saedata index`)"
-            )
-
     def dataset_state(self, name: str) -> DatasetState:
         """The state of a dataset by name; NotFoundError naming the datasets there are."""
         row = self.one(
@@ -467,6 +489,44 @@ class Store:
         )
         return self.dataset_state(name)
 
+    def dataset_args(self, dataset_id: int) -> dict[str, Any]:
+        """The settings a dataset was embedded with (input, reader, embed) and its source's
+        fingerprint (``source``: size, mtime_ns, sha256), as stored when it was started."""
+        row = self.one("SELECT args FROM datasets WHERE dataset_id = ?", [dataset_id])
+        return json.loads(row[0]) if row and row[0] else {}
+
+    def remove_dataset(self, dataset_id: int) -> None:
+        """Delete a dataset with its documents, activations and counts, in one transaction
+        (or the caller's). The SAE's word counts then need rebuilding from the documents
+        left (:meth:`replace_word_counts`); the by-latent index copy is dropped."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM activations WHERE doc_id IN (SELECT doc_id FROM documents WHERE dataset_id = ?)",
+                        [dataset_id])
+            con.execute("DELETE FROM documents WHERE dataset_id = ?", [dataset_id])
+            con.execute("DELETE FROM latent_counts WHERE dataset_id = ?", [dataset_id])
+            con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
+            con.execute("DROP TABLE IF EXISTS activations_by_latent")
+
+    def texts(self, sae_id: int, without: int | None = None, batch: int = 4096) -> Iterator[list[str]]:
+        """The texts of the documents embedded with SAE ``sae_id`` (but those of dataset
+        ``without``), ``batch`` at a time, as committed (a cursor of its own)."""
+        cursor = self.con.cursor()
+        cursor.execute("SELECT d.text FROM documents AS d JOIN datasets AS ds USING (dataset_id) "
+                       "WHERE ds.sae_id = ? AND ds.dataset_id IS DISTINCT FROM ? ORDER BY d.doc_id",
+                       [sae_id, without])
+        while rows := cursor.fetchmany(batch):
+            yield [r[0] for r in rows]
+
+    def replace_word_counts(self, sae_id: int, word_counts: pl.DataFrame) -> None:
+        """Set SAE ``sae_id``'s background word counts to ``word_counts`` (word, df)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM word_counts WHERE sae_id = ?", [sae_id])
+            con.register("_words", word_counts.to_arrow())
+            try:
+                con.execute("INSERT INTO word_counts SELECT ?, word, df FROM _words", [sae_id])
+            finally:
+                con.unregister("_words")
+
     def next_doc_id(self) -> int:
         (n,) = self.one("SELECT coalesce(max(doc_id), -1) + 1 FROM documents")
         return int(n)
@@ -486,6 +546,7 @@ class Store:
         ``dataset_counts`` = (dataset_id, n_truncated) updates the dataset's counters.
         """
         with self.transaction() as con:
+            fault_point("batch:begin")
             con.register("_batch_docs", documents.to_arrow())
             con.register("_batch_acts", activations.to_arrow())
             try:
@@ -508,9 +569,11 @@ class Store:
                         "WHERE dataset_id = ?",
                         [documents.height, n_truncated, dataset_id],
                     )
+                fault_point("batch:written")
             finally:
                 con.unregister("_batch_docs")
                 con.unregister("_batch_acts")
+        fault_point("batch:committed")
 
     def fold_word_counts(self, sae_id: int) -> None:
         """Fold the per-batch word count rows of an SAE into one row per word."""
@@ -632,6 +695,60 @@ def length_floor(n: np.ndarray) -> np.ndarray:
     n = np.asarray(n, dtype=np.int64)
     shift = np.maximum(0, np.floor(np.log2(np.maximum(n, 1))).astype(np.int64) - 4)
     return (n >> shift) << shift
+
+
+FAULT_ENV = "SAEDATA_FAULT_AT"
+"""Test hook: ``STEP`` or ``STEP@K`` kills the process (SIGKILL) the K-th time (default the
+first) it reaches the named step, as a power cut would; tests/embed/test_faults.py stops a
+run at every step this way and checks that a rerun gives the uninterrupted result."""
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(step: str) -> None:
+    """A named step of a write (``batch:begin``, ``batch:written``, ``finish:labels``, ...):
+    see ``FAULT_ENV``. Does nothing unless that variable names this step."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition("@")
+    if name != step:
+        return
+    _fault_counts[step] = _fault_counts.get(step, 0) + 1
+    if _fault_counts[step] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def own_sql(name: str) -> str:
+    """A shipped ``.sql`` file with its views and macros made TEMP: defined on this
+    connection only, in front of any object of the same name stored in the file."""
+    text = read_query_file(name)
+    return re.sub(r"\bCREATE OR REPLACE (MACRO|VIEW)\b", r"CREATE OR REPLACE TEMP \1", text)
+
+
+def define_own_sql(con: duckdb.DuckDBPyConnection) -> None:
+    """Define saedata's views and macros from the installed package on ``con``. saedata
+    calls only these: a macro or view stored in a store file (perhaps someone else's, perhaps
+    rewritten) is data to it, never code it runs. A table that an older store lacks is
+    stood in for by an empty TEMP table of the schema's shape, so the macros bind."""
+    present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() UNION ALL "
+                                         "SELECT view_name FROM duckdb_views()").fetchall()}
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) (\(.*?\));", read_query_file("schema.sql"),
+                                  flags=re.DOTALL):
+        if table not in present:
+            con.execute(f"CREATE TEMP TABLE {table} {body}")
+    for name in MACRO_FILES:
+        con.execute(own_sql(name))
+
+
+def restrict_files(con: duckdb.DuckDBPyConnection, allowed: Sequence[str | os.PathLike] = ()) -> None:
+    """Let SQL on ``con`` read and write no file but its own database and the folders
+    ``allowed`` (for good: DuckDB cannot turn it back on while the database is open)."""
+    if allowed:
+        dirs = [str(Path(d).resolve()) + os.sep for d in allowed]
+        con.execute("SET allowed_directories = ?", [dirs])
+    con.execute("SET enable_external_access = false")
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
