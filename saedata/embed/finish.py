@@ -21,19 +21,27 @@ import polars as pl
 from saedata.console import Log, silent
 from saedata.label import keyword_labels, label_latents
 from saedata.store import Store, shards
+from saedata.store.store import fault_point
 
 
 def finish_datasets(store: Store, dataset_ids: Sequence[int], sae_id: int, top_docs: int, n_words: int,
                     checkpoint: bool = True) -> None:
-    """Complete ``dataset_ids`` (document counts and ``latent_counts``, one transaction),
-    then recompute the statistics, word counts and keyword labels of SAE ``sae_id`` over
-    the whole store. Inside the caller's transaction it all lands with the caller's writes."""
+    """Complete ``dataset_ids`` (document counts and ``latent_counts``) and recompute the
+    statistics, word counts and keyword labels of SAE ``sae_id`` over the whole store, in
+    one transaction (the caller's, when inside one): a run stopped while finishing leaves
+    the datasets incomplete, with the previous statistics and labels, and its rerun
+    finishes them."""
     with store.transaction():
         for dataset_id in dataset_ids:
             store.complete_dataset(dataset_id)
-    store.refresh_latent_stats(sae_id)
-    store.fold_word_counts(sae_id)
-    label_latents(store, sae_id, top_docs=top_docs, n_words=n_words)
+        fault_point("finish:complete")
+        store.refresh_latent_stats(sae_id)
+        fault_point("finish:stats")
+        store.fold_word_counts(sae_id)
+        fault_point("finish:words")
+        label_latents(store, sae_id, top_docs=top_docs, n_words=n_words)
+        fault_point("finish:labels")
+    fault_point("finish:committed")
     if checkpoint:
         store.checkpoint()
 
@@ -58,11 +66,13 @@ def import_shards(folder: str | os.PathLike, db: str | os.PathLike, datasets: It
     folder = Path(folder)
     manifest, wanted = shards.check_importable(folder, datasets)
     embed = manifest.embed
-    with Store(db, read_only=False) as store:
+    with Store(db, read_only=False, allowed_directories=[folder]) as store:
         with store.transaction():
             sae_id, ids, n_docs, n_acts = shards.copy_into(store, folder, manifest, wanted)
+            fault_point("import:copied")
             finish_datasets(store, ids, sae_id, top_docs=int(embed.get("label_top_docs", 64)),
                             n_words=int(embed.get("label_words", 3)), checkpoint=False)
+        fault_point("import:committed")
         store.checkpoint()
     log(f"imported {', '.join(wanted)} from {folder} into {db}: {n_docs} documents, {n_acts} activations")
     return ImportResult(wanted, n_docs, n_acts, sae_id)

@@ -306,3 +306,36 @@ def test_a_worker_killed_mid_run_fails_the_run_and_keeps_finished_parts(setup, l
             pl.read_parquet(out / f)  # every listed file is whole
     result = _run(setup, out, sources=[corpus], num_workers=2)
     assert result.n_new_parts == 40 - done and result.n_docs == 1280
+
+
+IMPORT_STEPS = ["import:copied", "finish:labels", "import:committed", "checkpoint"]
+
+
+def test_an_import_killed_at_any_step_reruns_to_the_uninterrupted_store(ray_out, tmp_path):
+    """A shard import stopped by SIGKILL at each step leaves nothing or everything; rerun, the
+    store equals an uninterrupted import."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from saedata.store.store import FAULT_ENV
+    from tests.embed.test_faults import snapshot
+
+    out, _ = ray_out
+    code = "import sys, saedata; saedata.import_shards(sys.argv[1], sys.argv[2])"
+    reference = tmp_path / "reference.duckdb"
+    saedata.import_shards(out, reference)
+    expected = snapshot(reference)
+    for step in IMPORT_STEPS:
+        db = tmp_path / f"{step.replace(':', '_')}.duckdb"
+        env = {**os.environ, FAULT_ENV: step}
+        killed = subprocess.run([sys.executable, "-c", code, str(out), str(db)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert killed.returncode == -signal.SIGKILL, (step, killed.stderr[-2000:])
+        with saedata.open(db) as store:
+            imported = store.datasets().height
+        assert imported in (0, 2), step  # all or nothing
+        if imported == 0:
+            saedata.import_shards(out, db)
+        assert snapshot(db) == expected, step
