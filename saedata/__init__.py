@@ -205,14 +205,16 @@ def diff_files(
     train_cfg: TrainConfig = TrainConfig(),
     progress: bool = False,
     log: Log = silent,
+    replace: bool = False,
     **diff_kwargs: Any,
 ) -> DiffResult:
     """Embed one or two corpus files into the store at ``db`` and diff them.
 
     Datasets are named after the files (``a.jsonl`` -> ``a``). Without ``sae`` the
     store's SAE is reused, or one is trained on both corpora together (saved beside the
-    store, ``run.sae/``). A file already embedded under its name is not embedded again;
-    one embedded from another file is an error. ``diff_kwargs`` go to
+    store, ``run.sae/``). A file already embedded under its name is not embedded again; one
+    that changed since, or a name that holds another file's dataset, is an error unless
+    ``replace`` (embed it again in place of the old rows). ``diff_kwargs`` go to
     :func:`saedata.analysis.diff.diff` (``by``, ``threshold``, ``paired_on``, ...).
     """
     from pathlib import Path
@@ -221,7 +223,7 @@ def diff_files(
     from saedata.corpus import dataset_name
     from saedata.embed.local import default_sae_dir, embed
     from saedata.embed.models import sae_to_use
-    from saedata.errors import ConfigError, InputError
+    from saedata.errors import InputError
     from saedata.store import Store
 
     paths = [str(a_path)] + ([str(b_path)] if b_path is not None else [])
@@ -235,17 +237,12 @@ def diff_files(
     has_sae = False
     if Path(db).exists():
         with Store(db, read_only=True) as store:
-            for path, name in zip(paths, names):
-                source = store.dataset_state(name).source if store.has_dataset(name) else None
-                if source and Path(source).resolve() != Path(path).resolve():
-                    raise ConfigError(f"dataset {name!r} in {db} was embedded from {source}, not {path}; "
-                                      "use another --db, or rename the file")
             has_sae = store.saes().height > 0
     if sae is None and not has_sae:
         sae, _ = sae_to_use(None, default_sae_dir(db), paths, input_cfg=input_cfg, reader_cfg=reader_cfg,
                             train_cfg=train_cfg, progress=progress, log=log)
     results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
-                     train_cfg=train_cfg, progress=progress, log=log) for p, n in zip(paths, names)]
+                     train_cfg=train_cfg, progress=progress, log=log, replace=replace) for p, n in zip(paths, names)]
     diff_kwargs.setdefault("sae_id", results[0].sae_id)
     return run_diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)
 

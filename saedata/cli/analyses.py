@@ -20,6 +20,7 @@ from saedata.cli.options import (
     progress,
     quiet_option,
     reader_options,
+    replace_option,
     report_option,
     sae_id_option,
     seed_option,
@@ -52,6 +53,7 @@ from saedata.config import ReaderConfig
                    "every dataset (or A and B) each against the others.")
 @click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
 @click.option("--examples", type=int, default=3, show_default=True, help="Example documents per side and latent.")
+@replace_option
 @format_option
 @reader_options
 @input_options
@@ -59,7 +61,7 @@ from saedata.config import ReaderConfig
 @quiet_option
 @click.pass_context
 def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length_control, paired_on, by,
-         no_merge, examples, fmt, **kw):
+         no_merge, examples, replace, fmt, **kw):
     """Diff the concepts of A and B: which latents are more common on one side.
 
     A and B are two corpus files (embedded into --db first, training an SAE on both
@@ -74,7 +76,7 @@ def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length
     options = dict(by=by, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
                    merge_duplicates=not no_merge, examples=examples, sae_id=sae_id)
     if a is not None and saedata.are_corpus_files(a, b):
-        result = saedata.diff_files(a, b, db, sae_path, **configs(kw), **progress(ctx), **options)
+        result = saedata.diff_files(a, b, db, sae_path, **configs(kw), **progress(ctx), replace=replace, **options)
     else:
         result = saedata.diff(db, a, b, **options)
     for w in result.warnings:

@@ -14,6 +14,7 @@ from saedata.cli.options import (
     progress,
     quiet_option,
     reader_options,
+    replace_option,
     train_options,
 )
 from saedata.config import POOLINGS
@@ -53,6 +54,7 @@ def train(ctx, corpus, out, **kw):
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
+@replace_option
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process, into --db. ray: a Ray Data actor pool, into Parquet shards in --out.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
@@ -72,8 +74,8 @@ def train(ctx, corpus, out, **kw):
 @train_options
 @quiet_option
 @click.pass_context
-def embed(ctx, corpus, sae_path, db, name, verbose, engine, out, num_workers, gpus_per_worker, cpus_per_worker,
-          ray_address, part_docs, **kw):
+def embed(ctx, corpus, sae_path, db, name, verbose, replace, engine, out, num_workers, gpus_per_worker,
+          cpus_per_worker, ray_address, part_docs, **kw):
     """Embed CORPUS files into the store as interpretable concept vectors.
 
     Each file becomes a dataset. Without --sae, the store's SAE is reused, or one is
@@ -112,7 +114,8 @@ def embed(ctx, corpus, sae_path, db, name, verbose, engine, out, num_workers, gp
     if out is not None:
         raise click.UsageError("--out is where --engine ray writes shards; the local engine writes to --db")
     for source in corpus:
-        result = saedata.embed(source, db, sae_path, name=name, **cfgs, **progress(ctx), verbose=verbose)
+        result = saedata.embed(source, db, sae_path, name=name, **cfgs, **progress(ctx), verbose=verbose,
+                               replace=replace)
         if result.already_complete:
             continue
         click.echo(

@@ -83,6 +83,12 @@ def report_option(help: str) -> Decorator:  # noqa: A002
     return click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help=help)
 
 
+def replace_option(f: Callable) -> Callable:
+    return click.option("--replace", is_flag=True,
+                        help="Embed a corpus again when its file changed since its dataset was embedded "
+                             "(or the name holds another file's dataset): the old rows are removed.")(f)
+
+
 def _latent_ids(_ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
     if not value:
         return None

@@ -11,7 +11,10 @@ reads text files (JSONL, CSV/TSV, Parquet, plain text, gzip, stdin) and
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
+from typing import Any
 
 from saedata.config import InputConfig
 from saedata.corpus.formats import (
@@ -42,6 +45,8 @@ __all__ = [
     "looks_like_corpus",
     "open_corpus",
     "read_documents",
+    "same_source",
+    "source_fingerprint",
 ]
 
 
@@ -50,6 +55,38 @@ def open_corpus(path: str | os.PathLike, cfg: InputConfig = InputConfig()) -> Co
     if is_image_source(path, cfg):
         return ImageCorpusReader(path, cfg)
     return CorpusReader(path, cfg)
+
+
+def source_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What a corpus held when it was read: ``size`` (bytes), ``mtime_ns`` and ``sha256``
+    of its bytes (for a folder of images, of its files' relative paths, sizes and
+    modification times); None for stdin, which cannot be read again. Two fingerprints
+    describe the same corpus when :func:`same_source` says so."""
+    raw = os.fspath(path)
+    if raw == "-":
+        return None
+    root = Path(raw)
+    digest = hashlib.sha256()
+    if root.is_dir():
+        size = mtime = 0
+        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+            st = f.stat()
+            size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
+            digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"size": size, "mtime_ns": mtime, "sha256": digest.hexdigest()}
+    st = root.stat()
+    with root.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def same_source(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two fingerprints describe the same bytes (size and SHA-256; a touched but
+    unchanged file is the same). An unknown side (stdin, an older store) is not a change."""
+    if a is None or b is None:
+        return True
+    return (a.get("size"), a.get("sha256")) == (b.get("size"), b.get("sha256"))
 
 
 def corpus_size(corpus: CorpusReader | ImageCorpusReader) -> int | None:

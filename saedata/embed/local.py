@@ -19,15 +19,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
-from saedata.corpus import CorpusReader, Document, corpus_size, dataset_name, open_corpus
+from saedata.corpus import (
+    STDIN,
+    CorpusReader,
+    Document,
+    ImageCorpusReader,
+    corpus_size,
+    dataset_name,
+    open_corpus,
+    same_source,
+    source_fingerprint,
+)
 from saedata.embed.encode import embed_chunk
 from saedata.embed.finish import finish_datasets
 from saedata.embed.models import load_models, sae_to_use
 from saedata.errors import ConfigError, InputError, SAEFormatError
 from saedata.sae.formats import sae_fingerprint
-from saedata.store import Store
+from saedata.store import DatasetState, Store
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ def embed(
     progress: bool = False,
     log: Log = silent,
     verbose: bool = False,
+    replace: bool = False,
 ) -> EmbedResult:
     """Embed a corpus into the store at ``db`` as interpretable (SAE latent) vectors.
 
@@ -84,26 +97,48 @@ def embed(
     interruption resumes; rerunning a complete dataset does nothing. A folder (or
     ``input_cfg.format="images"``) is read as images with a vision ``reader_cfg.model``;
     unreadable files are skipped and counted, and listed through ``log`` when ``verbose``.
+
+    The store keeps a fingerprint of the corpus (size and SHA-256): a dataset whose file
+    has changed since (or that came from another file) is an InputError, unless
+    ``replace``, which embeds the file again in place of the old rows. The first documents
+    are read and checked before anything else happens, and a store file this call created
+    is removed again when it fails before storing anything.
     """
     source = str(source)
     corpus = open_corpus(source, input_cfg)
     images = corpus.format == "images"
     name = name or dataset_name(source)
+    batches = _checked_start(corpus)
+    fingerprint = source_fingerprint(source)
+    created = not Path(db).exists()
+    try:
+        return _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, embed_cfg, train_cfg,
+                      progress, log, verbose, replace, images)
+    except BaseException:
+        if created:
+            _remove_if_empty(db)
+        raise
+
+
+def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, embed_cfg, train_cfg, progress,
+           log, verbose, replace, images) -> EmbedResult:
+    source = corpus.source
     with Store(db, read_only=False) as store:
         t0 = time.perf_counter()
         existing = store.dataset_state(name) if store.has_dataset(name) else None
+        existing, replacing = _check_source(store, existing, source, fingerprint, replace, log)
         if existing is not None and existing.complete:
             log(f"dataset {name!r} is already complete in {db} ({existing.n_docs} documents); nothing to do")
             return EmbedResult(name, existing.dataset_id, existing.sae_id or 0, None, existing.n_docs,
                                0, 0, 0, 0, time.perf_counter() - t0, False, already_complete=True)
         sae_path, trained = sae_to_use(_store_sae(store, sae, existing, reader_cfg, log), default_sae_dir(db),
-                                       [source], input_cfg=input_cfg, reader_cfg=reader_cfg, train_cfg=train_cfg,
-                                       progress=progress, log=log)
+                                       [source if source != STDIN else "-"], input_cfg=input_cfg,
+                                       reader_cfg=reader_cfg, train_cfg=train_cfg, progress=progress, log=log)
         t0 = time.perf_counter()  # embedding time, without SAE training
         reader, model, reader_cfg = load_models(sae_path, reader_cfg, images=images)
         # Read (and so validate) the first documents before writing anything: a corpus
         # that is bad from the start leaves no trace in the store.
-        chunks = _chunks(corpus, embed_cfg.commit_docs, existing.n_docs if existing else 0,
+        chunks = _chunks(batches, source, embed_cfg.commit_docs, existing.n_docs if existing else 0,
                          existing.last_ext_id if existing else None)
         first = next(chunks, None)
         if first is None and existing is None:
@@ -117,8 +152,12 @@ def embed(
             path=str(Path(sae_path).resolve()), fingerprint=sae_fingerprint(sae_path),
         )
         if existing is None:
-            args = {"input": input_cfg.to_dict(), "reader": reader_cfg.to_dict(), "embed": embed_cfg.to_dict()}
-            state = store.create_dataset(name, corpus.source, sae_id, args)
+            args = {"input": input_cfg.to_dict(), "reader": reader_cfg.to_dict(), "embed": embed_cfg.to_dict(),
+                    "source": fingerprint}
+            with store.transaction():  # the old rows go in the same transaction that starts the new dataset
+                if replacing is not None:
+                    _remove(store, replacing)
+                state = store.create_dataset(name, corpus.source, sae_id, args)
         else:
             state = existing
             if state.sae_id != sae_id:
@@ -159,7 +198,65 @@ def _existing_sae_dir(path: str | None, sae_id: int) -> Path:
     return Path(path)
 
 
-def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None) -> Iterator[list[Document]]:
+def _checked_start(corpus: CorpusReader | ImageCorpusReader) -> Iterator[list[Document]]:
+    """The corpus's batches, the first already read: a corpus that is bad from its start
+    (a missing field, bad JSON, a wrong format) fails here, before any model loads or any
+    file is written."""
+    batches = iter(corpus)
+    first = next(batches, None)
+    return batches if first is None else itertools.chain([first], batches)
+
+
+def _check_source(store: Store, existing: DatasetState | None, source: str, fingerprint: dict | None,
+                  replace: bool, log: Log) -> tuple[DatasetState | None, DatasetState | None]:
+    """(the dataset to resume or leave as it is, the dataset to replace): an existing
+    dataset must come from this very file, unchanged; with ``replace`` a changed one is
+    embedded again (an unfinished run of this very file still resumes)."""
+    if existing is None:
+        return None, None
+    stored = store.dataset_args(existing.dataset_id).get("source")
+    moved = source != STDIN and existing.source not in (None, STDIN) and \
+        Path(existing.source).resolve() != Path(source).resolve()
+    if not moved and same_source(stored, fingerprint):
+        return existing, None
+    if moved:
+        what = f"dataset {existing.name!r} was embedded from {existing.source}, not from this file"
+    else:
+        what = (f"the file changed since dataset {existing.name!r} was embedded from it "
+                f"({stored['size']} bytes then, {fingerprint['size']} now; its SHA-256 differs)")
+    if not replace:
+        raise InputError(f"{what}; pass --replace to embed it again in its place, or --name for a new dataset",
+                         path=source)
+    log(f"replacing dataset {existing.name!r} ({existing.n_docs} documents): {what}")
+    return None, existing
+
+
+def _remove(store: Store, dataset: DatasetState) -> None:
+    """Remove a dataset and take its documents out of its SAE's word counts."""
+    from saedata.label import word_document_frequency
+
+    counts = [word_document_frequency(texts) for texts in store.texts(dataset.sae_id, without=dataset.dataset_id)]
+    words = (pl.concat(counts).group_by("word").agg(pl.col("df").sum()) if counts
+             else pl.DataFrame(schema={"word": pl.String, "df": pl.Int64}))
+    store.remove_dataset(dataset.dataset_id)
+    store.replace_word_counts(dataset.sae_id, words)
+
+
+def _remove_if_empty(db: str | os.PathLike) -> None:
+    """Delete a store file (and its write-ahead log) that holds no dataset."""
+    path = Path(db)
+    try:
+        with Store(path, read_only=True) as store:
+            if store.datasets().height:
+                return
+    except Exception:  # noqa: BLE001 - a file that is not a readable store is left alone
+        return
+    for f in (path, path.with_name(path.name + ".wal")):
+        f.unlink(missing_ok=True)
+
+
+def _chunks(batches: Iterator[list[Document]], source: str, size: int, skip: int,
+            last_stored: str | None) -> Iterator[list[Document]]:
     """Re-chunk the corpus into lists of ``size`` documents after skipping the stored ``skip``.
 
     When resuming, the last skipped document must be the last one stored; otherwise the
@@ -167,7 +264,7 @@ def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None)
     """
     buf: list[Document] = []
     seen = 0
-    for batch in corpus:
+    for batch in batches:
         if seen < skip:
             take = min(skip - seen, len(batch))
             seen += take
@@ -175,8 +272,8 @@ def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None)
                 raise InputError(
                     f"the corpus changed since this dataset was started: document {skip} is "
                     f"{batch[take - 1].ext_id!r} here but {last_stored!r} in the store; "
-                    "pass --name to embed it as a new dataset",
-                    path=corpus.source,
+                    "pass --replace to embed it again, or --name for a new dataset",
+                    path=source,
                 )
             batch = batch[take:]
         buf.extend(batch)
@@ -186,8 +283,8 @@ def _chunks(corpus: CorpusReader, size: int, skip: int, last_stored: str | None)
     if seen < skip:
         raise InputError(
             f"the corpus has only {seen} documents but the store already holds {skip} of this "
-            "dataset; pass --name to embed it as a new dataset",
-            path=corpus.source,
+            "dataset; pass --replace to embed it again, or --name for a new dataset",
+            path=source,
         )
     if buf:
         yield buf

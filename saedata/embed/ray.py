@@ -38,7 +38,7 @@ import polars as pl
 
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
-from saedata.corpus import Document, count_documents, dataset_name, open_corpus
+from saedata.corpus import Document, count_documents, dataset_name, open_corpus, source_fingerprint
 from saedata.embed.encode import embed_chunk
 from saedata.embed.finish import finish_run
 from saedata.embed.models import load_models, sae_to_use
@@ -129,16 +129,18 @@ def _expand_url(url: str) -> list[str]:
 
 
 def _source_identity(file: str) -> dict[str, Any]:
-    """Where a corpus came from and what it looked like (size and modification time or
-    etag), to tell on resume whether it changed since it was planned."""
+    """Where a corpus came from and what it held (size and SHA-256 of a local file; size
+    and modification time or etag of a URL), to tell on resume whether it changed since
+    it was planned."""
     if _is_url(file):
         fs, path = _filesystem(file)
         info = fs.info(path)
         stamp = next((str(info[k]) for k in ("mtime", "LastModified", "updated", "etag", "ETag", "created")
                       if info.get(k) is not None), None)
         return {"source": file, "size": info.get("size"), "mtime": stamp}
-    stat = os.stat(file)
-    return {"source": str(Path(file).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+    fingerprint = source_fingerprint(file)
+    return {"source": str(Path(file).resolve()), "size": fingerprint["size"], "mtime": fingerprint["mtime_ns"],
+            "sha256": fingerprint["sha256"]}
 
 
 def _local_copy(file: str, staging: Path) -> Path:
@@ -271,7 +273,8 @@ def _plan(out: Path, manifest: shards.Manifest, files: list[str], names: list[st
         source = _source_identity(file)
         d = planned.get(name)
         if d is not None and d.get("planned"):
-            if (d["source"], d["size"], d["mtime"]) != (source["source"], source["size"], source["mtime"]):
+            if (d["source"], d["size"], d.get("sha256", d["mtime"])) != \
+                    (source["source"], source["size"], source.get("sha256", source["mtime"])):
                 raise InputError(f"the corpus changed since the shards of {name!r} were planned in {out}; "
                                  "give another --out", path=file)
             next_id = d["first_doc_id"] + d["n_docs"]

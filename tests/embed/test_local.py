@@ -232,7 +232,7 @@ def test_changed_corpus_is_not_resumed_silently(tmp_path, corpus, tiny_bert, sae
         embed(corpus, db, sae_dir, reader_cfg=_reader(tiny_bert), embed_cfg=EmbedConfig(commit_docs=30))
     monkeypatch.setattr(reader_mod.Reader, "read", original)
     shuffled = write_jsonl(make_corpus(120, seed=99), tmp_path / "corpus.jsonl")  # same name, new content
-    with pytest.raises(InputError, match="corpus changed"):
+    with pytest.raises(InputError, match="the file changed since dataset 'corpus' was embedded.*--replace"):
         embed(str(shuffled), db, sae_dir, reader_cfg=_reader(tiny_bert), input_cfg=saedata.InputConfig(id_field="id"))
 
 
