@@ -60,12 +60,12 @@ def open_corpus(path: str | os.PathLike, cfg: InputConfig = InputConfig()) -> Co
 def source_fingerprint(path: str | os.PathLike) -> dict[str, Any] | None:
     """What a corpus held when it was read: ``size`` (bytes), ``mtime_ns`` and ``sha256``
     of its bytes (for a folder of images, of its files' relative paths, sizes and
-    modification times); None for stdin, which cannot be read again. Two fingerprints
+    modification times); None for stdin or a pipe, which cannot be read twice. Two fingerprints
     describe the same corpus when :func:`same_source` says so."""
     raw = os.fspath(path)
-    if raw == "-":
-        return None
     root = Path(raw)
+    if raw == "-" or not (root.is_file() or root.is_dir()):
+        return None  # stdin, a pipe: it can be read once only
     digest = hashlib.sha256()
     if root.is_dir():
         size = mtime = 0

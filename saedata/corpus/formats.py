@@ -42,11 +42,13 @@ class Document:
     """One document of a corpus."""
 
     ext_id: str
-    """The id field's value as a string, or the 1-based line/row number when there is no id field."""
+    """The id field's value as a string (a JSON number as the file spells it: ``1.50`` ->
+    ``"1.50"``), or the 1-based line/row number when there is no id field."""
     text: str
     """The document text, as in the file (never empty or whitespace-only); an image's absolute path."""
     meta: dict[str, Any]
-    """Every other field/column, as JSON-serialisable values."""
+    """Every other field/column, as JSON-serialisable values (JSONL: the line's own values,
+    whatever the other lines hold)."""
     line: int
     """1-based line (JSONL, text) or data row (CSV: header excluded; Parquet) it came from."""
 

@@ -4,15 +4,20 @@ Each readable image becomes a :class:`~saedata.corpus.Document` whose text is th
 absolute path (so reports can show a thumbnail), whose ``ext_id`` is its path relative
 to the folder (or as written in the list file), and whose metadata holds its width,
 height, mode, format and parent folder. Files that are not images, or that cannot be
-decoded, are skipped and counted (``n_empty``) and listed in ``skipped``; mixed sizes and
+decoded, are skipped and counted (``n_empty``) and listed in ``skipped``, as are
+files that are not regular files (FIFOs, sockets) and decompression bombs (images that
+decode to more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``); mixed sizes and
 modes are fine (the vision reader converts to RGB and resizes).
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from saedata.config import InputConfig
 from saedata.corpus.formats import IMAGE_EXTENSIONS, Document
@@ -44,7 +49,7 @@ class ImageCorpusReader:
         if root.is_dir():
             self._base = root.resolve()
             self._paths = sorted(
-                (p for p in self._base.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                (p for p in self._base.rglob("*") if not p.is_dir() and not p.name.startswith(".")),
                 key=lambda p: str(p),
             )
         else:
@@ -58,8 +63,6 @@ class ImageCorpusReader:
         return len(self._paths)
 
     def __iter__(self) -> Iterator[list[Document]]:
-        from PIL import Image, UnidentifiedImageError
-
         self.n_read = self.n_empty = 0
         self.skipped = []
         batch: list[Document] = []
@@ -67,13 +70,8 @@ class ImageCorpusReader:
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 self._skip(p, "not an image file")
                 continue
-            try:
-                with Image.open(p) as im:
-                    im.load()  # decode fully: a truncated file fails here, not mid-embedding
-                    meta = {"width": im.width, "height": im.height, "mode": im.mode,
-                            "format": im.format, "folder": p.parent.name}
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                self._skip(p, f"unreadable image ({str(e).splitlines()[0][:80]})")
+            meta = self._image_meta(p)
+            if meta is None:
                 continue
             try:
                 ext_id = str(p.relative_to(self._base))
@@ -87,9 +85,37 @@ class ImageCorpusReader:
         if batch:
             yield batch
 
+    def _image_meta(self, path: Path) -> dict[str, Any] | None:
+        """The image's width, height, mode, format and folder, decoded in full (a truncated
+        file fails here, not mid-embedding); None, with the file skipped, when it is not a
+        regular file (a FIFO would block), cannot be decoded, or decodes to more pixels than
+        PIL allows (a decompression bomb)."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                self._skip(path, "not a regular file")
+                return None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.load()
+                    return {"width": im.width, "height": im.height, "mode": im.mode,
+                            "format": im.format, "folder": path.parent.name}
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            self._skip(path, f"decompression bomb ({_first_line(e)})")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            self._skip(path, f"unreadable image ({_first_line(e)})")
+        return None
+
     def _skip(self, path: Path, reason: str) -> None:
         self.n_empty += 1
         self.skipped.append((str(path), reason))
+
+
+def _first_line(e: BaseException, width: int = 80) -> str:
+    """The first line of an exception's message, cut to ``width`` characters."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:width]
 
 
 def thumbnail_png(path: str | os.PathLike, size: int = 96) -> bytes | None:
@@ -108,5 +134,5 @@ def thumbnail_png(path: str | os.PathLike, size: int = 96) -> bytes | None:
             buf = io.BytesIO()
             im.save(buf, format="PNG")
             return buf.getvalue()
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None

@@ -14,24 +14,35 @@ delimiter at column 23)``. An empty corpus is not an error here; the caller deci
 How each format is streamed:
 
 - JSONL and text: the raw bytes are read in blocks of about ``_CHUNK_BYTES`` and cut
-  into lines; a JSONL block is parsed at once with ``polars.read_ndjson``. Only when
-  polars rejects a block is it parsed again line by line with ``json.loads``, to name the
-  bad line (or, when every line is valid JSON that polars could not fit one schema, to
-  read the block anyway).
+  into lines; a JSONL block is parsed at once with ``polars.read_ndjson`` when polars
+  gives every line its own values. Otherwise the block is parsed line by line with
+  ``json.loads``, which also names a bad line: when polars rejects the block, when it
+  would change values to give each column one type (``1`` -> ``1.0`` beside a float,
+  ``5`` -> ``"5"`` beside a string; see ``_polars_kept_values``), when the block holds a
+  surrogate escape (``\\ud83d``, which polars reads wrongly when lone), or a line that
+  may nest too deeply (objects nested some 550 deep crash polars).
 - CSV/TSV: ``pyarrow.csv.open_csv``, a streaming reader over any byte stream (so gzip
   and stdin need no temporary copy of the data in memory), every column read as text;
   each block becomes a polars frame through ``pl.from_arrow``. polars 2.1 has no
   ``read_csv_batched``, and ``scan_csv(...).collect_batches()`` reads up to a few hundred
   MB ahead of its consumer, needs a file path and rejects quotes inside unquoted
   fields (``5" screen``). When pyarrow rejects the file, it is read again with Python's
-  ``csv`` module to name the row at fault.
+  ``csv`` module to name the row at fault; so it is when the file holds an odd number of
+  quote characters, since pyarrow silently reads a quoted field that never ends to the
+  end of the file (the last block is held back until then). A quote inside an unquoted
+  field makes the count odd too, but is fine; an unterminated quote together with such a
+  quote can go unnoticed.
 - Parquet: ``pyarrow.parquet.ParquetFile.iter_batches`` then ``pl.from_arrow``.
 
 Metadata (``Document.meta``) holds every field but the text and id, as JSON-ready values:
 dates and times become ISO strings, durations seconds, decimals floats, NaN None. CSV
-values stay strings, exactly as written (empty cells are ""). In JSONL, a field that is
-null is left out of ``meta``, the same as a field that is absent (so a line's ``meta``
-does not depend on its neighbours).
+values stay strings, exactly as written (empty cells are ""). In JSONL, ``meta`` holds
+each line's own JSON values, whatever its neighbours hold (``1`` stays an integer, ``"1"``
+a string, objects and arrays as they are), except that a field that is null is left out,
+the same as a field that is absent, also inside objects. A JSONL text or id that is a
+number is spelled as in the file (``1.50`` -> ``"1.50"``). A lone surrogate escape
+(``\\ud800``, not a character) is invalid text, as invalid UTF-8 is; a line may nest
+objects and arrays ``_MAX_DEPTH`` (128) levels deep, its own object included.
 """
 
 from __future__ import annotations
@@ -43,9 +54,11 @@ import datetime as _dt
 import decimal
 import gzip
 import io
+import itertools
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -63,6 +76,25 @@ _BOM = b"\xef\xbb\xbf"
 
 _CHUNK_BYTES = 4 << 20
 """Bytes read (and parsed) at a time from JSONL, text and CSV input; bounds memory."""
+
+_MAX_DEPTH = 128
+"""Levels of objects and arrays a JSONL line may nest (the line's own object is one): deeper
+lines are an error, so that neither json.loads nor a later json.dumps of the metadata runs
+out of stack."""
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a UTF-16 surrogate (``\\ud83d``): half of a pair, or a lone one that is
+not a character; polars reads a lone one as NUL, so such lines are read by json.loads."""
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+"""A surrogate code point in a decoded string (json.loads joins the halves of a pair)."""
+
+_END = "\ufdd0\ufdd1"
+"""Noncharacters appended to a CSV file read by :meth:`CorpusReader._csv_diagnose`: they
+end up in a field only when a quote is still open at the end of the file."""
+
+_CONVERTED_JSON = r"^(?:[\[{]|true$|false$|-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$)"
+"""How polars writes a number, boolean, object or array it read into a string column."""
 
 # polars' Rust panics derive from BaseException, not Exception.
 _POLARS_ERRORS: tuple[type[BaseException], ...] = (Exception, pl.exceptions.PanicException)
@@ -221,7 +253,7 @@ class CorpusReader:
         with self._open() as stream:
             while True:
                 try:
-                    block = stream.read(_CHUNK_BYTES)
+                    block = stream.read(max(_CHUNK_BYTES, len(_BOM)))  # a whole BOM, if any
                 except _GZIP_ERRORS as e:
                     raise self._error(f"corrupt gzip data ({e})", None) from e
                 if not block:
@@ -230,6 +262,8 @@ class CorpusReader:
                     first = False
                     if block.startswith(_BOM):
                         block = block[len(_BOM) :]
+                        if not block:
+                            continue  # nothing but a BOM (so far)
                 cut = block.rfind(b"\n")
                 if cut < 0:
                     pending.append(block)
@@ -304,11 +338,10 @@ class CorpusReader:
         *,
         drop_nulls: bool = False,
         null_check: Callable[[int, str], str | None] | None = None,
-        bad: dict[int, str] | None = None,
     ) -> list[Document]:
         """Documents from a polars frame whose row ``i`` came from line/row ``lines[i]``."""
         tf, idf = self.cfg.text_field, self.cfg.id_field
-        bad = dict(bad or {})
+        bad: dict[int, str] = {}
         n = df.height
         if tf in df.columns:
             texts = _column_values(df.get_column(tf), tf, bad)
@@ -329,67 +362,111 @@ class CorpusReader:
             lines = [raw[k - start] for k in numbers]
             if not lines:
                 continue
-            df = None
-            try:
-                df = pl.read_ndjson(b"\n".join(lines), infer_schema_length=None)
-            except _POLARS_ERRORS:  # bad JSON somewhere in the block: find it line by line
-                pass
-            if df is not None and df.height == len(lines):
-
-                def null_check(i: int, field: str, lines: list[bytes] = lines) -> str | None:
-                    obj = json.loads(lines[i])
-                    if field in obj:
-                        return None  # present but null
-                    return _missing_field(field, obj, field == self.cfg.id_field)
-
-                bad = self._jsonl_nested_text(df, lines)
-                yield self._frame_docs(df, numbers, drop_nulls=True, null_check=null_check, bad=bad)
-            else:
+            df = self._jsonl_frame(lines)
+            if df is None:
                 yield self._jsonl_slow(numbers, lines)
-
-    def _jsonl_nested_text(self, df: pl.DataFrame, lines: list[bytes]) -> dict[int, str]:
-        """Rows whose text or id is a JSON object or array (polars turns those into strings
-        when other lines hold strings): row -> error message."""
-        bad: dict[int, str] = {}
-        for field in (self.cfg.text_field, self.cfg.id_field):
-            if field is None or df.schema.get(field) != pl.String:
                 continue
-            col = pl.col(field)
-            suspects = df.select(pl.arg_where(col.str.starts_with("{") | col.str.starts_with("[")))
-            for i in suspects.to_series().to_list():
-                value = json.loads(lines[i]).get(field)
-                if isinstance(value, (dict, list)):
-                    bad.setdefault(i, f"field {field!r} holds {_kind(value)}, not text")
-        return bad
+
+            def null_check(i: int, field: str, lines: list[bytes] = lines) -> str | None:
+                obj = json.loads(lines[i])
+                if field in obj:
+                    return None  # present but null
+                return _missing_field(field, obj, field == self.cfg.id_field)
+
+            yield self._frame_docs(df, numbers, drop_nulls=True, null_check=null_check)
+
+    def _jsonl_frame(self, lines: list[bytes]) -> pl.DataFrame | None:
+        """The block parsed at once by polars, or None when it must be read line by line:
+        polars rejects it (bad JSON somewhere, or no one schema fits), it holds an escape
+        polars reads wrongly (a surrogate), a line may nest too deeply for polars (objects
+        some 550 deep crash it), or polars changed some line's value to give a column one
+        type (:meth:`_polars_kept_values`)."""
+        block = b"\n".join(lines)
+        if _SURROGATE_ESCAPE.search(block):
+            return None
+        if any(line.count(b"{") + line.count(b"[") > _MAX_DEPTH for line in lines):
+            return None  # maybe nested too deeply: json.loads tells (_MAX_DEPTH)
+        try:
+            df = pl.read_ndjson(block, infer_schema_length=None)
+        except _POLARS_ERRORS:
+            return None
+        if df.height != len(lines) or not self._polars_kept_values(df, lines):
+            return None
+        return df
+
+    def _polars_kept_values(self, df: pl.DataFrame, lines: list[bytes]) -> bool:
+        """Whether every value polars read from the block is the line's own JSON value.
+
+        polars gives each column one type: when lines disagree it reads integers as floats
+        (``1`` -> ``1.0``) and numbers, booleans, objects and arrays as their JSON text
+        (``5`` -> ``"5"``), also inside nested values. So only flat columns, and arrays of
+        flat values, are trusted: integers, booleans, floats none of which is whole, and
+        strings, once the lines where one looks like converted JSON are seen to hold
+        strings there. The text and id must be spelled as written, so a float there
+        (``1.50``) or a zero (``-0``) is not trusted either.
+        """
+        spelled = (self.cfg.text_field, self.cfg.id_field)
+        suspects: dict[int, list[tuple[str, bool]]] = {}  # row -> (column, is an array)
+        for col in df.get_columns():
+            is_list = isinstance(col.dtype, pl.List)
+            values = col.explode() if is_list else col
+            dtype = values.dtype
+            if dtype == pl.String:
+                looks_converted = (col.list.eval(pl.element().str.contains(_CONVERTED_JSON)).list.any()
+                                   if is_list else col.str.contains(_CONVERTED_JSON))
+                for i in looks_converted.arg_true().to_list():
+                    suspects.setdefault(i, []).append((col.name, is_list))
+            elif dtype.is_float():
+                if col.name in spelled or (values == values.floor()).any():
+                    return False
+            elif dtype.is_integer():
+                if col.name in spelled and (values == 0).any():
+                    return False
+            elif dtype not in (pl.Boolean, pl.Null):
+                return False
+        for i, columns in suspects.items():
+            obj = json.loads(lines[i])
+            if not all(_holds_strings(obj.get(name), is_list) for name, is_list in columns):
+                return False
+        return True
 
     def _jsonl_slow(self, numbers: list[int], lines: list[bytes]) -> list[Document]:
-        """Parse a block line by line with json.loads, stopping at the first bad line."""
+        """Parse a block line by line with json.loads, every value the line's own,
+        stopping at the first bad line."""
         tf, idf = self.cfg.text_field, self.cfg.id_field
         texts: list[Any] = []
-        ids: list[Any] | None = [] if idf is not None else None
+        ids: list[Any] = []
         metas: list[dict[str, Any]] = []
         bad: dict[int, str] = {}
         for i, raw in enumerate(lines):
-            obj, problem = _parse_json_line(raw, numbers[i])
-            if problem is None and tf not in obj:
-                problem = _missing_field(tf, obj, False)
-            if problem is None and idf is not None and idf not in obj:
-                problem = _missing_field(idf, obj, True)
+            try:
+                obj, problem = _parse_json_line(raw, numbers[i])
+                if problem is None:
+                    problem = self._jsonl_problem(obj, raw)
+                if problem is None:
+                    texts.append(_text_value(_spelled(obj[tf], raw, tf), tf, bad, i))
+                    ids.append(_text_value(_spelled(obj[idf], raw, idf), idf, bad, i) if idf is not None else None)
+                    metas.append({k: c for k, v in obj.items()
+                                  if k != tf and k != idf and (c := _clean(v, _MAX_DEPTH - 1)) is not None})
+            except RecursionError:  # from json.loads, or _clean past _MAX_DEPTH
+                problem = f"too deeply nested JSON (more than {_MAX_DEPTH} levels of objects and arrays)"
             if problem is not None:
-                bad[i] = problem
-                texts.append(None)
-                metas.append({})
-                if ids is not None:
-                    ids.append(None)
+                bad[i] = problem  # _emit raises here, after the rows before it
                 numbers = numbers[: i + 1]
                 break
-            texts.append(_text_value(obj[tf], tf, bad, i))
-            if ids is not None:
-                ids.append(_text_value(obj[idf], idf, bad, i))
-            metas.append(
-                {k: c for k, v in obj.items() if k != tf and k != idf and (c := _clean(v)) is not None}
-            )
-        return self._emit(numbers, texts, ids, metas, bad)
+        return self._emit(numbers, texts, ids if idf is not None else None, metas, bad)
+
+    def _jsonl_problem(self, obj: dict[str, Any], raw: bytes) -> str | None:
+        """What is wrong with a line's object as a document (a missing text or id field, a
+        lone surrogate), or None."""
+        tf, idf = self.cfg.text_field, self.cfg.id_field
+        if tf not in obj:
+            return _missing_field(tf, obj, False)
+        if idf is not None and idf not in obj:
+            return _missing_field(idf, obj, True)
+        if _SURROGATE_ESCAPE.search(raw):
+            return _lone_surrogate(obj)
+        return None
 
     # ------------------------------------------------------------------ plain text
 
@@ -424,10 +501,12 @@ class CorpusReader:
                         return  # an empty file: no documents
                     raise self._error("the first line is empty; a CSV corpus needs a header row", 1)
                 names = self._csv_header(header, sep)
+                quotes = _QuoteCounter(stream, header.count(b'"'))
                 rows = 0
+                held: list[Document] = []  # the last block, yielded once the quotes are checked
                 try:
                     reader = pacsv.open_csv(
-                        stream,
+                        quotes,
                         read_options=pacsv.ReadOptions(column_names=names, block_size=_CHUNK_BYTES),
                         parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True),
                         convert_options=pacsv.ConvertOptions(
@@ -439,7 +518,8 @@ class CorpusReader:
                     for batch in reader:
                         df = pl.from_arrow(batch)
                         assert isinstance(df, pl.DataFrame)
-                        yield self._frame_docs(df, range(rows + 1, rows + 1 + df.height))
+                        yield held
+                        held = self._frame_docs(df, range(rows + 1, rows + 1 + df.height))
                         rows += df.height
                 except (pa.ArrowException, *_GZIP_ERRORS) as e:
                     if isinstance(e, _GZIP_ERRORS):
@@ -450,6 +530,13 @@ class CorpusReader:
                     if found is not None:
                         raise self._error(found[1], found[0]) from e
                     raise self._error(f"cannot parse CSV ({_one_line(str(e))})", None) from e
+                if quotes.count % 2:
+                    # a quoted field that never ends, which pyarrow silently reads to the end
+                    # of the file; or a quote inside an unquoted field (5" screen), which is fine
+                    found = self._csv_diagnose(path, sep, names)
+                    if found is not None:
+                        raise self._error(found[1], found[0])
+                yield held
 
     def _csv_header(self, header: bytes, sep: str) -> list[str]:
         """Column names from the header line; checks the text and id columns are there."""
@@ -457,11 +544,16 @@ class CorpusReader:
             text = header.decode("utf-8")
         except UnicodeDecodeError as e:
             raise self._error(_utf8_message(e) + " in the header", 1) from None
-        names = next(csv.reader([text.rstrip("\r\n")], delimiter=sep))
+        try:
+            names = next(csv.reader([text.rstrip("\r\n")], delimiter=sep))
+        except csv.Error as e:  # a line end inside the header ("\r" alone)
+            raise self._error(f"malformed CSV header ({e})", 1) from None
         seen: set[str] = set()
         for n in names:
             if n in seen:
                 raise self._error(f"duplicate column {n!r} in the header", 1)
+            if "\x00" in n:  # Arrow passes column names to polars as C strings
+                raise self._error(f"column name {n!r} holds a NUL character", 1)
             seen.add(n)
         self._check_columns(names)
         return names
@@ -475,20 +567,29 @@ class CorpusReader:
                 raise self._error(f"no column {field!r} (columns: {columns}); use {option}", 1)
 
     def _csv_diagnose(self, path: str, sep: str, names: list[str]) -> tuple[int, str] | None:
-        """(data row, problem) for the first row Python's csv module finds at fault."""
+        """(data row, problem) for the first row at fault, found by reading the file again
+        with Python's csv module, as leniently as pyarrow reads it: a quoted field that
+        never ends, a wrong number of fields, or invalid UTF-8."""
         limit = csv.field_size_limit()
         csv.field_size_limit(sys.maxsize)
         try:
             with self._open_path(path) as raw:
                 text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-                reader = csv.reader(text, delimiter=sep, strict=True)
+                text.readline()  # the header: one line, as _csv_chunks reads it
+                # _END becomes a row of its own, unless a quoted field is still open at the end
+                reader = csv.reader(itertools.chain(text, [_END]), delimiter=sep)
                 row = 0
                 try:
-                    next(reader, None)
                     for fields in reader:
                         if not fields:
                             continue  # a blank line, skipped as pyarrow does
+                        if fields == [_END]:
+                            break
                         row += 1
+                        if fields[-1].endswith(_END):
+                            last_line = reader.line_num  # the header, and all but _END
+                            opened = last_line - _line_breaks(fields[-1][: -len(_END)])
+                            return row, f"unterminated quote: the quoted field that starts on line {opened} never ends"
                         if len(fields) != len(names):
                             return row, f"{len(fields)} fields, but the header has {len(names)}"
                         for name, value in zip(names, fields):
@@ -600,6 +701,32 @@ class _Prepend(io.RawIOBase):
         return len(data)
 
 
+class _QuoteCounter(io.RawIOBase):
+    """A raw stream over ``stream`` that counts the quote characters (``"``) read through it."""
+
+    def __init__(self, stream: BinaryIO, count: int = 0):
+        self._stream = stream
+        self.count = count
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._stream.read(len(b))
+        b[: len(data)] = data
+        self.count += data.count(b'"')
+        return len(data)
+
+
+def _line_breaks(text: str) -> int:
+    """Line ends in ``text`` (``\\n``, ``\\r\\n`` or ``\\r``), but for one that ends it."""
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith(("\n", "\r")):
+        text = text[:-1]
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
 def _read_exactly(stream: Any, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -655,6 +782,38 @@ def _parse_json_line(raw: bytes, line: int) -> tuple[Any, str | None]:
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {_kind(obj)}"
     return obj, None
+
+
+def _spelled(value: Any, raw: bytes, field: str) -> Any:
+    """A JSONL line's text or id value, with a float or a zero as the line spells it
+    (``1.50``, ``1e5``, ``-0``: Python would write 1.5, 100000.0, 0); other values as they are."""
+    if isinstance(value, float) or (type(value) is int and value == 0):
+        return json.loads(raw, parse_int=str, parse_float=str, parse_constant=str)[field]
+    return value
+
+
+def _holds_strings(value: Any, is_list: bool) -> bool:
+    """Whether a JSON value is a string (``is_list``: an array of strings and nulls)."""
+    if not is_list:
+        return isinstance(value, str)
+    return isinstance(value, list) and all(v is None or isinstance(v, str) for v in value)
+
+
+def _lone_surrogate(obj: dict[str, Any]) -> str | None:
+    """A message naming the first lone surrogate (an escape such as ``\\ud800`` that is not
+    a character) in a JSON object's names and strings, or None."""
+    for key, value in obj.items():
+        stack = [key, value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+                stack.extend(item.keys())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str) and (found := _LONE_SURROGATE.search(item)):
+                return f"invalid text: lone surrogate \\u{ord(found.group()):04x} in field {key!r}"
+    return None
 
 
 def _text_value(value: Any, field: str, bad: dict[int, str], row: int) -> str | None:
@@ -739,10 +898,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _clean(value: Any) -> Any:
-    """:func:`_jsonable`, also leaving null members out of objects (JSONL meta)."""
+def _clean(value: Any, depth: int = _MAX_DEPTH) -> Any:
+    """:func:`_jsonable`, also leaving null members out of objects (JSONL meta); raises
+    RecursionError when objects and arrays nest more than ``depth`` levels deep."""
+    if isinstance(value, (dict, list)) and depth <= 0:
+        raise RecursionError(f"more than {_MAX_DEPTH} levels of objects and arrays")
     if isinstance(value, dict):
-        return {str(k): c for k, v in value.items() if (c := _clean(v)) is not None}
+        return {str(k): c for k, v in value.items() if (c := _clean(v, depth - 1)) is not None}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [_clean(v, depth - 1) for v in value]
     return _jsonable(value)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -41,6 +45,48 @@ def test_image_folder_reader_skips_and_counts_bad_files(digits):
     reasons = dict(reader.skipped)
     assert any("notes.txt" in p for p in reasons) and any("broken.png" in p for p in reasons)
     assert docs[0].ext_id.startswith("0/") and docs[0].meta["width"] == 8 and docs[0].meta["folder"] == "0"
+
+
+def read_unless_blocked(reader: ImageCorpusReader, fifo, seconds: float = 10.0) -> list:
+    """All documents of ``reader``; fails, rather than hangs, when it blocks opening ``fifo``."""
+    docs: list = []
+    thread = threading.Thread(target=lambda: docs.extend(d for b in reader for d in b), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # lets the blocked open return
+        thread.join()
+        pytest.fail(f"reading blocked on the FIFO {fifo}")
+    return docs
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_in_a_folder_or_list_are_skipped_not_read(tmp_path):
+    root = write_digit_images(tmp_path / "digits", classes=(0,), per_class=3)
+    fifo = root / "0" / "pipe.png"
+    os.mkfifo(fifo)
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{p.relative_to(tmp_path)}\n" for p in sorted(root.rglob("*.png"))))
+    for source, cfg in [(root, InputConfig()), (listing, InputConfig(format="images"))]:
+        reader = ImageCorpusReader(source, cfg)
+        docs = read_unless_blocked(reader, fifo)
+        assert len(docs) == 3 and reader.n_read == 3
+        assert reader.n_empty == 1 and reader.skipped == [(str(fifo), "not a regular file")]
+
+
+def test_decompression_bombs_are_skipped_with_a_reason(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = write_digit_images(tmp_path / "digits", classes=(0,), per_class=3)  # 8 x 8 = 64 pixels
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(root / "0" / "warns.png")  # 144 > limit: a warning
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "0" / "bomb.png")  # 400 > 2 x limit: an error
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    reader = ImageCorpusReader(root, InputConfig())
+    docs = [d for batch in reader for d in batch]
+    assert len(docs) == 3 and all(d.meta["width"] == 8 for d in docs)
+    reasons = {os.path.basename(p): r for p, r in reader.skipped}
+    assert sorted(reasons) == ["bomb.png", "warns.png"] and reader.n_empty == 2
+    assert all(r.startswith("decompression bomb (Image size (") for r in reasons.values()), reasons
 
 
 def test_vision_reader_returns_one_activation_per_patch(digits, tiny_vit):

@@ -3,11 +3,14 @@ raises a one-line InputError naming the file and line."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import gzip
 import io
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -624,6 +627,29 @@ def test_csv_duplicate_header(tmp_path):
     assert "duplicate column 'text'" in str(raises_at(path, 1))
 
 
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"id,text\r1,classic Mac line ends\r", "malformed CSV header (new-line character seen in unquoted field"),
+        (b"id,te\x00xt,text\n1,a,b\n", "column name 'te\\x00xt' holds a NUL character"),
+    ],
+)
+def test_csv_header_problems_name_line_1(tmp_path, data, problem):
+    path = tmp_path / "corpus.csv"
+    path.write_bytes(data)
+    assert problem in str(raises_at(path, 1))
+
+
+def test_a_file_holding_only_a_bom_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setattr(sio, "_CHUNK_BYTES", 1)
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf")
+    reader = read_documents(path)
+    assert docs_of(reader) == [] and reader.n_empty == 0
+    path.write_bytes(b'\xef\xbb\xbf{"text": "after a BOM"}')
+    assert [d.text for d in docs_of(read_documents(path, InputConfig(format="jsonl")))] == ["after a BOM"]
+
+
 def test_corrupt_parquet(tmp_path):
     path = tmp_path / "corpus.parquet"
     path.write_bytes(b"PAR1 this is not really parquet")
@@ -661,3 +687,174 @@ def test_count_documents(tmp_path):
     empty = tmp_path / "e.jsonl"
     empty.write_bytes(b"")
     assert count_documents(empty, cfg) == 0
+
+
+# --------------------------------------------------------------------------- CSV: unterminated quotes
+
+
+def unterminated_csv(sep: str = ",") -> bytes:
+    """300 data rows; row 5 (file line 6) opens a quote that never closes."""
+    rows = ["id" + sep + "text"] + [f"{i}{sep}review number {i}" for i in range(1, 301)]
+    rows[5] = f'5{sep}"this quote never closes'
+    return ("\n".join(rows) + "\n").encode()
+
+
+@pytest.mark.parametrize("how", ["plain", "gzip", "stdin", "tsv"])
+def test_csv_unterminated_quote_names_the_line(tmp_path, how):
+    data = unterminated_csv("\t" if how == "tsv" else ",")
+    path = tmp_path / ("corpus.tsv" if how == "tsv" else "corpus.csv")
+    path.write_bytes(gzip.compress(data) if how == "gzip" else data)
+    with pytest.raises(InputError) as info:
+        if how == "stdin":
+            docs_of(read_documents("-", InputConfig(format="csv", id_field="id"), stdin=io.BytesIO(data)))
+        else:
+            docs_of(read_documents(path, InputConfig(id_field="id")))
+    err = check_message(info.value, "-" if how == "stdin" else path, 5)
+    assert str(err).endswith(":5: unterminated quote: the quoted field that starts on line 6 never ends")
+
+
+@pytest.mark.parametrize(
+    "row, opened",
+    [
+        ('5,"two\nlines","never closed', 7),  # an earlier field of the row spans two lines
+        ('5,"never closed, x', 6),  # swallows the rest into too few fields: pyarrow fails itself
+    ],
+)
+def test_csv_unterminated_quote_line_is_where_the_quote_opens(tmp_path, small_chunks, row, opened):
+    rows = ["id,text,note"] + [f"{i},review {i},n{i}" for i in range(1, 41)]
+    rows[5] = row
+    path = tmp_path / "corpus.csv"
+    path.write_text("\r\n".join(rows) + "\r\n")
+    err = raises_at(path, 5)
+    assert f"the quoted field that starts on line {opened} never ends" in str(err)
+
+
+def test_csv_quotes_inside_unquoted_fields_are_not_unterminated(tmp_path, small_chunks):
+    # an odd number of quote characters, all of them valid: nothing is reported, nothing lost
+    rows = ["id,text"] + [f'{i},"a {i}"" tablet"' if i % 2 else f'{i},my {i}" screen' for i in range(1, 60)]
+    path = tmp_path / "screens.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert path.read_bytes().count(b'"') % 2 == 1
+    docs = docs_of(read_documents(path, InputConfig(id_field="id")))
+    assert [d.text for d in docs[:2]] == ['a 1" tablet', 'my 2" screen'] and len(docs) == 59
+
+
+# --------------------------------------------------------------------------- JSONL: each line's own values
+
+
+def jsonl_bytes(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+def typed(docs: list[Document]) -> list[tuple]:
+    """Documents with their meta as JSON text, so that 1, 1.0 and true differ."""
+    return [(d.ext_id, d.text, json.dumps(d.meta), d.line) for d in docs]
+
+
+@pytest.mark.parametrize(
+    "line, field, escape",
+    [
+        (r'{"text": "bad \ud800 here"}', "text", r"\ud800"),
+        (r'{"text": "reversed pair \ude00\ud83d"}', "text", r"\ude00"),
+        (r'{"text": "ok", "id": "x\uDBFF"}', "id", r"\udbff"),
+        (r'{"text": "ok", "m": {"k": ["\udc00"]}}', "m", r"\udc00"),
+    ],
+)
+def test_jsonl_lone_surrogate_is_invalid_text(tmp_path, line, field, escape):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(['{"text": "fine", "id": "a"}', line]))
+    err = raises_at(path, 2, id_field="id" if field == "id" else None)
+    assert str(err).endswith(f":2: invalid text: lone surrogate {escape} in field {field!r}")
+
+
+def test_jsonl_surrogate_pairs_round_trip(tmp_path):
+    lines = [r'{"text": "smile \ud83d\ude00", "id": "\uD83D\uDE00", "m": "\ud83d\ude00"}',
+             r'{"text": "not an escape: \\ud800", "id": "b"}']
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(lines))
+    docs = docs_of(read_documents(path, InputConfig(id_field="id")))
+    assert [(d.ext_id, d.text, d.meta) for d in docs] == [
+        ("\U0001f600", "smile \U0001f600", {"m": "\U0001f600"}),
+        ("b", "not an escape: \\ud800", {}),
+    ]
+
+
+def test_jsonl_numeric_ids_and_texts_are_spelled_as_written(tmp_path):
+    lines = ['{"id": 1, "text": 7}', '{"id": 1.5, "text": 2.50}', '{"id": "007", "text": "c"}',
+             '{"id": 2.50, "text": 1E5}', '{"id": -0, "text": "e", "x": null}', '{"id": 10, "text": 3}']
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(lines))
+    docs = docs_of(read_documents(path, InputConfig(id_field="id")))
+    assert [(d.ext_id, d.text) for d in docs] == [
+        ("1", "7"), ("1.5", "2.50"), ("007", "c"), ("2.50", "1E5"), ("-0", "e"), ("10", "3")]
+    # ... the same whatever the other lines of the block hold
+    for i, line in enumerate(lines):
+        path.write_bytes(jsonl_bytes([line]))
+        assert [(d.ext_id, d.text) for d in docs_of(read_documents(path, InputConfig(id_field="id")))] == [
+            (docs[i].ext_id, docs[i].text)]
+
+
+MIXED_META = [
+    '{"text": "a", "m": 1, "f": 0.5, "s": "x", "b": true}',
+    '{"text": "b", "m": "1", "f": 2, "s": 3, "b": "true"}',
+    '{"text": "c", "m": 1.5, "f": 2.0, "s": {"k": [1, "two", 3.0]}, "b": false}',
+    '{"text": "d", "m": true, "f": null, "s": [1, 2], "b": 1}',
+    '{"text": "e", "m": {"a": 1}, "s": {"k": "v"}, "b": null}',
+    '{"text": "f", "m": [1, 2.5, "x", null, {"y": [true]}], "s": "[1, 2]", "b": "{\\"k\\": 1}"}',
+    '{"text": "g", "m": 12345678901234567890123, "f": 1e300, "s": "-0"}',
+]
+
+
+def test_jsonl_meta_holds_each_lines_own_values(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(MIXED_META))
+    docs = docs_of(read_documents(path))
+    expected = [{k: v for k, v in json.loads(line).items() if k != "text" and v is not None} for line in MIXED_META]
+    assert [json.dumps(d.meta) for d in docs] == [json.dumps(m) for m in expected]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 70, 200, 4 << 20])
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_jsonl_documents_do_not_depend_on_blocks_or_batches(tmp_path, monkeypatch, chunk_bytes, batch_size):
+    lines = MIXED_META * 3 + ['{"text": "h", "m": 2}', '{"text": "i", "m": 3.25}', '{"text": "j", "m": "z"}']
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(jsonl_bytes(lines))
+    one_by_one = []  # each line read from a file of its own
+    for i, line in enumerate(lines, start=1):
+        alone = tmp_path / "alone.jsonl"
+        alone.write_bytes(jsonl_bytes([line]))
+        one_by_one += [dataclasses.replace(d, ext_id=str(i), line=i) for d in docs_of(read_documents(alone))]
+    monkeypatch.setattr(sio, "_CHUNK_BYTES", chunk_bytes)
+    docs = docs_of(read_documents(path, InputConfig(batch_size=batch_size)))
+    assert typed(docs) == typed(one_by_one)
+
+
+@pytest.mark.parametrize("arrays", [128, 2_000, 100_000])
+def test_jsonl_too_deeply_nested(tmp_path, arrays):
+    path = tmp_path / "deep.jsonl"
+    deep = '{"text": "x", "m": ' + "[" * arrays + "]" * arrays + "}"
+    path.write_bytes(jsonl_bytes(['{"text": "fine"}', deep]))
+    err = raises_at(path, 2)
+    assert str(err).endswith(":2: too deeply nested JSON (more than 128 levels of objects and arrays)")
+
+
+def test_jsonl_deeply_nested_objects_do_not_crash(tmp_path):
+    """polars crashes (a segfault, not an exception) on objects nested some 550 deep, so
+    such a line must not reach it; read in a child process, so that a crash fails this
+    test rather than ending the test run."""
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(jsonl_bytes(['{"text": "fine"}', '{"text": "x", "m": ' + '{"a": ' * 700 + "1" + "}" * 700 + "}"]))
+    code = ("import sys\nfrom saedata.corpus import read_documents\nfrom saedata.errors import InputError\n"
+            "try:\n    [d for b in read_documents(sys.argv[1]) for d in b]\nexcept InputError as e:\n    print(e)")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"{path}:2: too deeply nested JSON (more than 128 levels of objects and arrays)"
+
+
+def test_jsonl_nesting_up_to_the_limit_is_kept(tmp_path):
+    value: object = "leaf"
+    for _ in range(127):  # the line's object and 127 arrays: 128 levels
+        value = [value]
+    path = write_jsonl(tmp_path / "deep.jsonl", [{"text": "x", "m": value}])
+    assert docs_of(read_documents(path))[0].meta == {"m": value}
