@@ -99,7 +99,7 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
     scope = resolve_scope(store, dataset, sae_id)
     sae = scope.sae_id
     docs = documents_frame(store, scope, fields=[target]).select("doc_id", target)
-    warnings: list[str] = []
+    warnings: list[str] = list(scope.warnings)
     known = docs.filter(pl.col(target).is_not_null())
     if known.height < docs.height:
         warnings.append(f"{docs.height - known.height} documents have no {target!r} and are left out")

@@ -133,9 +133,9 @@ def cluster(
         raise ConfigError(f"--max-k must be at least 2, got {max_k}")
     if min_cluster_size < 2:
         raise ConfigError(f"--min-cluster-size must be at least 2, got {min_cluster_size}")
-    warnings: list[str] = []
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
+        warnings: list[str] = list(scope.warnings)
         n = scope.n_docs
         where = f"the {n} documents of {scope.describe()}"
         if n < 3:

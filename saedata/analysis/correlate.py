@@ -124,7 +124,7 @@ def correlate(
                              threshold=float(threshold), keep_latents=keep)
         n_latents = _n_supported(store, scope, min_support, threshold, keep)
         labels = latent_labels(store, scope.sae_id).select("latent", "label")
-        warnings: list[str] = []
+        warnings: list[str] = list(scope.warnings)
         if counts.height == 0:
             warnings.append(
                 f"no pair of latents fires together in {min_support} or more of the {n} documents of "
@@ -334,7 +334,7 @@ def correlate_metadata(
     if values.dtype == pl.Float64 or values.dtype == pl.Float32:
         ok &= ~values.is_nan().fill_null(True).to_numpy()
     n_missing = int((~ok).sum())
-    warnings: list[str] = []
+    warnings: list[str] = list(scope.warnings)
     if n_missing:
         warnings.append(f"{n_missing} of {len(ok)} documents have no value for {column!r}; they are left out")
     values = values.filter(pl.Series(ok))

@@ -32,6 +32,7 @@ in smaller datasets).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -228,10 +229,12 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold:
     ctx = _Context(store, list(scope.states), scope.sae_id, float(threshold), labels, examples, merge_duplicates,
                    min_docs)
     if by is not None:
-        return _diff_by(ctx, by, length_control, length_bins)
-    if paired_on is not None:
-        return _diff_paired(ctx, paired_on)
-    return _diff_two(ctx, length_control, length_bins)
+        result = _diff_by(ctx, by, length_control, length_bins)
+    elif paired_on is not None:
+        result = _diff_paired(ctx, paired_on)
+    else:
+        result = _diff_two(ctx, length_control, length_bins)
+    return dataclasses.replace(result, warnings=[*scope.warnings, *result.warnings])
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ class Scope:
     names: tuple[str, ...]
     states: tuple[DatasetState, ...]
     sae_id: int
+    warnings: tuple[str, ...] = ()
+    """What the scope leaves out and why (an unfinished dataset of the SAE)."""
 
     @property
     def dataset_ids(self) -> list[int]:
@@ -79,8 +81,10 @@ class Scope:
 def resolve_scope(store: Store, datasets: str | list[str] | tuple[str, ...] | None,
                   sae_id: int | None = None) -> Scope:
     """The named datasets, or by default every complete dataset of the SAE (``sae_id``, or
-    the store's only one). Named datasets must exist (NotFoundError naming those there
-    are), be complete and non-empty (ConfigError) and share one SAE (ConfigError)."""
+    the store's only one; an unfinished one is left out with a warning, never blocking the
+    others). Named datasets must exist (NotFoundError naming those there are), be complete
+    and non-empty (ConfigError) and share one SAE (ConfigError)."""
+    warnings: list[str] = []
     if isinstance(datasets, str):
         names = [datasets]
     elif datasets:
@@ -88,6 +92,11 @@ def resolve_scope(store: Store, datasets: str | list[str] | tuple[str, ...] | No
     else:
         sae = store.resolve_sae(sae_id)
         names = store.dataset_names(sae, complete=True)
+        for unfinished in store.dataset_names(sae):
+            if unfinished not in names:
+                n = store.dataset_state(unfinished).n_docs
+                warnings.append(f"dataset {unfinished!r} is unfinished ({n} documents stored) and left out; "
+                                "rerun its `saedata embed` to finish it")
         if not names:
             raise NotFoundError(f"{store.path} has no complete dataset embedded with SAE {sae}; "
                                 "run `saedata embed` first")
@@ -104,7 +113,7 @@ def resolve_scope(store: Store, datasets: str | list[str] | tuple[str, ...] | No
     if len(ids) != 1:
         described = ", ".join(f"{s.name} (SAE {s.sae_id})" for s in states)
         raise ConfigError(f"datasets were embedded with different SAEs: {described}; compare like with like")
-    return Scope(tuple(names), tuple(states), store.resolve_sae(ids.pop()))
+    return Scope(tuple(names), tuple(states), store.resolve_sae(ids.pop()), tuple(warnings))
 
 
 @dataclass(frozen=True)
