@@ -22,6 +22,10 @@ from saedata.config import DEFAULT_READER, ReaderConfig
 from saedata.errors import ReaderError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CHARS_PER_TOKEN = 32
+"""Characters of a text read per token of ``max_tokens``: far more than any tokenizer's
+longest token, so cutting there never changes the tokens a text is truncated to (but for
+runs of whitespace, which no model reads)."""
 
 
 class TokenBatch(NamedTuple):
@@ -199,12 +203,20 @@ class Reader(_LayerReader):
         Documents are sorted by length into forward batches of ``cfg.batch_size`` to
         waste little compute on padding; the result is in input order.
         """
+        # A token spans a few characters, so no more than CHARS_PER_TOKEN x max_tokens of a
+        # text can reach the model: longer texts are cut first (a 50 MB document costs what
+        # its first tokens cost) and counted as truncated.
+        limit = CHARS_PER_TOKEN * self.max_tokens
+        cut = np.array([len(t) > limit for t in texts], dtype=bool)
+        if cut.any():
+            texts = [t[:limit] if c else t for t, c in zip(texts, cut)]
         order = np.argsort([len(t) for t in texts], kind="stable")
         parts: list[tuple[np.ndarray, TokenBatch]] = []
         for start in range(0, len(texts), self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
             parts.append((idx, self._read_sorted([texts[i] for i in idx])))
-        return _merge(parts, len(texts))
+        batch = _merge(parts, len(texts))
+        return batch._replace(truncated=batch.truncated | cut) if cut.any() else batch
 
     def _read_sorted(self, texts: list[str]) -> TokenBatch:
         enc = self.tokenize(texts)

@@ -66,3 +66,19 @@ def test_default_reader_loads_offline_from_its_pypi_package():
     assert reader.d_model == 384 and reader.n_layers == 6 and reader.layer == 5
     batch = reader.read(["Dogs are loyal pets.", "Quantum physics is hard."])
     assert batch.acts.shape[1] == 384 and batch.n_tokens.tolist() == [5, 5]
+
+
+def test_a_huge_document_is_cut_before_tokenising(tiny_bert):
+    """Only the first CHARS_PER_TOKEN x max_tokens characters can reach the model: a 5 MB
+    document gives the activations of that prefix, flagged truncated."""
+    from saedata.reader import CHARS_PER_TOKEN
+
+    reader = Reader(ReaderConfig(model=tiny_bert, device="cpu", max_tokens=64))
+    huge = "the dog barked at the postman. " * 170_000
+    prefix = huge[: CHARS_PER_TOKEN * 64]
+    big, small = reader.read([huge, "short text"]), reader.read([prefix, "short text"])
+    assert big.n_tokens.tolist() == small.n_tokens.tolist() == [62, 2]  # 64 minus [CLS] and [SEP]
+    assert big.truncated.tolist() == [True, False]
+    assert torch.equal(big.acts, small.acts)
+    spaces = reader.read([" " * 10_000 + "a late word"])
+    assert spaces.truncated.tolist() == [True]  # cut, although fewer than 64 tokens were left
