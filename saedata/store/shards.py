@@ -102,25 +102,88 @@ class Manifest:
                 if dataset is None or p["dataset"] == dataset]
 
 
+MAX_D_SAE = 1 << 24
+"""Most latents a manifest may claim (a store holds one row per latent)."""
+
+
 def read_manifest(folder: str | os.PathLike) -> Manifest:
-    """The manifest of a shard folder; a clear error when it is missing, not a shard
-    folder, or from a newer saedata."""
+    """The manifest of a shard folder, every field checked (a folder may come from someone
+    else): a clear one-line error when it is missing, malformed, from a newer saedata, or
+    names anything outside the folder."""
     path = Path(folder) / MANIFEST
     if not path.exists():
         raise NotFoundError(f"{folder} is not a shard folder (no {MANIFEST}); "
                             "write one with `saedata embed --engine ray --out FOLDER`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path}: unreadable manifest ({e})") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise StoreError(f"{path}: unreadable manifest ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StoreError(f"{path} is not a saedata shard manifest")
-    if int(data.get("version", 0)) > FORMAT_VERSION:
-        raise SchemaVersionError(f"{folder} holds shards of format version {data['version']}, but this "
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"{path}: version is {version!r}, not a number")
+    if version > FORMAT_VERSION:
+        raise SchemaVersionError(f"{folder} holds shards of format version {version}, but this "
                                  f"saedata reads up to version {FORMAT_VERSION}; upgrade saedata to read it")
-    return Manifest(sae=data["sae"], reader=data["reader"], embed=data["embed"], datasets=data["datasets"],
-                    parts=data["parts"], complete=bool(data["complete"]), labelled=bool(data.get("labelled")),
-                    version=int(data["version"]))
+    try:
+        return _checked(data, version)
+    except (KeyError, TypeError, ValueError) as e:
+        problem = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise StoreError(f"{path}: malformed manifest ({problem})") from None
+
+
+def _checked(data: dict[str, Any], version: int) -> Manifest:
+    """A Manifest from a manifest's JSON, with TypeError/ValueError/KeyError for what is wrong."""
+    def integer(value: Any, what: str, low: int = 0, high: int | None = None) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+            bound = f" in {low}..{high}" if high is not None else f" >= {low}"
+            raise ValueError(f"{what} is {value!r}, not a whole number{bound}")
+        return value
+
+    def mapping(value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise TypeError(f"{what} is not an object")
+        return value
+
+    sae = mapping(data["sae"], "sae")
+    integer(sae["sae_id"], "sae.sae_id", 1)
+    integer(sae["d_in"], "sae.d_in", 1, MAX_D_SAE)
+    integer(sae["d_sae"], "sae.d_sae", 1, MAX_D_SAE)
+    for key in ("name", "fingerprint", "activation"):
+        if not isinstance(sae[key], str):
+            raise TypeError(f"sae.{key} is not text")
+    datasets = data["datasets"]
+    if not isinstance(datasets, list):
+        raise TypeError("datasets is not a list")
+    names: dict[str, dict[str, Any]] = {}
+    for d in datasets:
+        mapping(d, "a dataset")
+        name = d["name"]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ValueError(f"dataset name {name!r} is not a safe folder name")
+        if name in names:
+            raise ValueError(f"dataset {name!r} is listed twice")
+        integer(d["dataset_id"], f"dataset {name!r}: dataset_id", 1)
+        if not isinstance(d["source"], str):
+            raise TypeError(f"dataset {name!r}: source is not text")
+        for key in ("n_parts", "n_docs", "first_doc_id", "n_empty"):
+            if key in d:
+                integer(d[key], f"dataset {name!r}: {key}")
+        names[name] = d
+    parts = mapping(data["parts"], "parts")
+    for key, part in parts.items():
+        mapping(part, f"part {key!r}")
+        dataset, index = part["dataset"], integer(part["index"], f"part {key!r}: index")
+        if dataset not in names or key != part_key(dataset, index):
+            raise ValueError(f"part {key!r} is not a part of a listed dataset")
+        if index >= names[dataset].get("n_parts", 0):
+            raise ValueError(f"part {key!r} is beyond the {names[dataset].get('n_parts', 0)} parts of {dataset!r}")
+        for count in ("n_docs", "n_activations", "n_truncated"):
+            integer(part[count], f"part {key!r}: {count}")
+    return Manifest(sae=sae, reader=mapping(data["reader"], "reader"), embed=mapping(data["embed"], "embed"),
+                    datasets=datasets, parts=parts, complete=bool(data["complete"]),
+                    labelled=bool(data.get("labelled")), version=version)
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
@@ -327,6 +390,14 @@ def copy_into(store: Store, folder: str | os.PathLike, manifest: Manifest, names
     sae = manifest.sae
     row = store.one("SELECT sae_id FROM saes WHERE fingerprint = ?", [sae["fingerprint"]])
     con = store.con
+    try:
+        return _copy(con, folder, manifest, names, sae, row)
+    except duckdb.Error as e:  # a corrupt or missing part file
+        raise StoreError(f"cannot import {folder}: {str(e).splitlines()[0][:300]}") from None
+
+
+def _copy(con: duckdb.DuckDBPyConnection, folder: Path, manifest: Manifest, names: list[str],
+          sae: dict[str, Any], row: tuple | None) -> tuple[int, list[int], int, int]:
     if row is None:
         sae_id = int(con.execute("SELECT coalesce(max(sae_id), 0) + 1 FROM saes").fetchone()[0])
         _insert_sae(con, sae, sae_id)
@@ -350,6 +421,10 @@ def copy_into(store: Store, folder: str | os.PathLike, manifest: Manifest, names
             [dataset_id, name, d["source"], sae_id, d.get("n_empty", 0), manifest.total("n_truncated", name),
              json.dumps({"reader": manifest.reader, "embed": manifest.embed, "shards": str(folder)})],
         )
+        (top,) = con.execute("SELECT max(latent) FROM read_parquet(?)", [act_files]).fetchone()
+        if top is not None and top >= sae["d_sae"]:
+            raise StoreError(f"{folder}: dataset {name!r} has latent {top}, but its SAE has {sae['d_sae']} latents; "
+                             "the manifest does not describe these shards")
         # every part has all five files, so no list is empty; paths are parameters
         con.execute("INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
                     "FROM read_parquet(?) ORDER BY doc_id", [shift, dataset_id, doc_files])
