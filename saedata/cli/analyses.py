@@ -7,6 +7,9 @@ import click
 import saedata
 from saedata.cli.app import main
 from saedata.cli.options import (
+    CARDINAL,
+    COUNT,
+    Real,
     configs,
     datasets_option,
     db_option,
@@ -17,6 +20,7 @@ from saedata.cli.options import (
     input_options,
     latents_option,
     log,
+    new_file,
     progress,
     quiet_option,
     reader_options,
@@ -52,7 +56,7 @@ from saedata.config import ReaderConfig
               help="Split dataset A by this metadata column: each value vs the rest. `--by dataset` compares "
                    "every dataset (or A and B) each against the others.")
 @click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
-@click.option("--examples", type=int, default=3, show_default=True, help="Example documents per side and latent.")
+@click.option("--examples", type=CARDINAL, default=3, show_default=True, help="Example documents per side and latent.")
 @replace_option
 @format_option
 @reader_options
@@ -95,7 +99,7 @@ def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length
 @click.option("--target", required=True, help="Metadata column to predict (binary or numeric).")
 @click.option("--dataset", default=None, help="Dataset to use [default: every complete dataset of the SAE].")
 @db_option
-@click.option("--n-latents", type=int, default=10, show_default=True, help="Latents the sparse model keeps.")
+@click.option("--n-latents", type=COUNT, default=10, show_default=True, help="Latents the sparse model keeps.")
 @threshold_option
 @sae_id_option
 @top_option(20, "Rows to show (0 for all).")
@@ -134,13 +138,14 @@ def associate(ctx, target, dataset, db, n_latents, threshold, sae_id, top, seed,
               help="Associate latents with this metadata column instead of with each other.")
 @click.option("--as", "kind", type=click.Choice(["auto", "categorical", "numeric"]), default="auto",
               show_default=True, help="How to treat the --with column (auto: numbers are numeric).")
-@click.option("--min-support", type=int, default=5, show_default=True,
+@click.option("--min-support", type=COUNT, default=5, show_default=True,
               help="Latents and pairs must fire in at least this many documents.")
 @threshold_option
 @click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
 @latents_option("Only these comma-separated latent ids.")
 @top_option(20, "Pairs to show (metadata: latents per class, or rows for a numeric column).")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="q-value cut for significance.")
+@click.option("--alpha", type=Real(0, 1, min_open=True), default=0.05, show_default=True,
+              help="q-value cut for significance.")
 @report_option("Write an offline HTML report (heatmap, table, example documents) here.")
 @sae_id_option
 @format_option
@@ -201,16 +206,19 @@ def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, 
 @latents_option("Cluster on these comma-separated latent ids.")
 @click.option("--method", type=click.Choice(["kmeans", "hdbscan"]), default="kmeans", show_default=True,
               help="k-means (k given or estimated), or HDBSCAN (finds k, marks noise as -1).")
-@click.option("--k", type=int, default=None, help="Number of k-means clusters [default: estimated by silhouette].")
-@click.option("--max-k", type=int, default=12, show_default=True, help="Largest k tried when estimating k.")
-@click.option("--min-cluster-size", type=int, default=10, show_default=True, help="HDBSCAN's smallest cluster.")
+@click.option("--k", type=click.IntRange(2, 100_000), default=None,
+              help="Number of k-means clusters [default: estimated by silhouette].")
+@click.option("--max-k", type=click.IntRange(2, 100_000), default=12, show_default=True,
+              help="Largest k tried when estimating k.")
+@click.option("--min-cluster-size", type=click.IntRange(2, 1_000_000_000), default=10, show_default=True,
+              help="HDBSCAN's smallest cluster.")
 @click.option("--scale", type=click.Choice(["values", "binary", "tfidf"]), default="values", show_default=True,
               help="Features: pooled values, 0/1, or 0/1 weighted by rarity (rows at unit length).")
 @top_option(20, "Most latents an --axis picks.")
 @click.option("--compare", is_flag=True, help="Also cluster on all latents and compare (adjusted Rand index).")
 @click.option("--eval-field", default=None, help="Score the clusterings against this metadata column (ARI, NMI).")
 @report_option("Write an offline HTML report here, and the 2-D map beside it as PNG.")
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, callback=new_file,
               help="Write the 2-D map (UMAP, coloured by cluster) as PNG here.")
 @click.option("--assignments", is_flag=True, help="Print one row per document instead of one per cluster.")
 @seed_option("Seed: same input + seed -> same clusters.")
@@ -269,7 +277,7 @@ def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_
 @click.option("--eval-field", default=None, help="Metadata field to report precision@top against.")
 @click.option("--eval-value", default=None,
               help="Value of --eval-field that counts as relevant [default: true, for boolean fields].")
-@click.option("--query-latents", type=int, default=128, show_default=True,
+@click.option("--query-latents", type=COUNT, default=128, show_default=True,
               help="Latents kept from the query's own activations (label matches come on top).")
 @sae_id_option
 @device_option(help="Where the query is read.")

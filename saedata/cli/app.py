@@ -23,6 +23,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except SaedataError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a full disk, a permission: one line naming the file
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

@@ -7,6 +7,8 @@ import click
 import saedata
 from saedata.cli.app import main
 from saedata.cli.options import (
+    COUNT,
+    Real,
     db_option,
     example,
     input_options,
@@ -59,15 +61,15 @@ def train(ctx, corpus, out, **kw):
               help="local: this process, into --db. ray: a Ray Data actor pool, into Parquet shards in --out.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Shard folder (--engine ray); query it with --shards, or `saedata import` it.")
-@click.option("--num-workers", type=int, default=1, show_default=True,
+@click.option("--num-workers", type=click.IntRange(1, 10_000), default=1, show_default=True,
               help="Ray actors, each with its own reader and SAE (--engine ray).")
-@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+@click.option("--gpus-per-worker", type=Real(0, 1024), default=0.0, show_default=True,
               help="GPUs per Ray actor; > 0 runs the reader on CUDA (--engine ray).")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+@click.option("--cpus-per-worker", type=Real(0, 4096, min_open=True), default=1.0, show_default=True,
               help="CPU cores per Ray actor, also its torch threads (--engine ray).")
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
               help="Ray cluster to join, e.g. ray://head:10001 [default: the running one, else a local Ray].")
-@click.option("--part-docs", type=int, default=4096, show_default=True,
+@click.option("--part-docs", type=COUNT, default=4096, show_default=True,
               help="Documents per shard part: the unit of work, of resuming, and of the Parquet files (--engine ray).")
 @reader_options
 @input_options

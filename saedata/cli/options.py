@@ -17,6 +17,25 @@ from saedata.config import ACTIVATIONS, EmbedConfig, InputConfig, ReaderConfig, 
 FORMATS = ("table", "json", "csv")
 DEVICES = ("auto", "cpu", "cuda")
 
+COUNT = click.IntRange(1, 1_000_000_000)
+"""A positive count (documents, latents, folds, tokens): bounded, so no value overflows later."""
+CARDINAL = click.IntRange(0, 1_000_000_000)
+"""A count that may be 0."""
+SEED = click.IntRange(0, 2**32 - 1)
+"""A seed, in the range every library here accepts."""
+
+
+class Real(click.FloatRange):
+    """A finite number in a range (Click's FloatRange lets NaN through every bound)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        number = super().convert(value, param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
 Decorator = Callable[[Callable], Callable]
 
 
@@ -58,7 +77,7 @@ def device_option(default: str = "auto", help: str = "Where the reader and SAE r
 
 
 def sae_id_option(f: Callable) -> Callable:
-    return click.option("--sae-id", type=int, default=None, help="SAE of the store to use when it has several.")(f)
+    return click.option("--sae-id", type=COUNT, default=None, help="SAE of the store to use when it has several.")(f)
 
 
 def datasets_option(f: Callable) -> Callable:
@@ -67,20 +86,36 @@ def datasets_option(f: Callable) -> Callable:
 
 
 def top_option(default: int, help: str) -> Decorator:  # noqa: A002
-    return click.option("--top", type=int, default=default, show_default=True, help=help)
+    return click.option("--top", type=click.IntRange(0, 1_000_000_000), default=default, show_default=True,
+                        help=help)
 
 
 def threshold_option(f: Callable) -> Callable:
-    return click.option("--threshold", type=float, default=0.0, show_default=True,
+    return click.option("--threshold", type=Real(min=0), default=0.0, show_default=True,
                         help="A latent is active in a document when |pooled value| > this.")(f)
 
 
 def seed_option(help: str = "Seed: same input + seed -> same result.") -> Decorator:  # noqa: A002
-    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+    return click.option("--seed", type=SEED, default=0, show_default=True, help=help)
+
+
+def new_file(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A file to write, checked before any work: its folder exists, and it is not a folder."""
+    if value is None:
+        return None
+    from pathlib import Path
+
+    path = Path(value)
+    if path.is_dir():
+        raise click.BadParameter(f"{value} is a folder; give a file name", param=param)
+    if not path.resolve().parent.is_dir():
+        raise click.BadParameter(f"folder {path.parent} does not exist", param=param)
+    return value
 
 
 def report_option(help: str) -> Decorator:  # noqa: A002
-    return click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, help=help)
+    return click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None, callback=new_file,
+                        help=help)
 
 
 def replace_option(f: Callable) -> Callable:
@@ -118,12 +153,12 @@ reader_options = _stack(
     click.option("--model", default=None,
                  help="Reader: Hugging Face model id or local directory "
                       "[default: the SAE's reader, else all-MiniLM-L6-v2, shipped offline]."),
-    click.option("--layer", type=int, default=None,
+    click.option("--layer", type=click.IntRange(-1000, 1000), default=None,
                  help="Block whose residual-stream output is read; negative counts from the end "
                       "[default: the SAE's layer, else the last]."),
-    click.option("--max-tokens", type=int, default=256, show_default=True,
+    click.option("--max-tokens", type=click.IntRange(2, 1_000_000), default=256, show_default=True,
                  help="Truncate documents longer than this many tokens (counted in the output)."),
-    click.option("--batch-size", type=int, default=32, show_default=True, help="Documents per forward pass."),
+    click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Documents per forward pass."),
     device_option(),
     click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
                  show_default=True, help="Reader weights' dtype."),
@@ -132,9 +167,10 @@ reader_options = _stack(
 train_options = _stack(
     click.option("--activation", type=click.Choice(ACTIVATIONS), default="topk", show_default=True,
                  help="SAE activation when training one."),
-    click.option("--k", type=int, default=32, show_default=True, help="Active latents per token (TopK family)."),
-    click.option("--expansion", type=int, default=8, show_default=True, help="d_sae = expansion x reader width."),
-    click.option("--train-tokens", type=int, default=2_000_000, show_default=True,
+    click.option("--k", type=COUNT, default=32, show_default=True, help="Active latents per token (TopK family)."),
+    click.option("--expansion", type=click.IntRange(1, 1024), default=8, show_default=True,
+                 help="d_sae = expansion x reader width."),
+    click.option("--train-tokens", type=COUNT, default=2_000_000, show_default=True,
                  help="Tokens to train the SAE on (the corpus is cycled when shorter)."),
     seed_option("Seed: same corpus + seed -> same SAE."),
 )

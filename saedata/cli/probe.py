@@ -6,7 +6,7 @@ import click
 
 import saedata
 from saedata.cli.app import Group, main
-from saedata.cli.options import db_option, device_option, emit, example, format_option, log, quiet_option
+from saedata.cli.options import Real, db_option, device_option, emit, example, format_option, log, quiet_option
 
 
 @main.group(cls=Group, epilog=example("saedata probe codes --dataset a --label-field topic --cv 3"))
@@ -23,7 +23,7 @@ def probe() -> None:
 @click.option("--dataset", required=True, help="Dataset to probe.")
 @click.option("--label-field", required=True, help="Metadata column with the class (e.g. folder for images).")
 @db_option
-@click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--cv", type=click.IntRange(2, 1000), default=5, show_default=True, help="Cross-validation folds.")
 @device_option("cpu")
 @format_option
 @quiet_option
@@ -43,7 +43,7 @@ def probe_codes(ctx, dataset, label_field, db, cv, device, fmt):
 @click.option("--in", "in_dataset", required=True, help="In-distribution dataset (the SAE's own data).")
 @click.option("--out", "out_dataset", required=True, help="Dataset to tell apart from it.")
 @db_option
-@click.option("--holdout", type=float, default=0.3, show_default=True,
+@click.option("--holdout", type=Real(0, 1, min_open=True, max_open=True), default=0.3, show_default=True,
               help="Share of the in-dataset held out as in-distribution test rows.")
 @device_option("cpu")
 @format_option

@@ -9,12 +9,14 @@ import click
 import saedata
 from saedata.cli.app import main
 from saedata.cli.options import (
+    SEED,
     db_option,
     emit,
     example,
     format_option,
     latents_option,
     log,
+    new_file,
     quiet_option,
     sae_id_option,
     top_option,
@@ -23,9 +25,9 @@ from saedata.cli.options import (
 
 @main.command(epilog=example("saedata demo a.jsonl b.jsonl -n 200"))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="PATH [PATH_B]")
-@click.option("-n", "--n-docs", type=int, default=None,
+@click.option("-n", "--n-docs", type=click.IntRange(1, 10_000_000), default=None,
               help="Documents per corpus [default: 600, or 300 each for a pair].")
-@click.option("--seed", type=int, default=None, help="Seed: same seed -> the same corpus.")
+@click.option("--seed", type=SEED, default=None, help="Seed: same seed -> the same corpus.")
 @quiet_option
 @click.pass_context
 def demo(ctx, paths, n_docs, seed):
@@ -123,7 +125,7 @@ def sql(query, params, db, fmt):
 
 @main.command(epilog=example("saedata export activations acts.parquet"))
 @click.argument("table")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), callback=new_file)
 @db_option
 @quiet_option
 @click.pass_context

@@ -8,7 +8,17 @@ import click
 
 import saedata
 from saedata.cli.app import Group, main
-from saedata.cli.options import device_option, emit, example, format_option, log, progress, quiet_option, seed_option
+from saedata.cli.options import (
+    Real,
+    device_option,
+    emit,
+    example,
+    format_option,
+    log,
+    progress,
+    quiet_option,
+    seed_option,
+)
 
 
 def _size(_ctx: click.Context, _p: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -31,7 +41,7 @@ def _data_options(f: Any) -> Any:
         click.option("--size", default=None, callback=_size,
                      help="Resize images to WIDTHxHEIGHT (or N for NxN) [default: the first image's size]."),
         click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
-                     help="HTML report to write; the figures go beside it as vae_*.png."),
+                     help="HTML report to write (its folder is made); the figures go beside it as vae_*.png."),
         click.option("-v", "--verbose", is_flag=True, help="List every skipped file."),
     ]):
         f = opt(f)
@@ -72,9 +82,10 @@ def vae() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to save the VAE in.")
 @click.option("--prior", type=click.Choice(["ard", "standard"]), default="ard", show_default=True,
               help="ard: per-dimension prior variances estimated from the encoded data (ARD-VAE); standard: N(0, I).")
-@click.option("--latent-dim", type=int, default=32, show_default=True, help="Latent dimensions.")
-@click.option("--epochs", type=int, default=100, show_default=True, help="Passes over the training rows.")
-@click.option("--beta", type=float, default=1.0, show_default=True, help="Weight of the KL term.")
+@click.option("--latent-dim", type=click.IntRange(1, 100_000), default=32, show_default=True, help="Latent dimensions.")
+@click.option("--epochs", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
+              help="Passes over the training rows.")
+@click.option("--beta", type=Real(0, min_open=True), default=1.0, show_default=True, help="Weight of the KL term.")
 @click.option("--likelihood", type=click.Choice(["gaussian", "bernoulli"]), default="gaussian", show_default=True,
               help="Reconstruction loss: squared error, or cross-entropy for values in [0, 1].")
 @seed_option("Seed: same data + seed -> same VAE.")
@@ -104,7 +115,8 @@ def vae_fit(ctx, data, out, prior, latent_dim, epochs, beta, likelihood, seed, d
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--sae", "train_sae", is_flag=True,
               help="Train an SAE on the relevant dimensions and list its latents' top rows and classes.")
-@click.option("--k", "sae_k", type=int, default=4, show_default=True, help="Active SAE latents per row (--sae).")
+@click.option("--k", "sae_k", type=click.IntRange(1, 100_000), default=4, show_default=True,
+              help="Active SAE latents per row (--sae).")
 @device_option("cpu")
 @_data_options
 @format_option

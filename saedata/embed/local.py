@@ -150,6 +150,7 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
             name=Path(sae_path).name, cfg={**model.cfg.to_dict(), "reader": reader_cfg.model,
                                            "layer": reader.layer},
             path=str(Path(sae_path).resolve()), fingerprint=sae_fingerprint(sae_path),
+            also_known_as=[sae_fingerprint(sae_path, legacy=True)],
         )
         if existing is None:
             args = {"input": input_cfg.to_dict(), "reader": reader_cfg.to_dict(), "embed": embed_cfg.to_dict(),

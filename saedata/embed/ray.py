@@ -240,7 +240,7 @@ def _start_manifest(out: Path, sae_path: Path, reader_cfg: ReaderConfig, embed_c
     fingerprint = sae_fingerprint(sae_path)
     if (out / shards.MANIFEST).exists():
         manifest = shards.read_manifest(out)
-        if manifest.sae["fingerprint"] != fingerprint:
+        if manifest.sae["fingerprint"] not in (fingerprint, sae_fingerprint(sae_path, legacy=True)):
             raise ConfigError(f"the shards in {out} were written with SAE {manifest.sae['path']}, not {sae_path}; "
                               "give another --out, or the original --sae to resume")
         for key in ("model", "layer", "max_tokens"):

@@ -116,6 +116,9 @@ def train(
     from saedata.sae import SAETrainer
 
     paths = [os.fspath(s) for s in sources] if isinstance(sources, list) else [os.fspath(sources)]
+    for path in paths:  # a missing file or a bad first line fails before the reader loads
+        if path != "-":
+            next(iter(open_corpus(path, input_cfg)), None)
     reader = open_reader(reader_cfg, images=is_image_source(paths[0], input_cfg))
     log(f"reading activations of {reader.describe()}")
     acts = collect_activations(paths, reader, input_cfg,

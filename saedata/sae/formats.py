@@ -79,10 +79,16 @@ def atomic_directory(path: str | os.PathLike, names: tuple[str, ...], what: str 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SAEFormatError(f"{path}: exists and is not a directory; cannot save {what} there")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise SAEFormatError(f"{path}: cannot save {what} there ({e.strerror or e})") from None
+    try:
+        try:
+            yield tmp
+        except OSError as e:  # a full disk, a read-only folder: nothing is left half written
+            raise SAEFormatError(f"{path}: cannot save {what} ({e.strerror or e})") from None
         if not path.exists():
             try:
                 os.replace(tmp, path)
@@ -109,11 +115,15 @@ def save_sae(sae: SparseAutoencoder, path: str | Path) -> Path:
     return Path(path)
 
 
-def sae_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 over an SAE directory's config and weight files (identifies the SAE in a store)."""
+def sae_fingerprint(path: str | os.PathLike, legacy: bool = False) -> str:
+    """SHA-256 over an SAE directory's ``cfg.json`` and weight files: the same weights and
+    config give the same fingerprint wherever they lie (training metrics, which hold the
+    seconds it took, are left out). ``legacy``: also over every other JSON file, as saedata
+    0.1 computed it, to recognise SAEs registered then."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(root.glob("*.json")) + sorted(root.glob("*.safetensors")):
+    configs = sorted(root.glob("*.json")) if legacy else [root / CFG_FILE]
+    for f in [c for c in configs if c.is_file()] + sorted(root.glob("*.safetensors")):
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -130,6 +140,8 @@ def read_json(file: Path) -> dict[str, Any]:
         raise SAEFormatError(f"{file}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SAEFormatError(f"{file}: cannot read ({e})") from None
+    except RecursionError:
+        raise SAEFormatError(f"{file}: too deeply nested JSON") from None
     if not isinstance(data, dict):
         raise SAEFormatError(f"{file}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from saedata.config import SAEConfig, TrainConfig
-from saedata.errors import ConfigError, DimensionMismatchError
+from saedata.errors import ConfigError, DimensionMismatchError, SAEFormatError
 from saedata.reader import resolve_device
 from saedata.sae.formats import load_sae, save_sae
 from saedata.sae.metrics import dead_fraction, fire_counts
@@ -459,7 +459,14 @@ class SAETrainer:
         ckpt = self._checkpoint_dir()
         if ckpt is None or not (ckpt / STATE_FILE).is_file():
             return None
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        try:  # weights_only: a checkpoint holding anything but tensors and plain data is refused
+            state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+            raise SAEFormatError(f"{ckpt / STATE_FILE}: not a checkpoint saedata can resume from "
+                                 f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
+                                 "remove the checkpoint directory to train from the start") from None
+        if not isinstance(state, dict):
+            raise SAEFormatError(f"{ckpt / STATE_FILE}: not a checkpoint saedata can resume from")
         sae_cfg, train_cfg = self._configs()
         if state.get("sae_cfg") != sae_cfg or state.get("train_cfg") != train_cfg:
             raise ConfigError(

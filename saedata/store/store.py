@@ -12,6 +12,7 @@ gets :class:`~saedata.errors.StoreLockedError`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -160,9 +161,13 @@ class Store:
             pass
 
     def checkpoint(self) -> None:
-        """Fold the write-ahead log into the database file."""
+        """Fold the write-ahead log into the database file (committed rows are safe in the
+        log either way)."""
         fault_point("checkpoint")
-        self.con.execute("CHECKPOINT")
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.IOException as e:
+            raise StoreError(f"cannot write {self.path}: {_first_line(e)}") from e
 
     def __enter__(self) -> Store:
         return self
@@ -185,11 +190,13 @@ class Store:
         self._in_transaction = True
         try:
             yield self.con
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
-        else:
             self.con.execute("COMMIT")
+        except BaseException as e:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            if isinstance(e, duckdb.IOException):  # a full disk, a lost file: nothing of this block landed
+                raise StoreError(f"cannot write {self.path}: {_first_line(e)}") from e
+            raise
         finally:
             self._in_transaction = False
 
@@ -450,9 +457,15 @@ class Store:
         cfg: dict[str, Any],
         path: str | None,
         fingerprint: str,
+        also_known_as: Sequence[str] = (),
     ) -> int:
-        """Insert an SAE (or find it by fingerprint) and return its sae_id."""
+        """Insert an SAE (or find it by fingerprint, or by an older fingerprint of the same
+        files in ``also_known_as``, which is then brought up to date) and return its sae_id."""
         row = self.one("SELECT sae_id FROM saes WHERE fingerprint = ?", [fingerprint])
+        if row is None and also_known_as:
+            row = self.one("SELECT sae_id FROM saes WHERE list_contains(?, fingerprint)", [list(also_known_as)])
+            if row is not None:
+                self.con.execute("UPDATE saes SET fingerprint = ? WHERE sae_id = ?", [fingerprint, row[0]])
         if row is not None:
             if path is not None:
                 self.con.execute("UPDATE saes SET path = ? WHERE sae_id = ?", [path, row[0]])

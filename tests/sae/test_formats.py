@@ -329,3 +329,48 @@ def test_check_d_in(tmp_path):
         f"SAE at {tmp_path / 'd'} expects d_in={D_IN}, but reader "
         "sentence-transformers/all-MiniLM-L6-v2 layer 5 has width 384"
     )
+
+
+def test_the_fingerprint_is_of_the_weights_and_config_only(tmp_path):
+    """Training metrics (which hold the seconds a run took) do not change an SAE's identity,
+    so the same weights register once; a store from saedata 0.1 is still recognised."""
+    import saedata.sae.formats as formats
+    from saedata.store import Store
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
+    save_sae(sae, tmp_path / "one")
+    save_sae(sae, tmp_path / "two")
+    (tmp_path / "one" / "metrics.json").write_text('{"seconds": 1.5}')
+    (tmp_path / "two" / "metrics.json").write_text('{"seconds": 2.5}')
+    assert formats.sae_fingerprint(tmp_path / "one") == formats.sae_fingerprint(tmp_path / "two")
+    assert formats.sae_fingerprint(tmp_path / "one", legacy=True) != formats.sae_fingerprint(tmp_path / "two",
+                                                                                               legacy=True)
+    cfg = {"d_in": 8, "d_sae": 16, "activation": "topk"}
+    with Store(tmp_path / "s.duckdb", read_only=False) as store:
+        old = store.register_sae("one", cfg, None, formats.sae_fingerprint(tmp_path / "one", legacy=True))
+        again = store.register_sae("one", cfg, None, formats.sae_fingerprint(tmp_path / "one"),
+                                   also_known_as=[formats.sae_fingerprint(tmp_path / "one", legacy=True)])
+        other_copy = store.register_sae("two", cfg, None, formats.sae_fingerprint(tmp_path / "two"))
+        assert old == again == other_copy == 1 and store.saes().height == 1
+
+
+def test_a_full_disk_while_saving_leaves_the_old_sae_whole(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from saedata.errors import SAEFormatError
+
+    torch.manual_seed(0)
+    save_sae(SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2)), tmp_path / "sae")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "sae").iterdir()}
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(SAEFormatError, match="cannot save an SAE .*No space left on device"):
+        save_sae(SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2)), tmp_path / "sae")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "sae").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["sae"]  # no temporary folder left behind

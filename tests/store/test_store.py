@@ -160,3 +160,15 @@ def test_transaction_rolls_back_on_error(store_path):
             s.append_batch(pl.concat([bad_docs, dup]), acts)  # doc_id 0 already exists
         assert s.sql("SELECT count(*) AS n FROM documents")["n"].item() == 3
         assert s.sql("SELECT count(*) AS n FROM activations")["n"].item() == 4
+
+
+def test_a_write_that_fails_on_disk_is_one_line_and_lands_nothing(store_path):
+    """A full disk (here: DuckDB's IO error raised inside a write) rolls the block back and
+    reads as one StoreError naming the store."""
+    with Store(store_path, read_only=False) as s:
+        before = s.sql("SELECT count(*) AS n FROM documents")["n"][0]
+        with pytest.raises(StoreError, match=r"cannot write .*run.duckdb: .*No space left on device"):
+            with s.transaction() as con:
+                con.execute("DELETE FROM documents")
+                raise duckdb.IOException("IO Error: No space left on device")
+        assert s.sql("SELECT count(*) AS n FROM documents")["n"][0] == before
