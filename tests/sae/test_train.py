@@ -249,3 +249,29 @@ def test_progress_bar_only_on_a_terminal(data, monkeypatch, capsys):
     tty.text = ""
     SAETrainer(sc, tc, progress=False).fit(X)
     assert tty.text == ""
+
+
+class _Payload:
+    """What a malicious checkpoint would hold: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_holding_code_is_refused_not_run(data, tmp_path):
+    from saedata.errors import SAEFormatError
+
+    X, _ = data
+    sc, tc = small_cfgs(steps=30, checkpoint_every=10)
+    with pytest.raises(_Crash):
+        CrashingTrainer(sc, tc, out_dir=tmp_path, progress=False).fit(X)
+    marker = tmp_path / "pwned"
+    torch.save({"step": 20, "evil": _Payload(marker)}, tmp_path / "checkpoint" / "trainer_state.pt")
+    with pytest.raises(SAEFormatError, match="not a checkpoint saedata can resume from"):
+        SAETrainer(sc, tc, out_dir=tmp_path, progress=False).fit(X)
+    assert not marker.exists()
