@@ -45,7 +45,7 @@ def word_document_frequency(texts: list[str]) -> pl.DataFrame:
     """(word, df): in how many of ``texts`` each lower-cased word occurs."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update({w.lower() for w in WORD_RE.findall(text)})
+        counts.update({m.group(0).lower() for m in WORD_RE.finditer(text)})
     return pl.DataFrame(
         {"word": list(counts.keys()), "df": list(counts.values())},
         schema={"word": pl.String, "df": pl.Int64},

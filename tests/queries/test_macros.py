@@ -48,8 +48,8 @@ def con(tmp_path_factory):
     connection.close()
 
 
-def rows(con, sql: str) -> list[tuple]:
-    return con.execute(sql).fetchall()
+def rows(con, sql: str, params: list | None = None) -> list[tuple]:
+    return con.execute(sql, params).fetchall()
 
 
 def test_every_macro_is_tested_here():
@@ -65,6 +65,16 @@ def test_every_macro_is_tested_here():
 def test_words(con):
     assert rows(con, "SELECT word_at('New York is big', 5), word_before('New York is big', 5)") == [("york", "new")]
     assert rows(con, "SELECT word_at('big.', 3), word_at('x', 7), word_before('York', 0)") == [(".", None, None)]
+
+
+def test_words_read_a_window_not_the_document(con):
+    """A peak deep in a long document gives its word; the rest of the text is never copied."""
+    text = "lorem ipsum " * 100_000 + "New York, big "
+    at = text.index("York") + 2
+    assert rows(con, "SELECT word_at(?, ?), word_before(?, ?)", [text, at, text, at]) == [("york", "new")]
+    comma = text.index(",")
+    assert rows(con, "SELECT word_at(?, ?), word_before(?, ?)", [text, comma, text, comma]) == [(",", "york")]
+    assert rows(con, "SELECT length(word_at(?, 100))", ["x" * 300]) == [(128,)]
 
 
 def test_latents(con):
