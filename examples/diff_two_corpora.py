@@ -69,12 +69,13 @@ def main() -> None:
     print(result.summary())
     for w in result.warnings:
         print(f"warning: {w}")
-    top = result.rows(10, compact=True).select("latent", "label", "freq_a", "freq_b", "adj_diff", "adj_q", "merged")
+    top = result.rows(5, compact=True).select("more_in", "latent", "label", "freq_a", "freq_b", "adj_diff_b_minus_a",
+                                              "adj_q", "merged")
     with pl.Config(tbl_rows=-1, fmt_str_lengths=45, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=3, tbl_width_chars=140):
         print(top)
     first = result.table.row(0, named=True)
-    richer = result.b if first["diff"] > 0 else result.a
+    richer = first["more_in"]
     example = result.examples.filter((pl.col("latent") == first["latent"]) & (pl.col("side") == richer)).head(2)
     for row in example.iter_rows(named=True):
         print(f"  e.g. {row['side']}:{row['ext_id']} (peak at {row['at_word']!r}): {row['text'][:100]}")

@@ -48,31 +48,40 @@ FROM latent_counts
 WHERE sae_id = sae AND dataset_id IN (SELECT unnest(dataset_ids))
 GROUP BY ALL;
 
--- diff(ds_a, ds_b, thr := 0): the dataset diff as one SQL recipe. Per latent of the two
--- datasets' SAE (by name), the documents of each where it is active (|value| > thr),
--- their fractions, the difference (b - a) and the two-proportion z statistic (pooled
--- variance); |z| > 1.96 is p < 0.05 before multiple-testing correction. `saedata
--- diff` adds q-values, length control, merged duplicates and examples on top.
+-- diff(ds_a, ds_b, thr := 0, presence := 'excess'): the dataset diff as one SQL recipe.
+-- Per latent of the two datasets' SAE (by name), the documents of each where it is
+-- present (|value| > thr and, with presence 'excess', it fires on more of the
+-- document's tokens than its rate over both datasets predicts, as present_in), their
+-- fractions, the difference diff_b_minus_a and the two-proportion z statistic (pooled
+-- variance); |z| > 1.96 is p < 0.05 before multiple-testing correction. `saedata diff`
+-- adds q-values, length control, merged duplicates and examples on top.
 --   SELECT latent, label, freq_a, freq_b, z FROM diff('a', 'b') ORDER BY abs(z) DESC LIMIT 10;
-CREATE OR REPLACE MACRO diff(ds_a, ds_b, thr := 0) AS TABLE
+CREATE OR REPLACE MACRO diff(ds_a, ds_b, thr := 0, presence := 'excess') AS TABLE
 WITH ids AS (
     SELECT (SELECT dataset_id FROM datasets WHERE name = ds_a) AS a,
            (SELECT dataset_id FROM datasets WHERE name = ds_b) AS b,
            (SELECT sae_id FROM datasets WHERE name = ds_a) AS sae
 ), sizes AS (
-    SELECT count(*) FILTER (WHERE d.dataset_id = ids.a) AS n_a, count(*) FILTER (WHERE d.dataset_id = ids.b) AS n_b
+    SELECT count(*) FILTER (WHERE d.dataset_id = ids.a) AS n_a, count(*) FILTER (WHERE d.dataset_id = ids.b) AS n_b,
+           sum(d.n_tokens) AS n_tokens
     FROM documents AS d, ids
     WHERE d.dataset_id IN (ids.a, ids.b)
+), rates AS (
+    SELECT a.latent, sum(a.tokens) / any_value(s.n_tokens) AS rate
+    FROM activations AS a JOIN documents AS d USING (doc_id), ids, sizes AS s
+    WHERE d.dataset_id IN (ids.a, ids.b) AND a.sae_id = ids.sae
+    GROUP BY a.latent
 ), active AS (
     SELECT a.latent,
            count(*) FILTER (WHERE d.dataset_id = ids.a) AS k_a,
            count(*) FILTER (WHERE d.dataset_id = ids.b) AS k_b
-    FROM activations AS a JOIN documents AS d USING (doc_id), ids
+    FROM activations AS a JOIN documents AS d USING (doc_id) JOIN rates AS r USING (latent), ids
     WHERE d.dataset_id IN (ids.a, ids.b) AND a.sae_id = ids.sae AND abs(a.value) > thr
+      AND (presence = 'any' OR a.tokens > length_floor(coalesce(d.n_tokens, 0)) * r.rate)
     GROUP BY a.latent
 )
 SELECT c.latent, l.label, c.k_a AS n_a, c.k_b AS n_b,
-       c.k_a / s.n_a AS freq_a, c.k_b / s.n_b AS freq_b, c.k_b / s.n_b - c.k_a / s.n_a AS diff,
+       c.k_a / s.n_a AS freq_a, c.k_b / s.n_b AS freq_b, c.k_b / s.n_b - c.k_a / s.n_a AS diff_b_minus_a,
        (c.k_b / s.n_b - c.k_a / s.n_a)
          / nullif(sqrt(((c.k_a + c.k_b) / (s.n_a + s.n_b)) * (1 - (c.k_a + c.k_b) / (s.n_a + s.n_b))
                        * (1 / s.n_a + 1 / s.n_b)), 0) AS z
@@ -83,7 +92,8 @@ ORDER BY abs(z) DESC NULLS LAST, c.latent;
 -- latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000):
 -- where the latents of `latent_ids` are active (|value| > thr) among the first n
 -- documents (by doc_id) of each dataset, with each document's group as in doc_strata,
--- strongest first within each latent. The sample `saedata diff` takes example
+-- the tokens the latent fired on and the document's n_tokens, strongest first within
+-- each latent. The sample `saedata diff` takes example
 -- documents and near-duplicate latents from.
 --   SELECT latent, count(*) FROM latent_docs(1, 0, [3, 42], [1, 2]) GROUP BY ALL;
 CREATE OR REPLACE MACRO latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000) AS TABLE
@@ -94,11 +104,11 @@ WITH cut AS (
     WHERE dataset_id IN (SELECT unnest(dataset_ids))
     GROUP BY dataset_id
 ), sample AS (
-    SELECT s.doc_id, s.grp
+    SELECT s.doc_id, s.grp, s.n_tokens
     FROM doc_strata(dataset_ids, field, levels) AS s JOIN cut USING (dataset_id)
     WHERE s.doc_id <= cut.last
 )
-SELECT a.doc_id, s.grp, a.latent, a.value, a.peak
+SELECT a.doc_id, s.grp, a.latent, a.value, a.peak, a.tokens, s.n_tokens
 FROM sample AS s
 JOIN activations AS a USING (doc_id)
 WHERE a.sae_id = sae AND abs(a.value) > thr AND list_contains(latent_ids, a.latent)
@@ -120,17 +130,21 @@ WITH a AS (
 SELECT a.key, a.doc_id AS doc_a, b.doc_id AS doc_b, a.n AS n_a, b.n AS n_b
 FROM a JOIN b USING (key);
 
+-- paired_sides(ds_a, ds_b, field): the paired documents of doc_pairs(ds_a, ds_b, field),
+-- one row per document: the pair's key, doc_id and side (1: A, 2: B).
+--   SELECT side, count(*) FROM paired_sides(1, 2, 'prompt_id') GROUP BY side;
+CREATE OR REPLACE MACRO paired_sides(ds_a, ds_b, field) AS TABLE
+WITH pairs AS (SELECT * FROM doc_pairs(ds_a, ds_b, field))
+SELECT key, doc_a AS doc_id, 1 AS side FROM pairs
+UNION ALL
+SELECT key, doc_b AS doc_id, 2 AS side FROM pairs;
+
 -- paired_presence(sae, thr, ds_a, ds_b, field): per latent, over the pairs of
 -- doc_pairs(ds_a, ds_b, field), in how many it is active (|value| > thr) in both
 -- documents, in A's only and in B's only: the counts of McNemar's test.
 --   SELECT * FROM paired_presence(1, 0, 1, 2, 'prompt_id') ORDER BY latent;
 CREATE OR REPLACE MACRO paired_presence(sae, thr, ds_a, ds_b, field) AS TABLE
-WITH pairs AS (SELECT * FROM doc_pairs(ds_a, ds_b, field)),
-sides AS (
-    SELECT key, doc_a AS doc_id, 1 AS side FROM pairs
-    UNION ALL
-    SELECT key, doc_b AS doc_id, 2 AS side FROM pairs
-),
+WITH sides AS (SELECT * FROM paired_sides(ds_a, ds_b, field)),
 per_pair AS (
     SELECT a.latent, s.key, bit_or(s.side) AS sides   -- 1: A only, 2: B only, 3: both
     FROM activations AS a JOIN sides AS s USING (doc_id)
@@ -166,3 +180,26 @@ FROM (SELECT doc_a AS doc_id FROM p UNION ALL SELECT doc_b FROM p) AS paired
 JOIN documents AS d USING (doc_id)
 GROUP BY ALL
 ORDER BY ALL;
+
+-- token_presence(sae, thr, dataset_ids, field := NULL, levels := []): per latent of SAE
+-- `sae`, group (as in doc_strata), length class and token count, n_active: in how many
+-- documents the latent is active (|value| > thr) on exactly `tokens` of their tokens.
+-- One aggregate scan of activations: what `saedata diff` reads presence from when the
+-- stored token_counts cannot serve (a threshold, or --by a metadata column).
+--   SELECT grp, sum(n_active) FROM token_presence(1, 0, [1, 2]) GROUP BY grp;
+CREATE OR REPLACE MACRO token_presence(sae, thr, dataset_ids, field := NULL, levels := []) AS TABLE
+SELECT a.latent, s.grp::BIGINT AS grp, length_floor(s.n_tokens) AS len_floor, a.tokens, count(*) AS n_active
+FROM activations AS a
+JOIN doc_strata(dataset_ids, field, levels) AS s USING (doc_id)
+WHERE a.sae_id = sae AND abs(a.value) > thr AND s.grp IS NOT NULL
+GROUP BY ALL;
+
+-- paired_tokens(sae, thr, ds_a, ds_b, field): the activations (|value| > thr) of the
+-- documents paired by doc_pairs(ds_a, ds_b, field): latent, the pair's key, side (1: A,
+-- 2: B), tokens and the document's n_tokens; `saedata diff --paired-on` decides presence
+-- from them.
+--   SELECT side, count(*) FROM paired_tokens(1, 0, 1, 2, 'prompt_id') GROUP BY side;
+CREATE OR REPLACE MACRO paired_tokens(sae, thr, ds_a, ds_b, field) AS TABLE
+SELECT a.latent, s.key, s.side, a.tokens, coalesce(d.n_tokens, 0) AS n_tokens
+FROM activations AS a JOIN paired_sides(ds_a, ds_b, field) AS s USING (doc_id) JOIN documents AS d USING (doc_id)
+WHERE a.sae_id = sae AND abs(a.value) > thr;

@@ -1,14 +1,22 @@
 -- saedata concept store: documents and their metadata.
 
+-- meta_value(field, meta, dataset_name): a document's value of field `field` as text:
+-- its dataset's name for 'dataset', else the metadata key (NULL when it has none).
+--   SELECT meta_value('dataset', d.meta, ds.name) FROM documents d JOIN datasets ds USING (dataset_id);
+CREATE OR REPLACE MACRO meta_value(field, meta, dataset_name) AS (
+    CASE WHEN field = 'dataset' THEN dataset_name ELSE meta ->> field END
+);
+
 -- meta_counts(field, dataset_ids, doc_ids := NULL): how many documents have each value
--- of metadata field `field` (as text; NULL for documents without it), among the documents
--- of the datasets `dataset_ids` (every dataset when NULL) and, when given, of `doc_ids`.
+-- of field `field` (meta_value: a metadata key, or 'dataset'; as text; NULL for documents
+-- without it), among the documents of the datasets `dataset_ids` (every dataset when
+-- NULL) and, when given, of `doc_ids`.
 --   SELECT * FROM meta_counts('topic', [1, 2]) ORDER BY n DESC;
 CREATE OR REPLACE MACRO meta_counts(field, dataset_ids, doc_ids := NULL) AS TABLE
-SELECT meta ->> field AS value, count(*) AS n
-FROM documents
-WHERE (dataset_ids IS NULL OR list_contains(dataset_ids, dataset_id))
-  AND (doc_ids IS NULL OR list_contains(doc_ids, doc_id))
+SELECT meta_value(field, d.meta, ds.name) AS value, count(*) AS n
+FROM documents AS d JOIN datasets AS ds USING (dataset_id)
+WHERE (dataset_ids IS NULL OR list_contains(dataset_ids, d.dataset_id))
+  AND (doc_ids IS NULL OR list_contains(doc_ids, d.doc_id))
 GROUP BY ALL;
 
 -- meta_fields(dataset_ids): the metadata fields (JSON keys) the documents of the datasets

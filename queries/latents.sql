@@ -9,6 +9,40 @@ CREATE OR REPLACE MACRO length_floor(n) AS (
          ELSE (n >> (floor(log2(n))::INTEGER - 4)) << (floor(log2(n))::INTEGER - 4) END
 );
 
+-- token_counts(sae, dataset_ids): per latent of SAE `sae`, dataset (grp), length class
+-- and token count, n_active: in how many documents the latent fired on exactly `tokens`
+-- of their tokens. Read from latent_counts (written when a dataset completes).
+--   SELECT tokens, sum(n_active) FROM token_counts(1, [1, 2]) GROUP BY ALL ORDER BY ALL;
+CREATE OR REPLACE MACRO token_counts(sae, dataset_ids) AS TABLE
+SELECT latent, dataset_id AS grp, len_floor, tokens, sum(n_active)::BIGINT AS n_active
+FROM latent_counts
+WHERE sae_id = sae AND dataset_id IN (SELECT unnest(dataset_ids))
+GROUP BY ALL;
+
+-- latent_rates(sae, dataset_ids): per latent, rate: the fraction of all the tokens of
+-- the documents of `dataset_ids` that it fires on.
+--   SELECT * FROM latent_rates(1, [1, 2]) ORDER BY rate DESC LIMIT 10;
+CREATE OR REPLACE MACRO latent_rates(sae, dataset_ids) AS TABLE
+SELECT latent,
+       sum(tokens * n_active) / (SELECT sum(n_tokens) FROM documents
+                                 WHERE dataset_id IN (SELECT unnest(dataset_ids))) AS rate
+FROM token_counts(sae, dataset_ids)
+GROUP BY latent;
+
+-- present_in(sae, dataset_ids): the activations of the documents of `dataset_ids`,
+-- each with `present`: the concept fires on more of the document's tokens than its rate
+-- over these documents predicts for a document of that length class (tokens >
+-- length_floor(n_tokens) * rate). What every analysis reads as presence
+-- (saedata.analysis.presence computes the same in Python).
+--   SELECT latent, count(*) FILTER (WHERE present) FROM present_in(1, [1]) GROUP BY ALL;
+CREATE OR REPLACE MACRO present_in(sae, dataset_ids) AS TABLE
+SELECT a.doc_id, a.latent, a.value, a.tokens, d.n_tokens,
+       a.tokens > length_floor(coalesce(d.n_tokens, 0)) * r.rate AS present
+FROM activations AS a
+JOIN documents AS d USING (doc_id)
+JOIN latent_rates(sae, dataset_ids) AS r USING (latent)
+WHERE a.sae_id = sae AND d.dataset_id IN (SELECT unnest(dataset_ids));
+
 -- latent_stats(sae): per latent of SAE `sae`, over every document embedded with it:
 -- n_docs (documents where active), freq (their fraction) and max_act (largest value).
 --   SELECT * FROM latent_stats(1) ORDER BY freq DESC LIMIT 10;

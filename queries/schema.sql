@@ -1,7 +1,9 @@
 -- saedata concept store: tables.
 -- Loaded first, in a fixed order (store.QUERY_FILES: schema, views, then macros by topic), every time a
 -- store is opened for writing. Every statement is idempotent.
--- Schema version 1. A store whose saedata_meta says a newer version is refused on open.
+-- Schema version 2 (1 + activations.tokens and latent_counts.tokens, added to a version-1
+-- store when it is opened for writing; its datasets keep NULL there until re-embedded).
+-- A store whose saedata_meta says a newer version is refused on open.
 
 -- Key/value facts about the store itself (schema_version, created_by).
 CREATE TABLE IF NOT EXISTS saedata_meta (
@@ -66,15 +68,19 @@ CREATE TABLE IF NOT EXISTS latents (
 -- The long sparse table: one row per non-zero pooled activation. `peak` is the
 -- character offset in the document's text of the token where the latent fired most
 -- strongly (word_at(text, peak) gives the word): the evidence labels are made from.
--- No index, so it stays compact (about 6 bytes a row); DuckDB scans it with zone
--- maps on doc_id.
+-- `tokens` counts the document's tokens the latent fired on: with the document's
+-- n_tokens it says whether the concept is present beyond chance (present_in) and
+-- weighs it (concept_weights). No index, so it stays compact (about 8 bytes a row);
+-- DuckDB scans it with zone maps on doc_id.
 CREATE TABLE IF NOT EXISTS activations (
     doc_id  BIGINT NOT NULL,
     sae_id  INTEGER NOT NULL,
     latent  INTEGER NOT NULL,
     value   REAL NOT NULL,
-    peak    INTEGER
+    peak    INTEGER,
+    tokens  INTEGER
 );
+ALTER TABLE activations ADD COLUMN IF NOT EXISTS tokens INTEGER;
 
 -- Document frequency of every word in the documents embedded with an SAE: the
 -- background that labels are contrasted against. Append-only while embedding (one
@@ -86,15 +92,19 @@ CREATE TABLE IF NOT EXISTS word_counts (
     df      BIGINT NOT NULL
 );
 
--- Per complete dataset, SAE, latent and length class: in how many documents the latent
--- is active (stored with a non-zero value). len_floor is length_floor(n_tokens): the
--- token count with all but its 5 leading bits cleared, so about 16 classes per doubling
--- of length. Written when a dataset completes (Store.finish_dataset); `saedata diff`
--- counts from these few rows instead of scanning activations. One row per non-empty cell.
+-- Per complete dataset, SAE, latent, length class and token count: in how many
+-- documents the latent is active (stored with a non-zero value) on that many of their
+-- tokens. len_floor is length_floor(n_tokens): the token count with all but its 5
+-- leading bits cleared, so about 16 classes per doubling of length. Written when a
+-- dataset completes (Store.complete_dataset); `saedata diff` counts from these few rows
+-- instead of scanning activations. One row per non-empty cell (tokens NULL: a dataset
+-- stored before token counts were).
 CREATE TABLE IF NOT EXISTS latent_counts (
     dataset_id INTEGER NOT NULL,
     sae_id     INTEGER NOT NULL,
     len_floor  INTEGER NOT NULL,
     latent     INTEGER NOT NULL,
-    n_active   BIGINT NOT NULL
+    n_active   BIGINT NOT NULL,
+    tokens     INTEGER
 );
+ALTER TABLE latent_counts ADD COLUMN IF NOT EXISTS tokens INTEGER;

@@ -43,9 +43,9 @@ TABLES = {
     "documents": "doc_id, dataset_id, ext_id, text, meta::VARCHAR, n_tokens",
     "saes": "sae_id, reader, layer, d_in, d_sae, activation",
     "latents": "sae_id, latent, label, label_source, freq, max_act",
-    "activations": "doc_id, sae_id, latent, value, peak",
+    "activations": "doc_id, sae_id, latent, value, peak, tokens",
     "word_counts": "sae_id, word, df",
-    "latent_counts": "dataset_id, sae_id, len_floor, latent, n_active",
+    "latent_counts": "dataset_id, sae_id, len_floor, latent, tokens, n_active",
 }
 
 

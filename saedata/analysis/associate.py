@@ -1,13 +1,23 @@
 """Latents that predict a document property: the HypotheSAEs use case, without an LLM.
 
-Given a metadata column (the *target*), fit a sparse model on latent presence (1 where
-|pooled value| > ``threshold``) that keeps about ``n_latents`` latents, report how well
-it predicts held-out documents, and give every latent an effect size, a p-value and a
-Benjamini-Hochberg q-value:
+Given a metadata column (the *target*; ``dataset`` for the dataset's name, and
+``COLUMN=VALUE`` for "has this value or not"), fit a sparse model on latent presence
+(1 where the latent is present beyond chance, :mod:`saedata.analysis.presence`) that
+keeps at most ``n_latents`` latents, report how well exactly that rule predicts held-out
+documents, and give every latent an effect size, a p-value and a Benjamini-Hochberg
+q-value:
 
     result = saedata.associate("run.duckdb", "reviews", "is_positive", n_latents=10)
     result.model_score                      # cross-validated AUC (binary) or R^2 (numeric)
     result.table.filter(pl.col("selected"))
+
+The rule is found in two steps: the L1 path picks the latents, then a lightly
+penalised refit on those latents alone gives the coefficients the table reports. Its
+score is of exactly that rule (those latents, refit on each training fold), not of the
+path's model that the user never sees; ``nested_score`` repeats the choice of latents
+inside each fold too, the honest figure for the procedure on new data. Latents with weak labels (punctuation, function words,
+``frequent-words``: :func:`saedata.analysis.words.weak_label`) are left out unless
+``include_weak``: a rule of "?" and "of" latents predicts, but says nothing.
 
 - **binary** targets (bool, 0/1, or any column with two values): L1-regularised
   logistic regression, its C the smallest on a path that keeps ``n_latents`` latents;
@@ -28,7 +38,8 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
-from saedata.analysis.scope import documents_frame, latent_labels, latent_matrix, opened, resolve_scope
+from saedata.analysis.presence import Presence, check_presence, no_token_counts_warning
+from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.analysis.stats import bh_qvalues, correlation_pvalues, two_proportion_test
 from saedata.errors import ConfigError
 from saedata.store import Store
@@ -39,6 +50,8 @@ MIN_CLASS = 5
 """Fewest documents of each class of a binary target."""
 N_PATH = 40
 """Points on the regularisation path searched for the sparsity wanted."""
+REFIT_C = 10.0
+"""Inverse L2 penalty of the refit on the chosen latents (light: they were chosen already)."""
 
 
 @dataclass(frozen=True)
@@ -47,15 +60,16 @@ class AssociateResult:
 
     ``table``: one row per latent active in at least one document, the model's chosen
     latents first (largest |coef| first), then by q-value. Columns: latent, label,
-    selected, coef (in the model: log-odds (binary) or target units (numeric) per
-    presence), then for a binary target freq_pos, freq_neg (activation frequency in
+    selected, coef (in the returned rule, refit on the chosen latents: log-odds (binary)
+    or target units (numeric) per presence), then for a binary target freq_pos, freq_neg (activation frequency in
     each class), diff (freq_pos - freq_neg) and log_or; for a numeric one freq,
     mean_active, mean_inactive and rho (Spearman); then p and q.
     """
 
     table: pl.DataFrame
     model_score: float
-    """Cross-validated ROC AUC (binary) or R^2 (numeric) of the sparse model."""
+    """Cross-validated ROC AUC (binary) or R^2 (numeric) of the returned rule: its
+    latents, refit on each training fold."""
     kind: Literal["binary", "numeric"]
     target: str = ""
     score_name: str = ""
@@ -65,13 +79,17 @@ class AssociateResult:
     penalty: float = 0.0
     """The chosen C (binary) or alpha (numeric)."""
     warnings: list[str] = field(default_factory=list)
+    nested_score: float = float("nan")
+    """The same score when the latents are chosen again inside each training fold: what
+    the procedure, rather than these latents, achieves on documents it has not seen."""
 
     def summary(self) -> str:
         n_sel = int(self.table["selected"].sum()) if self.table.height else 0
         what = f"binary target {self.target} (positive: {self.positive!r})" if self.kind == "binary" else \
             f"numeric target {self.target}"
         return (f"{what}, {self.n_docs} documents: {n_sel} latents chosen, cross-validated "
-                f"{'AUC' if self.kind == 'binary' else 'R^2'} {self.model_score:.3f}")
+                f"{'AUC' if self.kind == 'binary' else 'R^2'} of this rule {self.model_score:.3f} "
+                f"({self.nested_score:.3f} with the latents chosen inside each fold)")
 
 
 def associate(
@@ -81,51 +99,71 @@ def associate(
     *,
     n_latents: int = 10,
     threshold: float = 0.0,
+    presence: Presence = "excess",
+    include_weak: bool = False,
     sae_id: int | None = None,
     seed: int = 0,
 ) -> AssociateResult:
     """Find the latents that predict metadata column ``target`` of ``dataset`` (all
-    datasets of the SAE when None). Same store and seed -> the same table."""
+    datasets of the SAE when None). ``target`` may be ``dataset`` (which dataset a
+    document is in) or ``COLUMN=VALUE`` (a binary target: the column has that value).
+    ``presence``: "excess" (default) or "any" (|value| > ``threshold``), as in diff.
+    ``include_weak``: also consider latents with weak labels. Same store and seed -> the
+    same table."""
     if n_latents < 1:
         raise ConfigError(f"--n-latents must be >= 1 (got {n_latents})")
     if threshold < 0:
         raise ConfigError(f"--threshold must be >= 0 (got {threshold:g})")
+    check_presence(presence)
     with opened(store_or_path) as store:
-        return _associate(store, dataset, target, n_latents, threshold, sae_id, seed)
+        return _associate(store, dataset, target, n_latents, threshold, presence, include_weak, sae_id, seed)
 
 
 def _associate(store: Store, dataset: str | None, target: str, n_latents: int, threshold: float,
-               sae_id: int | None, seed: int) -> AssociateResult:
+               presence: str, include_weak: bool, sae_id: int | None, seed: int) -> AssociateResult:
     scope = resolve_scope(store, dataset, sae_id)
     sae = scope.sae_id
-    docs = documents_frame(store, scope, fields=[target]).select("doc_id", target)
+    column, value = _target_column(store, scope, target)
+    docs = documents_frame(store, scope, fields=[column]).select("doc_id", column)
     warnings: list[str] = list(scope.warnings)
-    known = docs.filter(pl.col(target).is_not_null())
+    known = docs.filter(pl.col(column).is_not_null())
     if known.height < docs.height:
-        warnings.append(f"{docs.height - known.height} documents have no {target!r} and are left out")
+        warnings.append(f"{docs.height - known.height} documents have no {column!r} and are left out")
     where = " + ".join(scope.names)
     if known.height < MIN_DOCS:
-        raise ConfigError(f"only {known.height} documents of {where} have a {target!r}; associate needs at least "
+        raise ConfigError(f"only {known.height} documents of {where} have a {column!r}; associate needs at least "
                           f"{MIN_DOCS}")
-    kind, y, positive = _target(known[target], target, where)
-    X = latent_matrix(store, scope, doc_ids=known["doc_id"].to_numpy()).active(threshold).astype(np.float64)
-    X = sparse.csr_matrix(X)
+    col = known[column]
+    if value is not None:
+        col = _equals(col, value, column, where)
+    kind, y, positive = _target(col, target, where)
+    lm = latent_matrix(store, scope, doc_ids=known["doc_id"].to_numpy())
+    if presence == "excess" and not lm.has_tokens:
+        warnings.append(no_token_counts_warning(scope.describe()))
+    X = sparse.csr_matrix((lm.present(threshold) if presence == "excess" else lm.active(threshold))
+                          .astype(np.float64))
+    labels = latent_labels(store, sae).select(pl.col("latent").cast(pl.Int32), "label", "weak")
     n_active = np.asarray(X.sum(0)).ravel()
     cols = np.flatnonzero(n_active > 0)
     if len(cols) == 0:
-        raise ConfigError(f"no latent is active above threshold {threshold:g} in {where}")
+        raise ConfigError(f"no latent is present above threshold {threshold:g} in {where}")
     Xc = X[:, cols].tocsc()
-    varying = np.flatnonzero(n_active[cols] < X.shape[0])
+    weak = labels["weak"].to_numpy()[cols] if not include_weak else np.zeros(len(cols), dtype=bool)
+    candidates = np.flatnonzero((n_active[cols] < X.shape[0]) & ~weak)
+    if len(candidates) == 0:
+        raise ConfigError(f"every latent present in {where} has a weak label; pass --include-weak to use them")
     if kind == "binary":
-        coef, penalty, score = _fit_binary(Xc[:, varying], y, n_latents, seed)
+        coef, penalty, score, nested = _fit(_binary_rule, _auc, Xc[:, candidates], y, n_latents, seed,
+                                            stratify=True)
         effects = _binary_effects(Xc, y)
         score_name = "cv_auc"
     else:
-        coef, penalty, score = _fit_numeric(Xc[:, varying], y, n_latents, seed)
+        coef, penalty, score, nested = _fit(_numeric_rule, _r2, Xc[:, candidates], y, n_latents, seed,
+                                            stratify=False)
         effects = _numeric_effects(Xc, y)
         score_name = "cv_r2"
     full_coef = np.zeros(len(cols))
-    full_coef[varying] = coef
+    full_coef[candidates] = coef
     p = effects.pop("p")
     table = pl.DataFrame({
         "latent": cols.astype(np.int32),
@@ -135,14 +173,41 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
         "p": p,
         "q": bh_qvalues(p),
     })
-    labels = latent_labels(store, sae).select(pl.col("latent").cast(pl.Int32), "label")
-    table = table.join(labels, on="latent", how="left")
+    if not include_weak and weak.any():
+        warnings.append(f"{int(weak.sum())} latents with weak labels (punctuation, function words) were not "
+                        "considered for the rule; --include-weak considers them")
+    table = table.join(labels.drop("weak"), on="latent", how="left")
     table = (table.select(["latent", "label"] + [c for c in table.columns if c not in ("latent", "label")])
              .with_columns(_abs=pl.col("coef").abs())
              .sort(["selected", "_abs", "q", "p", "latent"], descending=[True, True, False, False, False])
              .drop("_abs"))
     return AssociateResult(table, float(score), kind, target, score_name, positive, known.height, float(penalty),
-                           warnings)
+                           warnings, nested)
+
+
+def _target_column(store: Store, scope: Scope, target: str) -> tuple[str, str | None]:
+    """(column, value): ``target`` is a column, or ``COLUMN=VALUE`` when it is not a
+    column itself but its part before the first "=" is."""
+    if "=" not in target:
+        return target, None
+    fields = set(store.macro("meta_fields", scope.dataset_ids)["field"].to_list()) | {"dataset"}
+    if target in fields:
+        return target, None
+    column, value = target.split("=", 1)
+    if not column or not value:
+        raise ConfigError(f"--target {target!r}: give COLUMN=VALUE, e.g. section=games")
+    return column, value
+
+
+def _equals(col: pl.Series, value: str, column: str, where: str) -> pl.Series:
+    """Whether each value of ``col`` is ``value`` (compared as the text the user typed)."""
+    text = col.cast(pl.String) if col.dtype != pl.Boolean else col.map_elements(
+        lambda b: "true" if b else "false", return_dtype=pl.String)
+    if not (text == value).any():
+        values = text.unique().sort().to_list()
+        shown = ", ".join(map(str, values[:15])) + (", ..." if len(values) > 15 else "")
+        raise ConfigError(f"no document of {where} has {column}={value} (values: {shown})")
+    return (text == value).alias(f"{column}={value}")
 
 
 def _target(col: pl.Series, target: str, where: str) -> tuple[Literal["binary", "numeric"], np.ndarray, Any]:
@@ -169,50 +234,96 @@ def _target(col: pl.Series, target: str, where: str) -> tuple[Literal["binary", 
     return "numeric", numeric.to_numpy(), None
 
 
-def _fit_binary(X: sparse.csc_matrix, y: np.ndarray, n_latents: int, seed: int) -> tuple[np.ndarray, float, float]:
-    """L1 logistic regression with C the smallest on a path keeping >= n_latents latents
-    (the n_latents largest kept); returns (coef, C, cross-validated AUC)."""
+def _binary_rule(X: sparse.csc_matrix, y: np.ndarray, n_latents: int, seed: int) -> tuple[np.ndarray, float, Any]:
+    """Pick at most ``n_latents`` latents (the first C on an L1 logistic path that keeps
+    that many, the largest |coef| kept), refit a logistic regression on them alone.
+    Returns (coef over X's columns, the path's C, the refit model and its columns)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.svm import l1_min_c
 
-    def model(C: float) -> LogisticRegression:
+    def l1(C: float) -> LogisticRegression:
         return LogisticRegression(l1_ratio=1.0, C=C, solver="liblinear", random_state=seed, max_iter=1000,
                                   tol=1e-6)
 
     c_min = l1_min_c(X, y, loss="log")
     coef, C = np.zeros(X.shape[1]), c_min
     for C in c_min * np.logspace(0.01, 3, N_PATH):
-        coef = model(C).fit(X, y).coef_.ravel()
+        coef = l1(C).fit(X, y).coef_.ravel()
         if np.count_nonzero(coef) >= n_latents:
             break
-    coef = _keep_largest(coef, n_latents)
-    folds = min(5, int(min(y.sum(), len(y) - y.sum())))
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    score = cross_val_score(model(C), X, y, cv=cv, scoring="roc_auc").mean()
-    return coef, float(C), float(score)
+    chosen = np.flatnonzero(_keep_largest(coef, n_latents))
+    out = np.zeros(X.shape[1])
+    if len(chosen) == 0:
+        return out, float(C), None
+    refit = LogisticRegression(C=REFIT_C, max_iter=1000).fit(X[:, chosen], y)
+    out[chosen] = refit.coef_.ravel()
+    return out, float(C), (refit, chosen)
 
 
-def _fit_numeric(X: sparse.csc_matrix, y: np.ndarray, n_latents: int, seed: int) -> tuple[np.ndarray, float, float]:
-    """Lasso with alpha the largest on a path keeping >= n_latents latents (the
-    n_latents largest kept); returns (coef, alpha, cross-validated R^2)."""
-    from sklearn.linear_model import Lasso
-    from sklearn.model_selection import KFold, cross_val_score
+def _numeric_rule(X: sparse.csc_matrix, y: np.ndarray, n_latents: int, seed: int) -> tuple[np.ndarray, float, Any]:
+    """Pick at most ``n_latents`` latents (the first alpha on a Lasso path that keeps that
+    many, the largest |coef| kept), refit least squares (ridge-stabilised) on them alone."""
+    from sklearn.linear_model import Lasso, Ridge
 
-    def model(alpha: float) -> Lasso:
+    def lasso(alpha: float) -> Lasso:
         return Lasso(alpha=alpha, max_iter=5000, tol=1e-5, random_state=seed, selection="cyclic")
 
     alpha_max = float(np.max(np.abs(X.T @ (y - y.mean())))) / len(y)
     coef, alpha = np.zeros(X.shape[1]), alpha_max
     if alpha_max > 0:
         for alpha in alpha_max * np.logspace(-0.01, -3, N_PATH):
-            coef = model(alpha).fit(X, y).coef_.ravel()
+            coef = lasso(alpha).fit(X, y).coef_.ravel()
             if np.count_nonzero(coef) >= n_latents:
                 break
-    coef = _keep_largest(coef, n_latents)
-    cv = KFold(n_splits=min(5, len(y) // 2), shuffle=True, random_state=seed)
-    score = cross_val_score(model(alpha), X, y, cv=cv, scoring="r2").mean()
-    return coef, float(alpha), float(score)
+    chosen = np.flatnonzero(_keep_largest(coef, n_latents))
+    out = np.zeros(X.shape[1])
+    if len(chosen) == 0:
+        return out, float(alpha), None
+    refit = Ridge(alpha=1e-3).fit(X[:, chosen], y)
+    out[chosen] = refit.coef_.ravel()
+    return out, float(alpha), (refit, chosen)
+
+
+def _auc(model: Any, X: sparse.csc_matrix, y: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if model is None:
+        return 0.5
+    refit, chosen = model
+    return float(roc_auc_score(y, refit.decision_function(X[:, chosen])))
+
+
+def _r2(model: Any, X: sparse.csc_matrix, y: np.ndarray) -> float:
+    from sklearn.metrics import r2_score
+
+    if model is None:
+        return float(r2_score(y, np.full(len(y), y.mean())))
+    refit, chosen = model
+    return float(r2_score(y, refit.predict(X[:, chosen])))
+
+
+def _fit(rule: Any, score: Any, X: sparse.csc_matrix, y: np.ndarray, n_latents: int, seed: int,
+         stratify: bool) -> tuple[np.ndarray, float, float, float]:
+    """The rule on all documents and two held-out scores, over the same folds: of the
+    rule itself (its latents fixed, refit on each training fold) and of the whole
+    procedure (latents chosen again on each training fold, which a score of the chosen
+    latents alone flatters). Returns (coef, penalty, cv score, nested cv score)."""
+    from sklearn.base import clone
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    coef, penalty, model = rule(X, y, n_latents, seed)
+    if stratify:
+        folds = min(5, int(min(y.sum(), len(y) - y.sum())))
+        splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+    else:
+        splits = list(KFold(n_splits=min(5, len(y) // 2), shuffle=True, random_state=seed).split(np.zeros(len(y))))
+    chosen = np.flatnonzero(coef)
+    fixed, nested = [], []
+    for train, test in splits:
+        refit = None if model is None else (clone(model[0]).fit(X[train][:, chosen], y[train]), chosen)
+        fixed.append(score(refit, X[test], y[test]))
+        nested.append(score(rule(X[train], y[train], n_latents, seed)[2], X[test], y[test]))
+    return coef, penalty, float(np.mean(fixed)), float(np.mean(nested))
 
 
 def _keep_largest(coef: np.ndarray, n: int) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Dataset diffing: which concepts are more (or less) common in one corpus than in another.
 
-For every latent, the fraction of documents of A and of B where it is active (|pooled
-value| > ``threshold``), their difference and ratio, a two-proportion z-test and
+For every latent, the fraction of documents of A and of B where it is present (fires on
+more of the document's tokens than chance, :mod:`saedata.analysis.presence`; or with
+``presence="any"`` wherever |pooled value| > ``threshold``), their difference and ratio, a two-proportion z-test and
 Benjamini-Hochberg q-values, ranked by significance then size of the difference:
 
     result = saedata.diff("run.duckdb", "model_a", "model_b")
-    result.table.head(10)                      # latent, label, freq_a, freq_b, diff, q, adj_diff, ...
+    result.rows(10)                            # the 10 strongest more_in each side: more_in, latent, label, ...
     saedata.write_report(result, "diff.html")  # bars, table and example documents; opens offline
 
 Three designs share that output:
@@ -42,6 +43,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from saedata.analysis.presence import Presence, check_presence, is_present, no_token_counts_warning, scope_rates
 from saedata.analysis.scope import latent_labels, opened, resolve_scope
 from saedata.analysis.stats import (
     LENGTH_BINS,
@@ -60,7 +62,7 @@ from saedata.store import DatasetState, Store, length_floor
 SAMPLE_DOCS = 20_000
 """Documents per dataset (the first, by doc_id) that examples and duplicates are read from."""
 MERGE_CANDIDATES = 100
-"""Top-ranked latents (per group) checked for near-duplicates."""
+"""Top-ranked latents (per group and side) checked for near-duplicates."""
 TOP_DOCS = 20
 """Top documents per latent compared by the duplicate check."""
 DUPLICATE_JACCARD = 0.5
@@ -72,10 +74,12 @@ SIMILAR_LABELS = 0.5
 """...and two whose labels share this fraction of their words (Jaccard), when their
 presence correlates or their top documents overlap at least this much too."""
 EXAMPLE_LATENTS = 20
-"""Top latents (per group) that get example documents."""
+"""Top latents (per group and side) that get example documents."""
 MAX_GROUPS = 100
 """Most values a ``by`` column may have."""
 BY_DATASET = "dataset"
+REST = "(rest)"
+"""``more_in`` of a row whose latent is more common in the rest than in its group (``by``)."""
 """``by`` value that compares whole datasets, each against the others (not a metadata column)."""
 FEW_DOCS = 30
 """Below this many documents on a side, the result carries a warning."""
@@ -90,10 +94,11 @@ class DiffResult:
 
     ``table``: one row per latent active on either side, most significant first (then
     largest |difference|; ties by latent). Columns: ``group`` (with ``by`` only),
-    latent, label, n_a and n_b (documents where the latent is active), freq_a, freq_b,
-    diff (= freq_b - freq_a), ratio (freq_b / freq_a, with half a document added to
+    more_in (the side where the latent is more common: a's or b's name, with ``by``
+    the group or "(rest)"), latent, label, n_a and n_b (documents where the latent is
+    present), freq_a, freq_b, diff_b_minus_a (= freq_b - freq_a), ratio (freq_b / freq_a, with half a document added to
     each count so it stays finite), p (two-proportion z-test, or McNemar's exact test
-    when paired), q (Benjamini-Hochberg); when length-controlled, adj_diff
+    when paired), q (Benjamini-Hochberg); when length-controlled, adj_diff_b_minus_a
     (Mantel-Haenszel difference in frequency across length bins), adj_log_or (log of
     the Mantel-Haenszel common odds ratio), adj_p (Cochran-Mantel-Haenszel test) and
     adj_q; when paired, n_a_only and n_b_only (discordant pairs); and merged (latents
@@ -118,11 +123,14 @@ class DiffResult:
     n_docs: dict[str, int] = field(default_factory=dict)
     """Documents compared on each side (per group with ``by``)."""
     sae_id: int = 0
+    presence: str = "excess"
+    """How presence was read: "excess" (fires on more tokens than chance, the default) or
+    "any" (fires at all); see :mod:`saedata.analysis.presence`."""
 
     @property
     def effect(self) -> str:
         """The column the ranking uses: ``adj_diff`` when length-controlled, else ``diff``."""
-        return "adj_diff" if self.length_controlled else "diff"
+        return "adj_diff_b_minus_a" if self.length_controlled else "diff_b_minus_a"
 
     @property
     def qvalue(self) -> str:
@@ -144,20 +152,37 @@ class DiffResult:
         how = "paired, McNemar" if self.paired_on else ("length-controlled" if self.length_controlled else
                                                           "not length-controlled")
         n_sig = self.significant().height
-        return (f"{self.title()} ({sizes} documents; SAE {self.sae_id}, threshold {self.threshold:g}, "
+        reading = "present beyond chance" if self.presence == "excess" else "fires at all"
+        threshold = f", threshold {self.threshold:g}" if self.threshold else ""
+        return (f"{self.title()} ({sizes} documents; SAE {self.sae_id}, presence: {reading}{threshold}, "
                 f"{how}): {n_sig} of {self.table.height} latent rows differ at q < 0.05")
 
     def rows(self, top: int | None = None, compact: bool = False) -> pl.DataFrame:
-        """The first ``top`` rows of the table (all when None or 0); ``compact`` keeps the
-        columns a reader scans (group, latent, label, freq_a, freq_b, diff, the paired
-        counts, q, adj_diff, adj_q, merged), with ``merged`` as text."""
-        table = self.table.head(top) if top else self.table
+        """The ``top`` first rows more common on each side (per group with ``by``; all rows
+        when None or 0), side a's first, each side in rank order: a two-sided table, so a
+        strong difference one way cannot hide the other. ``compact`` keeps the columns a
+        reader scans (group, more_in, latent, label, freq_a, freq_b, the differences, the
+        paired counts, the ranking q, merged), with ``merged`` as text."""
+        table = self.table
+        if top:
+            group = pl.col("group") if self.by else pl.lit(0)
+            table = (table.with_row_index("_i")
+                     .with_columns(_group=pl.col("_i").min().over(group),
+                                   _side=(pl.col("more_in") != self.a_name).cast(pl.Int8))
+                     .filter(pl.int_range(pl.len()).over(group, "_side") < top)
+                     .sort("_group", "_side", "_i").drop("_i", "_group", "_side"))
         if not compact:
             return table
-        cols = ((["group"] if self.by else []) + ["latent", "label", "freq_a", "freq_b", "diff"]
-                + (["n_a_only", "n_b_only"] if self.paired_on else []) + ["q"]
-                + (["adj_diff", "adj_q"] if self.length_controlled else []) + ["merged"])
+        cols = ((["group"] if self.by else []) + ["more_in", "latent", "label", "freq_a", "freq_b", "diff_b_minus_a"]
+                + (["n_a_only", "n_b_only"] if self.paired_on else [])
+                + (["adj_diff_b_minus_a", "adj_q"] if self.length_controlled else ["q"]) + ["merged"])
         return self.display_table(table.select(cols))
+
+    @property
+    def a_name(self) -> str:
+        """How ``more_in`` names side a: dataset a, or with ``by`` the rest of the documents
+        (side b is then the row's group)."""
+        return REST if self.by else self.a
 
     @staticmethod
     def display_table(table: pl.DataFrame) -> pl.DataFrame:
@@ -175,6 +200,7 @@ def diff(
     b: str | None = None,
     *,
     by: str | None = None,
+    presence: Presence = "excess",
     threshold: float = 0.0,
     length_control: bool = True,
     paired_on: str | None = None,
@@ -188,7 +214,10 @@ def diff(
     metadata column, each value against the rest; or with ``by="dataset"`` every
     dataset of the store, or ``a`` and ``b``, each against the others).
 
-    ``threshold``: a latent is active in a document when |pooled value| > threshold.
+    ``presence``: "excess" (default) counts a latent in a document when it fires on more
+    of its tokens than chance at its rate in the compared documents; "any" when it fires
+    at all (:mod:`saedata.analysis.presence`). ``threshold``: only pooled values with
+    |value| > threshold count.
     ``length_control``: add the length-stratified (CMH) columns and rank by them.
     ``paired_on``: pair documents of a and b by this metadata field and use McNemar's
     exact test. ``merge_duplicates``: fold near-duplicate latents into the strongest.
@@ -197,16 +226,17 @@ def diff(
     table, byte for byte.
     """
     with opened(store_or_path) as store:
-        return _diff(store, a, b, by, threshold, length_control, paired_on, merge_duplicates, examples,
-                     sae_id, min_docs, length_bins)
+        return _diff(store, a, b, by, presence, threshold, length_control, paired_on, merge_duplicates,
+                     examples, sae_id, min_docs, length_bins)
 
 
 # -- the diff itself -----------------------------------------------------------------------
 
 
-def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold: float, length_control: bool,
-          paired_on: str | None, merge_duplicates: bool, examples: int, sae_id: int | None, min_docs: int,
-          length_bins: int) -> DiffResult:
+def _diff(store: Store, a: str | None, b: str | None, by: str | None, presence: str, threshold: float,
+          length_control: bool, paired_on: str | None, merge_duplicates: bool, examples: int, sae_id: int | None,
+          min_docs: int, length_bins: int) -> DiffResult:
+    check_presence(presence)
     if threshold < 0:
         raise ConfigError(f"--threshold must be >= 0 (got {threshold:g}); activity is |value| > threshold")
     if examples < 0 or min_docs < 1:
@@ -226,15 +256,23 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, threshold:
             raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
         scope = resolve_scope(store, [a] + ([b] if b is not None else []), sae_id)
     labels = latent_labels(store, scope.sae_id).select("latent", "label")
+    warnings: list[str] = []
+    rates = None
+    if presence == "excess":
+        if store.has_token_counts(scope.dataset_ids, scope.sae_id):
+            rates = scope_rates(store, scope.sae_id, scope.dataset_ids, store.sae_info(scope.sae_id)["d_sae"])
+        else:
+            presence = "any"
+            warnings.append(no_token_counts_warning(scope.describe()))
     ctx = _Context(store, list(scope.states), scope.sae_id, float(threshold), labels, examples, merge_duplicates,
-                   min_docs)
+                   min_docs, rates)
     if by is not None:
         result = _diff_by(ctx, by, length_control, length_bins)
     elif paired_on is not None:
         result = _diff_paired(ctx, paired_on)
     else:
         result = _diff_two(ctx, length_control, length_bins)
-    return dataclasses.replace(result, warnings=[*scope.warnings, *result.warnings])
+    return dataclasses.replace(result, warnings=[*scope.warnings, *warnings, *result.warnings], presence=presence)
 
 
 @dataclass(frozen=True)
@@ -247,10 +285,21 @@ class _Context:
     examples: int
     merge: bool
     min_docs: int
+    rates: np.ndarray | None = None
+    """Token rates of the latents over the compared documents when presence is "excess"
+    (None: presence is "fires at all")."""
 
     @property
     def dataset_ids(self) -> list[int]:
         return [s.dataset_id for s in self.states]
+
+    def present(self, rows: pl.DataFrame, n_tokens: str = "len_floor") -> np.ndarray:
+        """bool per row of ``rows`` (latent, tokens, and the document length ``n_tokens``):
+        is the latent present there? Always true when presence is "fires at all"."""
+        if self.rates is None:
+            return np.ones(rows.height, dtype=bool)
+        return is_present(rows["tokens"].fill_null(-1).to_numpy(), rows[n_tokens].to_numpy(),
+                          rows["latent"].to_numpy(), self.rates)
 
 
 def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResult:
@@ -269,7 +318,7 @@ def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResu
     if length_control:
         warnings += _overlap_warning(totals[0], totals[1], sa.name, sb.name)
     table = _compare(counts[:, 0], totals[0], counts[:, 1], totals[1], latents, length_control)
-    table = _finish(ctx, table, length_control)
+    table = _finish(ctx, table, length_control, sa.name, sb.name)
     sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
     table, examples = _merge_and_examples(ctx, table, None, [], length_control, {None: sides})
     warnings += _significance_warning(table, length_control, f"{sa.name} and {sb.name}")
@@ -326,11 +375,11 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
         x_b, n_b = counts[:, i], totals[i]
         group_lengths = _hist_arrays(hist, g)
         rest_lengths = (all_lengths[0], all_lengths[1] - _align(group_lengths, all_lengths[0]))
-        warnings += _length_warning(rest_lengths, group_lengths, "the rest", f"{by}={v}", length_control)
+        warnings += _length_warning(rest_lengths, group_lengths, f"the {REST}", f"{by}={v}", length_control)
         if length_control:
-            warnings += _overlap_warning(all_totals - n_b, n_b, "the rest", f"{by}={v}")
+            warnings += _overlap_warning(all_totals - n_b, n_b, f"the {REST}", f"{by}={v}")
         t = _compare(all_counts - x_b, all_totals - n_b, x_b, n_b, latents, length_control)
-        t = _finish(ctx, t, length_control)
+        t = _finish(ctx, t, length_control, REST, str(v))
         tables.append(t.select(pl.lit(str(v)).alias("group"), pl.all()))
     table = pl.concat(tables)
     side_names = {str(v): {g: str(v)} for g, v in zip(groups, levels)}
@@ -368,8 +417,16 @@ def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
     hist = ctx.store.macro("paired_lengths", sa.dataset_id, sb.dataset_id, field_name)
     warnings += _length_warning(_hist_arrays(hist, sa.dataset_id), _hist_arrays(hist, sb.dataset_id), sa.name,
                                 sb.name, None)
-    pres = ctx.store.macro("paired_presence", ctx.sae_id, ctx.threshold, sa.dataset_id, sb.dataset_id,
-                           field_name).sort("latent")
+    if ctx.rates is None:
+        pres = ctx.store.macro("paired_presence", ctx.sae_id, ctx.threshold, sa.dataset_id, sb.dataset_id,
+                               field_name).sort("latent")
+    else:
+        rows = ctx.store.macro("paired_tokens", ctx.sae_id, ctx.threshold, sa.dataset_id, sb.dataset_id, field_name)
+        sides = (rows.filter(pl.Series(ctx.present(rows, "n_tokens")))
+                 .group_by("latent", "key").agg(sides=pl.col("side").unique().sum()))
+        pres = sides.group_by("latent").agg(
+            n_both=(pl.col("sides") == 3).sum(), n_a_only=(pl.col("sides") == 1).sum(),
+            n_b_only=(pl.col("sides") == 2).sum()).sort("latent")
     if pres.height == 0:
         raise ConfigError(f"no latent is active above threshold {ctx.threshold:g} in the paired documents")
     both = pres["n_both"].to_numpy().astype(np.int64)
@@ -381,12 +438,12 @@ def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
         "latent": pres["latent"].cast(pl.Int32),
         "n_a": n_a, "n_b": n_b,
         "freq_a": n_a / n_pairs, "freq_b": n_b / n_pairs,
-        "diff": (n_b - n_a) / n_pairs,
+        "diff_b_minus_a": (n_b - n_a) / n_pairs,
         "ratio": _ratio(n_a, n_pairs, n_b, n_pairs),
         "n_a_only": a_only, "n_b_only": b_only,
         "p": p, "q": bh_qvalues(p),
     })
-    table = _finish(ctx, table, False)
+    table = _finish(ctx, table, False, sa.name, sb.name)
     sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
     table, examples = _merge_and_examples(ctx, table, None, [], False, {None: sides})
     warnings += _significance_warning(table, False, f"the pairs of {sa.name} and {sb.name}")
@@ -414,7 +471,18 @@ def _presence(ctx: _Context, by: str | None, levels: list[str], edges: list[int]
     """Active counts (n_latents, n_groups, n_bins) from the latent_presence macro,
     documents (n_groups, n_bins) from the length histogram ``hist``, and the latents
     (n_latents,) active anywhere."""
-    if by is None and ctx.threshold == 0 and ctx.store.has_latent_counts(ctx.dataset_ids, ctx.sae_id):
+    if ctx.rates is not None:
+        # presence beyond chance: count (latent, group, length class, tokens) cells, then
+        # keep those where the latent fired on enough of the class's tokens
+        if by is None and ctx.threshold == 0:
+            cells = ctx.store.macro("token_counts", ctx.sae_id, ctx.dataset_ids)
+        else:
+            cells = ctx.store.macro("token_presence", ctx.sae_id, ctx.threshold, ctx.dataset_ids,
+                                    field=by, levels=levels)
+        cells = cells.filter(pl.Series(ctx.present(cells)))
+        bins = np.searchsorted(np.asarray(edges, dtype=np.int64), cells["len_floor"].to_numpy(), side="right")
+        pres = cells.select("latent", "grp", "n_active").with_columns(bin=pl.Series(bins))
+    elif by is None and ctx.threshold == 0 and ctx.store.has_latent_counts(ctx.dataset_ids, ctx.sae_id):
         pres = ctx.store.macro("counted_presence", ctx.sae_id, ctx.dataset_ids, edges=edges)
     else:
         pres = ctx.store.macro("latent_presence", ctx.sae_id, ctx.threshold, ctx.dataset_ids,
@@ -460,21 +528,24 @@ def _compare(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray,
         "latent": latents,
         "n_a": ta, "n_b": tb,
         "freq_a": ta / na, "freq_b": tb / nb,
-        "diff": tb / nb - ta / na,
+        "diff_b_minus_a": tb / nb - ta / na,
         "ratio": _ratio(ta, na, tb, nb),
         "p": p, "q": bh_qvalues(p),
     }
     if length_control:
         s = cmh_test(x_a, n_a, x_b, n_b)
-        cols |= {"adj_diff": s.diff, "adj_log_or": s.log_or, "adj_p": s.p, "adj_q": bh_qvalues(s.p)}
+        cols |= {"adj_diff_b_minus_a": s.diff, "adj_log_or": s.log_or, "adj_p": s.p, "adj_q": bh_qvalues(s.p)}
     return pl.DataFrame(cols)
 
 
-def _finish(ctx: _Context, table: pl.DataFrame, length_control: bool) -> pl.DataFrame:
-    """Add labels and rank: q-value, then larger |difference|, then latent."""
-    effect, q = ("adj_diff", "adj_q") if length_control else ("diff", "q")
+def _finish(ctx: _Context, table: pl.DataFrame, length_control: bool, a: str, b: str) -> pl.DataFrame:
+    """Add labels and ``more_in`` (``a`` or ``b``, the side where the latent is more
+    common by the ranking difference) and rank: q-value, then larger |difference|, then latent."""
+    effect, q = ("adj_diff_b_minus_a", "adj_q") if length_control else ("diff_b_minus_a", "q")
     table = table.with_columns(pl.col("latent").cast(pl.Int32)).join(ctx.labels, on="latent", how="left")
-    first = ["latent", "label"]
+    table = table.with_columns(more_in=pl.when(pl.col(effect).fill_nan(0.0) > 0).then(pl.lit(b))
+                               .when(pl.col(effect).fill_nan(0.0) < 0).then(pl.lit(a)).otherwise(pl.lit("")))
+    first = ["more_in", "latent", "label"]
     table = table.select(first + [c for c in table.columns if c not in first])
     return (table.with_columns(_abs=pl.col(effect).abs().fill_nan(0.0))
             .sort([q, "_abs", "latent"], descending=[False, True, False], nulls_last=True)
@@ -487,14 +558,14 @@ def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, leve
     """Fold near-duplicate latents into the strongest (``merged``) and pick examples."""
     has_group = "group" in table.columns
     group_col = pl.col("group") if has_group else pl.lit(None, pl.String)
-    table = table.with_columns(_grp=group_col, _rank=pl.int_range(pl.len()).over(group_col))
+    table = table.with_columns(_grp=group_col, _rank=pl.int_range(pl.len()).over(group_col, "more_in"))
     candidates = table.filter(pl.col("_rank") < MERGE_CANDIDATES)
     lat_ids = sorted(set(candidates["latent"].to_list()))
     needed = lat_ids and (ctx.merge or ctx.examples > 0)
     sample = ctx.store.macro("latent_docs", ctx.sae_id, ctx.threshold, lat_ids, ctx.dataset_ids,
                              field=by, levels=levels, n=SAMPLE_DOCS) if needed else _empty_sample()
-    sample = _ranked(sample)  # strongest first within each latent
-    effect = "adj_diff" if length_control else "diff"
+    sample = _ranked(sample.filter(pl.Series(ctx.present(sample, "n_tokens"))))  # strongest first per latent
+    effect = "adj_diff_b_minus_a" if length_control else "diff_b_minus_a"
     merged: dict[tuple[Any, int], list[int]] = {}
     dropped: set[tuple[Any, int]] = set()
     if ctx.merge and sample.height:
@@ -521,14 +592,14 @@ def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, leve
     table = (table.join(gone, on=["_grp", "latent"], how="anti", nulls_equal=True, maintain_order="left")
              .join(folded, on=["_grp", "latent"], how="left", nulls_equal=True, maintain_order="left")
              .with_columns(pl.col("merged").fill_null(pl.lit([], dtype=pl.List(pl.Int32)))))
-    table = table.with_columns(_rank=pl.int_range(pl.len()).over(pl.col("_grp")))
+    table = table.with_columns(_rank=pl.int_range(pl.len()).over(pl.col("_grp"), "more_in"))
     examples = _examples(ctx, table.filter(pl.col("_rank") < EXAMPLE_LATENTS), sample, side_names, has_group)
     return table.drop("_grp", "_rank"), examples
 
 
 def _empty_sample() -> pl.DataFrame:
     return pl.DataFrame(schema={"doc_id": pl.Int64, "grp": pl.Int64, "latent": pl.Int32,
-                                "value": pl.Float32, "peak": pl.Int32})
+                                "value": pl.Float32, "peak": pl.Int32, "tokens": pl.Int32, "n_tokens": pl.Int32})
 
 
 def _duplicates(sample: pl.DataFrame, latents: list[int], n_docs: int, labels: dict[int, str | None]):

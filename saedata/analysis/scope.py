@@ -19,9 +19,14 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from saedata.analysis.presence import is_present, tfidf
+from saedata.analysis.words import weak_label
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import DatasetState, Store
 from saedata.store import open as open_store
+
+DATASET_FIELD = "dataset"
+"""The field every document has: the name of its dataset (usable wherever a metadata field is)."""
 
 
 @contextmanager
@@ -126,6 +131,11 @@ class LatentMatrix:
     """(n_docs, d_sae) float32 pooled values (0 where a latent is inactive)."""
     sae_id: int
     d_sae: int
+    tokens: sparse.csr_matrix | None = None
+    """(n_docs, d_sae) float64, in X's sparsity pattern: how many of the document's tokens
+    the latent fired on (None for a store from before token counts)."""
+    n_tokens: np.ndarray | None = None
+    """(n_docs,) int64 document lengths in reader tokens."""
 
     def active(self, threshold: float = 0.0) -> sparse.csr_matrix:
         """(n_docs, d_sae) bool: latent active in document (|value| > threshold)."""
@@ -134,37 +144,67 @@ class LatentMatrix:
         X.eliminate_zeros()
         return X.astype(bool)
 
+    def present(self, threshold: float = 0.0) -> sparse.csr_matrix:
+        """(n_docs, d_sae) bool: latent present in document beyond chance (it fires on more
+        of the document's tokens than its rate over these documents predicts,
+        :mod:`saedata.analysis.presence`) and |value| > threshold. Falls back to
+        :meth:`active` without token counts (check :attr:`has_tokens`)."""
+        if self.tokens is None or self.n_tokens is None:
+            return self.active(threshold)
+        rates = np.asarray(self.tokens.sum(0)).ravel() / max(float(self.n_tokens.sum()), 1.0)
+        T = self.tokens.tocoo()
+        keep = is_present(T.data, self.n_tokens[T.row], T.col, rates) & (np.abs(self.X.tocoo().data) > threshold)
+        P = sparse.csr_matrix((np.ones(int(keep.sum()), dtype=bool), (T.row[keep], T.col[keep])), shape=T.shape)
+        return P
+
+    def weights(self) -> sparse.csr_matrix:
+        """(n_docs, d_sae) float64 tf-idf concept weights at unit length per document
+        (:func:`saedata.analysis.presence.tfidf`; from pooled presence without token counts)."""
+        return tfidf(self.tokens if self.tokens is not None else self.active().astype(np.float64))
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.tokens is not None
+
 
 def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None) -> LatentMatrix:
     """The sparse document x latent matrix of the scope's documents, rows in doc_id order
     (or in ``doc_ids`` order when given, which may name a subset)."""
     d_sae = store.sae_info(scope.sae_id)["d_sae"]
+    lengths = store.doc_lengths(scope.dataset_ids)
     if doc_ids is None:
-        doc_ids = store.doc_ids(scope.dataset_ids)
+        doc_ids = lengths["doc_id"].to_numpy()
+    doc_ids = np.asarray(doc_ids, dtype=np.int64)
+    length_of = dict(zip(lengths["doc_id"].to_list(), lengths["n_tokens"].to_list()))
+    n_tokens = np.fromiter((length_of.get(int(d), 0) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
     acts = store.activations_of(scope.sae_id, scope.dataset_ids)
     row_of = {int(d): i for i, d in enumerate(doc_ids)}
     rows = np.fromiter((row_of.get(int(d), -1) for d in acts["doc_id"].to_numpy()), dtype=np.int64,
                        count=acts.height)
     keep = rows >= 0
-    X = sparse.csr_matrix(
-        (acts["value"].to_numpy()[keep].astype(np.float32), (rows[keep], acts["latent"].to_numpy()[keep])),
-        shape=(len(doc_ids), d_sae),
-    )
-    return LatentMatrix(np.asarray(doc_ids, dtype=np.int64), X, scope.sae_id, d_sae)
+    where = (rows[keep], acts["latent"].to_numpy()[keep])
+    X = sparse.csr_matrix((acts["value"].to_numpy()[keep].astype(np.float32), where), shape=(len(doc_ids), d_sae))
+    tokens = None
+    if acts["tokens"].null_count() == 0:
+        # the same (row, latent) cells as X: csr_matrix sorts both the same way
+        tokens = sparse.csr_matrix((acts["tokens"].to_numpy()[keep].astype(np.float64), where),
+                                   shape=(len(doc_ids), d_sae))
+    return LatentMatrix(doc_ids, X, scope.sae_id, d_sae, tokens, n_tokens)
 
 
 def documents_frame(store: Store, scope: Scope, fields: list[str] | None = None) -> pl.DataFrame:
     """doc_id, dataset, ext_id, text, n_tokens, n_chars, plus metadata fields as columns.
 
     ``fields`` limits (and checks) the metadata fields unpacked; a missing field is a
-    NotFoundError naming the fields there are.
+    NotFoundError naming the fields there are. ``dataset`` (the dataset's name) is a
+    field of every document, in front of any metadata key of that name.
     """
     docs = store.documents_of(scope.dataset_ids)
     metas = [json.loads(m) if m else {} for m in docs["meta"].to_list()]
     available = sorted({k for m in metas for k in m})
     wanted = available if fields is None else fields
     for f in wanted:
-        if f not in available:
+        if f not in available and f != DATASET_FIELD:
             raise NotFoundError(
                 f"no metadata field {f!r} in {scope.describe()} (fields: {', '.join(available) or 'none'})"
             )
@@ -175,5 +215,8 @@ def documents_frame(store: Store, scope: Scope, fields: list[str] | None = None)
 
 
 def latent_labels(store: Store, sae_id: int) -> pl.DataFrame:
-    """(latent, label, label_source, freq) of every latent of an SAE."""
-    return store.latents(sae_id).select("latent", "label", "label_source", "freq")
+    """(latent, label, label_source, freq, weak) of every latent of an SAE; ``weak``: the
+    label says nothing about a topic (:func:`saedata.analysis.words.weak_label`)."""
+    latents = store.latents(sae_id).select("latent", "label", "label_source", "freq")
+    weak = [weak_label(lab, src) for lab, src in zip(latents["label"].to_list(), latents["label_source"].to_list())]
+    return latents.with_columns(weak=pl.Series(weak, dtype=pl.Boolean))

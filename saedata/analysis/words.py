@@ -26,6 +26,20 @@ STOPWORDS = frozenset(
 """Words never matched (function words, and words about documents themselves)."""
 
 
+WEAK_SOURCE = "frequent-words"
+"""label_source of a keyword label made from words frequent everywhere (see saedata.label)."""
+
+
+def weak_label(label: str | None, source: str | None = None) -> bool:
+    """Whether a latent's label is weak: missing, made from corpus-wide frequent words
+    (``source`` "frequent-words"), or with no term holding a content word of letters
+    (punctuation, digits, function words: ". / my / our", "? / !", "of"). Search and
+    associate leave such latents out unless asked."""
+    if not label or source == WEAK_SOURCE:
+        return True
+    return not any(len(w) >= 3 and w.isalpha() and w not in STOPWORDS for w in words(label))
+
+
 def words(text: str) -> list[str]:
     """The words of ``text``, lower-cased, in order."""
     return WORD.findall(text.lower())

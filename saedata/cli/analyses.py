@@ -21,6 +21,7 @@ from saedata.cli.options import (
     latents_option,
     log,
     new_file,
+    presence_option,
     progress,
     quiet_option,
     reader_options,
@@ -46,8 +47,9 @@ from saedata.config import ReaderConfig
 @click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
               help="SAE directory for embedding files [default: the store's SAE, else train one on both].")
 @sae_id_option
+@presence_option
 @threshold_option
-@top_option(20, "Rows to show (0 for all).")
+@top_option(10, "Rows to show more common on each side (per group with --by; 0 for all).")
 @report_option("Write an offline HTML report (bars, table, example documents) here.")
 @click.option("--no-length-control", is_flag=True,
               help="Skip the length-stratified comparison (adj_* columns) and rank by the raw difference.")
@@ -64,7 +66,7 @@ from saedata.config import ReaderConfig
 @train_options
 @quiet_option
 @click.pass_context
-def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length_control, paired_on, by,
+def diff(ctx, a, b, db, sae_path, sae_id, presence, threshold, top, report_path, no_length_control, paired_on, by,
          no_merge, examples, replace, fmt, **kw):
     """Diff the concepts of A and B: which latents are more common on one side.
 
@@ -77,7 +79,7 @@ def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length
     """
     if a is None and by != "dataset":
         raise click.UsageError("give A (and B), or --by dataset to compare every dataset of the store")
-    options = dict(by=by, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
+    options = dict(by=by, presence=presence, threshold=threshold, length_control=not no_length_control, paired_on=paired_on,
                    merge_duplicates=not no_merge, examples=examples, sae_id=sae_id)
     if a is not None and saedata.are_corpus_files(a, b):
         result = saedata.diff_files(a, b, db, sae_path, **configs(kw), **progress(ctx), replace=replace, **options)
@@ -95,28 +97,33 @@ def diff(ctx, a, b, db, sae_path, sae_id, threshold, top, report_path, no_length
         emit(result.display_table(rows) if fmt == "csv" else rows, fmt)
 
 
-@main.command(epilog=example("saedata associate --target is_question --top 5"))
-@click.option("--target", required=True, help="Metadata column to predict (binary or numeric).")
+@main.command(epilog=example("saedata associate --target is_question --top 5",
+                             "saedata associate --target topic=pets --n-latents 5"))
+@click.option("--target", required=True,
+              help="Metadata column to predict (binary or numeric), `dataset`, or COLUMN=VALUE (has that value).")
 @click.option("--dataset", default=None, help="Dataset to use [default: every complete dataset of the SAE].")
 @db_option
-@click.option("--n-latents", type=COUNT, default=10, show_default=True, help="Latents the sparse model keeps.")
+@click.option("--n-latents", type=COUNT, default=10, show_default=True, help="Most latents the rule keeps.")
+@presence_option
 @threshold_option
+@click.option("--include-weak", is_flag=True,
+              help="Also consider latents whose labels are weak (punctuation, function words).")
 @sae_id_option
 @top_option(20, "Rows to show (0 for all).")
 @seed_option("Seed of the cross-validation folds.")
 @format_option
 @quiet_option
 @click.pass_context
-def associate(ctx, target, dataset, db, n_latents, threshold, sae_id, top, seed, fmt):
+def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_weak, sae_id, top, seed, fmt):
     """Find the latents that predict a metadata column (--target), with no LLM.
 
-    A binary target (two values) gets an L1 logistic regression, a numeric one the
-    Lasso, each keeping about --n-latents latents, and a cross-validated score (AUC or
-    R^2). Every latent gets an effect size, a p-value and a q-value; chosen latents
-    come first.
+    A binary target (two values, or COLUMN=VALUE) gets an L1 logistic regression, a
+    numeric one the Lasso; each picks at most --n-latents latents, refit on those alone
+    (the rule returned), and a cross-validated score (AUC or R^2) of that procedure.
+    Every latent gets an effect size, a p-value and a q-value; chosen latents come first.
     """
-    result = saedata.associate(db, dataset, target, n_latents=n_latents, threshold=threshold, sae_id=sae_id,
-                               seed=seed)
+    result = saedata.associate(db, dataset, target, n_latents=n_latents, threshold=threshold, presence=presence,
+                               include_weak=include_weak, sae_id=sae_id, seed=seed)
     for w in result.warnings:
         log(ctx)(f"warning: {w}")
     table = result.table.head(top) if top else result.table

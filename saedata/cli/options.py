@@ -92,7 +92,14 @@ def top_option(default: int, help: str) -> Decorator:  # noqa: A002
 
 def threshold_option(f: Callable) -> Callable:
     return click.option("--threshold", type=Real(min=0), default=0.0, show_default=True,
-                        help="A latent is active in a document when |pooled value| > this.")(f)
+                        help="Count a latent only where |pooled value| > this.")(f)
+
+
+def presence_option(f: Callable) -> Callable:
+    return click.option("--presence", type=click.Choice(["excess", "any"]), default="excess", show_default=True,
+                        help="When a concept counts as present in a document: excess = it fires on more of the "
+                             "document's tokens than chance at its rate in the analysed documents (does not grow "
+                             "with length); any = it fires on any token.")(f)
 
 
 def seed_option(help: str = "Seed: same input + seed -> same result.") -> Decorator:  # noqa: A002

@@ -37,6 +37,8 @@ class Pooled(NamedTuple):
     """(nnz,) float32 pooled value."""
     peak: torch.Tensor
     """(nnz,) int64 token row (into the batch's token arrays) where |code| peaked."""
+    tokens: torch.Tensor
+    """(nnz,) int64 how many of the document's tokens the latent fired on (non-zero code)."""
 
 
 class DocCodes(NamedTuple):
@@ -50,6 +52,8 @@ class DocCodes(NamedTuple):
     """(nnz,) float32 pooled value, rounded to the stored significant digits."""
     peak: np.ndarray
     """(nnz,) int64 token row where |code| peaked."""
+    tokens: np.ndarray
+    """(nnz,) int64 how many of the document's tokens the latent fired on."""
 
 
 def encode_tokens(sae: SparseAutoencoder, acts: torch.Tensor,
@@ -88,7 +92,9 @@ def pool_codes(
     value) triplets; ``doc_index`` (n_tokens,) maps token rows to documents;
     ``n_tokens`` (n_docs,) tokens per document. ``max`` keeps the value of largest
     magnitude with its sign (the plain max for non-negative codes), ``sum`` adds,
-    ``mean`` divides the sum by the document's token count.
+    ``mean`` divides the sum by the document's token count. Whatever the pooling, each
+    entry also counts the tokens the latent fired on: what length-robust presence and
+    concept weights are computed from (:mod:`saedata.analysis.presence`).
     """
     import torch
 
@@ -110,7 +116,9 @@ def pool_codes(
         value = torch.zeros(m, device=values.device).scatter_add(0, inv, values)
         if pooling == "mean":
             value = value / n_tokens[torch.div(uniq, d_sae, rounding_mode="floor")].clamp(min=1)
-    return Pooled(torch.div(uniq, d_sae, rounding_mode="floor"), uniq % d_sae, value, peak)
+    tokens = torch.zeros(m, dtype=torch.int64, device=values.device).scatter_add(
+        0, inv, torch.ones_like(inv))
+    return Pooled(torch.div(uniq, d_sae, rounding_mode="floor"), uniq % d_sae, value, peak, tokens)
 
 
 def round_significant(values: np.ndarray, digits: int | None) -> np.ndarray:
@@ -136,8 +144,8 @@ def document_codes(sae: SparseAutoencoder, batch: TokenBatch, embed_cfg: EmbedCo
     keep = pooled.value.abs() > embed_cfg.min_value if embed_cfg.min_value > 0 else pooled.value != 0
     if not bool(keep.all()):
         pooled = Pooled(*(t[keep] for t in pooled))
-    doc, latent, value, peak = (t.cpu().numpy() for t in pooled)
-    return DocCodes(doc, latent, round_significant(value, embed_cfg.value_digits), peak)
+    doc, latent, value, peak, tokens = (t.cpu().numpy() for t in pooled)
+    return DocCodes(doc, latent, round_significant(value, embed_cfg.value_digits), peak, tokens)
 
 
 class EmbeddedChunk(NamedTuple):
@@ -168,7 +176,8 @@ def embed_chunk(docs: list[Document], first_id: int, reader: Reader | VisionRead
         peak = np.maximum(batch.offsets[codes.peak, 1] - 1, batch.offsets[codes.peak, 0]).astype(np.int32)
     acts = pl.DataFrame(
         {"doc_id": ids[codes.doc], "sae_id": np.full(len(codes.doc), sae_id, dtype=np.int32),
-         "latent": codes.latent.astype(np.int32), "value": codes.value, "peak": peak}
+         "latent": codes.latent.astype(np.int32), "value": codes.value, "peak": peak,
+         "tokens": codes.tokens.astype(np.int32)}
     )
     doc_frame = pl.DataFrame(
         {"doc_id": ids, "dataset_id": np.full(len(docs), dataset_id, dtype=np.int32),

@@ -39,7 +39,8 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
         a, b = ("the rest", f"{result.by}={group}") if result.by else (result.a, result.b or "")
         if group is not None:
             blocks.append(Text(f"{result.by} = {group} vs the rest", level=2))
-        head = sub.head(top if group is None else max(top // 2, 5))
+        per_side = max(top // 2, 3) if group is None else max(top // 4, 3)
+        head = _two_sided(result, sub, per_side)
         if head.height:
             names = [latent_name(r["latent"], r["label"], r["merged"]) for r in head.iter_rows(named=True)]
             fig = diverging_bars(names, head[result.effect].fill_nan(0.0).to_list(),
@@ -47,25 +48,38 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
                                  xlabel=("length-controlled " if result.length_controlled else "")
                                  + f"difference in fraction of documents ({b} - {a})",
                                  left_name=a, right_name=b)
-            blocks.append(Figure(fig, caption="Most significant latents first; bars are the difference in the "
-                                              "fraction of documents where the latent is active."))
+            blocks.append(Figure(fig, caption=f"The {per_side} most significant latents more common on each side; "
+                                              "bars are the difference in the fraction of documents where the "
+                                              "latent is present."))
         blocks.append(Table(result.display_table(sub), max_rows=TABLE_ROWS,
                             caption=f"Ranked latents ({sub.height} rows; first {min(TABLE_ROWS, sub.height)} shown)"))
         blocks.append(Text("Example documents", level=3))
-        blocks += _example_blocks(result, sub.head(n_examples), group)
+        blocks += _example_blocks(result, _two_sided(result, sub, n_examples // 2), group)
     return Report(f"saedata diff: {result.title()}", blocks,
                   subtitle="Which concepts (SAE latents) are more common on one side than the other.")
 
 
+def _two_sided(result: DiffResult, table: pl.DataFrame, per_side: int) -> pl.DataFrame:
+    """The first ``per_side`` rows of ``table`` (one group's) more common on each side."""
+    return pl.concat([table.filter(pl.col("more_in") == result.a_name).head(per_side),
+                      table.filter(pl.col("more_in") != result.a_name).head(per_side)])
+
+
 def _how_to_read(result: DiffResult) -> str:
-    text = ("freq_a and freq_b are the fractions of documents where a latent is active (|pooled value| > "
-            f"{result.threshold:g}); diff = freq_b - freq_a; q is the Benjamini-Hochberg q-value of ")
+    if result.presence == "excess":
+        present = ("present (it fires on more of the document's tokens than its rate over all compared documents "
+                   "predicts for a document of that length)")
+    else:
+        present = f"active (|pooled value| > {result.threshold:g})"
+    text = (f"more_in names the side where a latent is more common; freq_a and freq_b are the fractions of "
+            f"documents where it is {present}; diff_b_minus_a = freq_b - freq_a; q is the Benjamini-Hochberg "
+            "q-value of ")
     if result.paired_on:
         text += f"McNemar's exact test over documents paired on {result.paired_on!r}."
     else:
         text += "a two-proportion z-test."
     if result.length_controlled:
-        text += (" adj_diff, adj_log_or and adj_q compare documents of similar length only (Cochran-Mantel-"
+        text += (" adj_diff_b_minus_a, adj_log_or and adj_q compare documents of similar length only (Cochran-Mantel-"
                  "Haenszel over length bins) and rank the table.")
     if result.by:
         text += f" Each value of {result.by!r} is side b; all other documents are side a."

@@ -43,8 +43,9 @@ from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, Store
 from saedata.store.store import Store, define_own_sql, length_floor, read_query_file, restrict_files
 
 FORMAT = "saedata-shards"
-FORMAT_VERSION = 1
-"""Version of the folder layout; a newer one is refused."""
+FORMAT_VERSION = 2
+"""Version of the folder layout; a newer one is refused. Version 2 added the token counts
+(activations.tokens, latent_counts.tokens); a version-1 folder reads them as NULL."""
 MANIFEST = "manifest.json"
 MERGED_COUNTS = "latent_counts.parquet"
 """Every part's latent_counts summed, written when the run finishes."""
@@ -57,12 +58,12 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "documents": {"doc_id": pl.Int64, "dataset_id": pl.Int32, "ext_id": pl.String, "text": pl.String,
                   "meta": pl.String, "n_tokens": pl.Int32},
     "activations": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
-                    "peak": pl.Int32},
+                    "peak": pl.Int32, "tokens": pl.Int32},
     "word_counts": {"word": pl.String, "df": pl.Int64},
     "label_candidates": {"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32, "value": pl.Float32,
                          "peak": pl.Int32},
     "latent_counts": {"dataset_id": pl.Int32, "sae_id": pl.Int32, "len_floor": pl.Int32, "latent": pl.Int32,
-                      "n_active": pl.Int64},
+                      "tokens": pl.Int32, "n_active": pl.Int64},
 }
 
 
@@ -242,7 +243,7 @@ def part_latent_counts(documents: pl.DataFrame, activations: pl.DataFrame) -> pl
     (what ``Store.complete_dataset`` writes for a dataset in a store file)."""
     floors = length_floor(documents["n_tokens"].fill_null(0).to_numpy())
     docs = documents.select("doc_id", "dataset_id").with_columns(len_floor=pl.Series(floors, dtype=pl.Int32))
-    keys = ["dataset_id", "sae_id", "len_floor", "latent"]
+    keys = ["dataset_id", "sae_id", "len_floor", "latent", "tokens"]
     return (activations.filter(pl.col("value") != 0).join(docs, on="doc_id")
             .group_by(keys).agg(n_active=pl.len().cast(pl.Int64)).sort(keys))
 
@@ -284,13 +285,14 @@ def connect_shards(folder: str | os.PathLike, file_access: bool = False) -> duck
         else:
             con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
                         [manifest.sae["sae_id"], manifest.sae["d_sae"]])
+        tokens = "tokens" if manifest.version >= 2 else "NULL::INTEGER AS tokens"
         columns = {
             "documents": "doc_id, dataset_id, ext_id, text, meta::JSON AS meta, n_tokens",
-            "activations": "doc_id, sae_id, latent, value, peak",
+            "activations": f"doc_id, sae_id, latent, value, peak, {tokens}",
             "word_counts": f"{int(manifest.sae['sae_id'])}::INTEGER AS sae_id, word, df",
             "label_candidates": "doc_id, sae_id, latent, value, peak",
             # one row per part and cell: read it with sum(n_active) ... GROUP BY, as counted_presence does
-            "latent_counts": "dataset_id, sae_id, len_floor, latent, n_active",
+            "latent_counts": f"dataset_id, sae_id, len_floor, latent, n_active, {tokens}",
         }
         for table, cols in columns.items():
             files = [str(folder / f) for f in manifest.files(table)]
@@ -343,7 +345,7 @@ def write_merged_counts(store: Store, folder: str | os.PathLike) -> None:
     dataset, length class and latent (what makes a diff over shards fast)."""
     folder = Path(folder)
     tmp = folder / f".{MERGED_COUNTS}.tmp"
-    store.con.sql("SELECT dataset_id, sae_id, len_floor, latent, sum(n_active)::BIGINT AS n_active "
+    store.con.sql("SELECT dataset_id, sae_id, len_floor, latent, tokens, sum(n_active)::BIGINT AS n_active "
                   "FROM latent_counts GROUP BY ALL ORDER BY ALL").write_parquet(str(tmp))
     os.replace(tmp, folder / MERGED_COUNTS)
 
@@ -428,7 +430,8 @@ def _copy(con: duckdb.DuckDBPyConnection, folder: Path, manifest: Manifest, name
         # every part has all five files, so no list is empty; paths are parameters
         con.execute("INSERT INTO documents SELECT doc_id + ?, ?, ext_id, text, meta::JSON, n_tokens "
                     "FROM read_parquet(?) ORDER BY doc_id", [shift, dataset_id, doc_files])
-        con.execute("INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak "
+        tokens = "tokens" if manifest.version >= 2 else "NULL"
+        con.execute(f"INSERT INTO activations SELECT doc_id + ?, ?, latent, value, peak, {tokens} "
                     "FROM read_parquet(?) ORDER BY doc_id, latent", [shift, sae_id, act_files])
         con.execute("INSERT INTO word_counts SELECT ?, word, df FROM read_parquet(?)", [sae_id, word_files])
         n_docs += int(con.execute("SELECT count(*) FROM documents WHERE dataset_id = ?", [dataset_id]).fetchone()[0])

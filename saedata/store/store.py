@@ -29,7 +29,7 @@ import polars as pl
 
 from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, StoreError, StoreLockedError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 QUERY_FILES = ("schema.sql", "views.sql", "words.sql", "latents.sql", "documents.sql", "labels.sql", "diff.sql",
                "correlate.sql", "retrieve.sql")
 """The shipped ``queries/*.sql`` files, in the order they are run: tables, views, then the
@@ -143,7 +143,7 @@ class Store:
         for name in QUERY_FILES:
             self._run_script(name)
         self.con.execute(
-            "INSERT INTO saedata_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO saedata_meta VALUES ('schema_version', ?) ON CONFLICT DO UPDATE SET value = excluded.value",
             [str(SCHEMA_VERSION)],
         )
 
@@ -374,15 +374,22 @@ class Store:
 
     def doc_ids(self, dataset_ids: Sequence[int]) -> np.ndarray:
         """(n_docs,) int64 doc ids of the datasets ``dataset_ids``, ascending."""
+        return self.doc_lengths(dataset_ids)["doc_id"].to_numpy()
+
+    def doc_lengths(self, dataset_ids: Sequence[int]) -> pl.DataFrame:
+        """(doc_id, n_tokens) of the documents of ``dataset_ids``, by doc_id (n_tokens 0
+        where unknown)."""
         return self.sql(
-            "SELECT doc_id FROM documents WHERE dataset_id IN (SELECT unnest(?::INTEGER[])) ORDER BY doc_id",
+            "SELECT doc_id, coalesce(n_tokens, 0) AS n_tokens FROM documents "
+            "WHERE dataset_id IN (SELECT unnest(?::INTEGER[])) ORDER BY doc_id",
             [list(dataset_ids)],
-        )["doc_id"].to_numpy()
+        )
 
     def activations_of(self, sae_id: int, dataset_ids: Sequence[int]) -> pl.DataFrame:
-        """(doc_id, latent, value) of SAE ``sae_id`` in the documents of ``dataset_ids``."""
+        """(doc_id, latent, value, tokens) of SAE ``sae_id`` in the documents of
+        ``dataset_ids`` (tokens NULL in a store from before token counts)."""
         return self.sql(
-            "SELECT a.doc_id, a.latent, a.value FROM activations AS a JOIN documents AS d USING (doc_id) "
+            "SELECT a.doc_id, a.latent, a.value, a.tokens FROM activations AS a JOIN documents AS d USING (doc_id) "
             "WHERE a.sae_id = ? AND d.dataset_id IN (SELECT unnest(?::INTEGER[]))",
             [sae_id, list(dataset_ids)],
         )
@@ -567,9 +574,10 @@ class Store:
                     "INSERT INTO documents (doc_id, dataset_id, ext_id, text, meta, n_tokens) "
                     "SELECT doc_id, dataset_id, ext_id, text, meta, n_tokens FROM _batch_docs"
                 )
+                tokens = "tokens" if "tokens" in activations.columns else "NULL"
                 con.execute(
-                    "INSERT INTO activations (doc_id, sae_id, latent, value, peak) "
-                    "SELECT doc_id, sae_id, latent, value, peak FROM _batch_acts"
+                    "INSERT INTO activations (doc_id, sae_id, latent, value, peak, tokens) "
+                    f"SELECT doc_id, sae_id, latent, value, peak, {tokens} FROM _batch_acts"
                 )
                 if word_counts is not None and word_counts.height:
                     con.register("_batch_words", word_counts.to_arrow())
@@ -615,8 +623,8 @@ class Store:
             )
             con.execute("DELETE FROM latent_counts WHERE dataset_id = ?", [dataset_id])
             con.execute(
-                "INSERT INTO latent_counts "
-                "SELECT d.dataset_id, a.sae_id, length_floor(coalesce(d.n_tokens, 0)), a.latent, count(*) "
+                "INSERT INTO latent_counts (dataset_id, sae_id, len_floor, latent, tokens, n_active) "
+                "SELECT d.dataset_id, a.sae_id, length_floor(coalesce(d.n_tokens, 0)), a.latent, a.tokens, count(*) "
                 "FROM activations AS a JOIN documents AS d USING (doc_id) "
                 "WHERE d.dataset_id = ? AND a.value <> 0 GROUP BY ALL ORDER BY ALL",
                 [dataset_id],
@@ -634,6 +642,26 @@ class Store:
             [list(dataset_ids), sae_id],
         )
         return n == len(set(dataset_ids))
+
+    def has_token_counts(self, dataset_ids: Sequence[int], sae_id: int) -> bool:
+        """Whether every one of ``dataset_ids`` has its latent counts written with token
+        counts (False for datasets embedded before saedata stored them)."""
+        if not (self.has_latent_counts(dataset_ids, sae_id) and self.has_column("latent_counts", "tokens")):
+            return False
+        (n,) = self.one("SELECT count(*) FROM latent_counts WHERE dataset_id IN (SELECT unnest(?)) "
+                        "AND sae_id = ? AND tokens IS NULL", [list(dataset_ids), sae_id])
+        return n == 0
+
+    def total_tokens(self, dataset_ids: Sequence[int]) -> int:
+        """The reader tokens of all the documents of ``dataset_ids`` (n_tokens summed)."""
+        return int(self.one("SELECT coalesce(sum(n_tokens), 0) FROM documents WHERE dataset_id IN (SELECT unnest(?))",
+                            [list(dataset_ids)])[0])
+
+    def has_column(self, table: str, column: str) -> bool:
+        """Whether table (or view) ``table`` of the store has a column ``column`` (not one
+        that define_own_sql stands in for)."""
+        return bool(self.one("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+                             "AND database_name = current_database()", [table, column])[0])
 
     def refresh_latent_stats(self, sae_id: int) -> None:
         """Recompute every latent's freq and max_act from the activations table."""
@@ -744,13 +772,24 @@ def define_own_sql(con: duckdb.DuckDBPyConnection) -> None:
     """Define saedata's views and macros from the installed package on ``con``. saedata
     calls only these: a macro or view stored in a store file (perhaps someone else's, perhaps
     rewritten) is data to it, never code it runs. A table that an older store lacks is
-    stood in for by an empty TEMP table of the schema's shape, so the macros bind."""
+    stood in for by an empty TEMP table of the schema's shape, and a column it lacks (a
+    store opened read-only, not migrated) by a TEMP view adding it as NULL, so the macros
+    bind."""
+    schema = read_query_file("schema.sql")
     present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() UNION ALL "
                                          "SELECT view_name FROM duckdb_views()").fetchall()}
-    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) (\(.*?\));", read_query_file("schema.sql"),
-                                  flags=re.DOTALL):
+    for table, body in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+) (\(.*?\));", schema, flags=re.DOTALL):
         if table not in present:
             con.execute(f"CREATE TEMP TABLE {table} {body}")
+    (db,) = con.execute("SELECT current_database()").fetchone()
+    stored = {(t, c) for t, c in con.execute("SELECT table_name, column_name FROM duckdb_columns() "
+                                             "WHERE database_name = current_database()").fetchall()}
+    missing: dict[str, list[str]] = {}
+    for table, column, kind in re.findall(r"ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) (\w+);", schema):
+        if any(t == table for t, _ in stored) and (table, column) not in stored:
+            missing.setdefault(table, []).append(f"NULL::{kind} AS {column}")
+    for table, columns in missing.items():
+        con.execute(f'CREATE TEMP VIEW {table} AS SELECT *, {", ".join(columns)} FROM "{db}".main.{table}')
     for name in MACRO_FILES:
         con.execute(own_sql(name))
 

@@ -55,7 +55,7 @@ def test_effects_match_scipy(demo_store):
     with Store(db, read_only=True) as store:
         scope = resolve_scope(store, "a")
         docs = documents_frame(store, scope, fields=["n_words"])
-        X = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy()).active().toarray()
+        X = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy()).present().toarray()
     y = docs["n_words"].to_numpy()
     for row in result.table.filter(pl.col("freq").is_between(0.1, 0.9)).head(3).iter_rows(named=True):
         rho, p = stats.spearmanr(X[:, row["latent"]], y)
@@ -69,6 +69,57 @@ def test_effects_match_scipy(demo_store):
     table = [[int((x & q).sum()), int((~x & q).sum())], [int((x & ~q).sum()), int((~x & ~q).sum())]]
     assert row["p"] == pytest.approx(stats.chi2_contingency(table, correction=False)[1])
     assert row["freq_pos"] == pytest.approx(x[q].mean())
+
+
+def test_the_score_is_of_the_rule_returned(demo_store, questions):
+    """model_score is a cross-validated refit of exactly the chosen latents (as a user
+    checking the rule would compute it); nested_score chooses them inside each fold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    with Store(demo_store["db"], read_only=True) as store:
+        scope = resolve_scope(store, None)
+        docs = documents_frame(store, scope, fields=["is_question"])
+        X = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy()).present().toarray()
+    y = docs["is_question"].to_numpy().astype(int)
+    chosen = questions.table.filter(pl.col("selected"))["latent"].to_numpy()
+    cv = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    refit = cross_val_score(LogisticRegression(C=10.0, max_iter=1000), X[:, chosen], y, cv=cv, scoring="roc_auc")
+    assert questions.model_score == pytest.approx(refit.mean(), abs=1e-6)
+    assert 0.5 < questions.nested_score <= questions.model_score + 0.02
+    assert "of this rule" in questions.summary() and "inside each fold" in questions.summary()
+
+
+def test_weak_labels_are_left_out_unless_asked(demo_store, questions):
+    weak = questions.table.filter(pl.col("selected"))["label"].to_list()
+    from saedata.analysis.words import weak_label
+
+    assert not any(weak_label(lab) for lab in weak)
+    assert any("weak labels" in w for w in questions.warnings)
+    everything = associate(demo_store["db"], None, "is_question", include_weak=True)
+    assert not any("weak labels" in w for w in everything.warnings)
+    assert everything.model_score >= questions.model_score - 0.05
+    assert weak_label(". / my / our") and weak_label("? / !") and weak_label("of / the") and weak_label("x", "frequent-words")
+    assert not weak_label("sourdough / jazz") and not weak_label("golden retriever")
+
+
+def test_dataset_and_column_value_targets(demo_store):
+    db = demo_store["db"]
+    by_dataset = associate(db, None, "dataset")
+    assert by_dataset.kind == "binary" and by_dataset.positive == "b" and by_dataset.n_docs == 320
+    pets = associate(db, None, "topic=pets", n_latents=5)
+    assert pets.kind == "binary" and pets.positive is True and pets.table["selected"].sum() <= 5
+    assert pets.model_score > 0.8, pets.summary()
+    labels = " ".join(lab or "" for lab in pets.table.filter(pl.col("selected") & (pl.col("coef") > 0))["label"])
+    assert re.search(r"dog|cat|pet|puppy|kitten|vet|bark|paw|leash|fur", labels), labels
+    with pytest.raises(ConfigError, match=r"no document of a \+ b has topic=unicorns \(values: "):
+        associate(db, None, "topic=unicorns")
+    with pytest.raises(NotFoundError, match="no metadata field 'colour'"):
+        associate(db, None, "colour=red")
+    result = CliRunner().invoke(main, ["associate", "--db", db, "--target", "topic=pets", "--n-latents", "3",
+                                       "--format", "json", "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert sum(r["selected"] for r in json.loads(result.stdout)) <= 3
 
 
 def test_same_store_same_table(demo_store, questions):

@@ -44,7 +44,7 @@ def small(demo_store, tmp_path_factory) -> str:
                           "VALUES (90, 'tiny', 'tiny.jsonl', 1, true)")
         store.con.execute("INSERT INTO documents SELECT doc_id + 100000, 90, ext_id, text, meta, n_tokens "
                           "FROM documents WHERE dataset_id = 1 ORDER BY doc_id LIMIT 6")
-        store.con.execute("INSERT INTO activations SELECT doc_id + 100000, sae_id, latent, value, peak "
+        store.con.execute("INSERT INTO activations SELECT doc_id + 100000, sae_id, latent, value, peak, tokens "
                           "FROM activations WHERE doc_id + 100000 IN "
                           "(SELECT doc_id FROM documents WHERE dataset_id = 90)")
         store.complete_dataset(90)

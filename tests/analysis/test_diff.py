@@ -42,11 +42,12 @@ def _build(path, datasets: dict[str, list[dict]], d_sae: int = 8, labels: dict[i
                              "text": f"document {i} of {name}", "meta": json.dumps(d.get("meta", {})),
                              "n_tokens": d.get("n_tokens", 10)})
                 for lat, value in d["latents"].items():
-                    acts.append({"doc_id": doc_id, "sae_id": sae_id, "latent": lat, "value": value, "peak": 0})
+                    acts.append({"doc_id": doc_id, "sae_id": sae_id, "latent": lat, "value": value, "peak": 0,
+                                 "tokens": d.get("tokens", {}).get(lat, 1)})
                 doc_id += 1
             if rows:
                 acts_frame = pl.DataFrame(acts, schema={"doc_id": pl.Int64, "sae_id": pl.Int32, "latent": pl.Int32,
-                                                        "value": pl.Float32, "peak": pl.Int32})
+                                                        "value": pl.Float32, "peak": pl.Int32, "tokens": pl.Int32})
                 store.append_batch(pl.DataFrame(rows), acts_frame)
             store.complete_dataset(state.dataset_id)
         store.refresh_latent_stats(sae_id)
@@ -65,18 +66,35 @@ def demo_diff(demo_store):
 
 
 def test_planted_topics_and_questions_are_top_findings(demo_diff):
-    top = demo_diff.table.head(15).filter((pl.col("adj_q") < 0.05) & (pl.col("diff") > 0)
-                                          & (pl.col("adj_diff") > 0))
+    top = demo_diff.table.head(15).filter((pl.col("adj_q") < 0.05) & (pl.col("diff_b_minus_a") > 0)
+                                          & (pl.col("adj_diff_b_minus_a") > 0))
     labels = [lab or "" for lab in top["label"].to_list()]
     assert any(PETS.search(lab) for lab in labels), labels
     assert any(SCIENCE.search(lab) for lab in labels), labels
     assert any(QUESTION.search(lab) for lab in labels), labels
     assert demo_diff.length_controlled and demo_diff.n_docs == {"a": 160, "b": 160}
-    expected = ["latent", "label", "n_a", "n_b", "freq_a", "freq_b", "diff", "ratio", "p", "q",
-                "adj_diff", "adj_log_or", "adj_p", "adj_q", "merged"]
+    expected = ["more_in", "latent", "label", "n_a", "n_b", "freq_a", "freq_b", "diff_b_minus_a", "ratio", "p", "q",
+                "adj_diff_b_minus_a", "adj_log_or", "adj_p", "adj_q", "merged"]
     assert demo_diff.table.columns == expected
     # b's documents are longer (its questions add a sentence): the warning says so
     assert any("median" in w and "b" in w for w in demo_diff.warnings)
+
+
+def test_rows_are_two_sided_and_more_in_names_the_side(demo_diff):
+    table = demo_diff.table
+    assert set(table["more_in"]) <= {"a", "b", ""}
+    assert (table.filter(pl.col("more_in") == "b")["adj_diff_b_minus_a"] > 0).all()
+    assert (table.filter(pl.col("more_in") == "a")["adj_diff_b_minus_a"] < 0).all()
+    rows = demo_diff.rows(5, compact=True)
+    # the 5 strongest more common in a, then the 5 in b, each in rank order, though b's
+    # differences are the stronger ones (pets, science, questions)
+    assert rows["more_in"].to_list() == ["a"] * 5 + ["b"] * 5
+    for side in ("a", "b"):
+        expected = table.filter(pl.col("more_in") == side)["latent"].head(5).to_list()
+        assert rows.filter(pl.col("more_in") == side)["latent"].to_list() == expected
+    assert rows.columns == ["more_in", "latent", "label", "freq_a", "freq_b", "diff_b_minus_a",
+                            "adj_diff_b_minus_a", "adj_q", "merged"]
+    assert demo_diff.rows(0).height == table.height
 
 
 def test_examples_come_from_both_sides_with_the_peak_word(demo_diff):
@@ -93,8 +111,8 @@ def test_reversing_the_sides_flips_the_sign(demo_store, demo_diff):
     fwd = demo_diff.table.sort("latent")
     rev = back.table.sort("latent")
     assert fwd["latent"].to_list() == rev["latent"].to_list()
-    np.testing.assert_allclose(rev["diff"].to_numpy(), -fwd["diff"].to_numpy())
-    np.testing.assert_allclose(rev["adj_diff"].to_numpy(), -fwd["adj_diff"].to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(rev["diff_b_minus_a"].to_numpy(), -fwd["diff_b_minus_a"].to_numpy())
+    np.testing.assert_allclose(rev["adj_diff_b_minus_a"].to_numpy(), -fwd["adj_diff_b_minus_a"].to_numpy(), atol=1e-12)
     np.testing.assert_allclose(rev["p"].to_numpy(), fwd["p"].to_numpy())
     np.testing.assert_allclose(rev["adj_p"].to_numpy(), fwd["adj_p"].to_numpy())
     assert rev["n_a"].to_list() == fwd["n_b"].to_list()
@@ -113,7 +131,7 @@ def test_by_column_gives_one_vs_rest_rows_per_value(demo_store):
     assert result.table.columns[0] == "group" and sum(result.n_docs.values()) == 160
     pets = result.table.filter(pl.col("group") == "pets").head(5)
     assert any(PETS.search(lab or "") for lab in pets["label"].to_list())
-    assert (pets["diff"] > 0).all()
+    assert (pets["diff_b_minus_a"] > 0).all()
     assert set(result.examples["side"].unique()) >= {"pets", "rest"}
 
 
@@ -176,7 +194,7 @@ def test_paired_diff_uses_mcnemars_exact_test(tmp_path):
     rows = {r["latent"]: r for r in result.table.iter_rows(named=True)}
     assert rows[0]["n_a_only"] == 1 and rows[0]["n_b_only"] == 7
     assert rows[0]["p"] == pytest.approx(18 / 256)  # 2 * P(Binomial(8, 1/2) <= 1)
-    assert rows[2]["p"] == pytest.approx(2 / 2**12) and rows[2]["diff"] == 1.0
+    assert rows[2]["p"] == pytest.approx(2 / 2**12) and rows[2]["diff_b_minus_a"] == 1.0
     assert rows[1]["p"] == 1.0
     assert result.n_docs == {"a": 12, "b": 12} and "adj_q" not in result.table.columns
     assert any("1 of 13 documents of a have no partner" in w for w in result.warnings)
@@ -203,7 +221,7 @@ def test_length_difference_warns_and_length_control_removes_it(tmp_path):
     result = diff(db, "short", "long")
     row = result.table.filter(pl.col("latent") == 0).row(0, named=True)
     assert row["q"] < 1e-3  # the raw comparison is fooled by length
-    assert row["adj_q"] > 0.05 and abs(row["adj_diff"]) < abs(row["diff"]) / 2
+    assert row["adj_q"] > 0.05 and abs(row["adj_diff_b_minus_a"]) < abs(row["diff_b_minus_a"]) / 2
     (warning,) = [w for w in result.warnings if "lengths differ" in w]
     assert "median" in warning and "short" in warning and "long" in warning
     raw = diff(db, "short", "long", length_control=False)
@@ -222,7 +240,7 @@ def test_sql_diff_recipe_matches_the_python_diff(demo_store):
     py = table.join(sql, on="latent", suffix="_sql")
     assert py.height == table.height == sql.height > 1000
     np.testing.assert_allclose(py["freq_b_sql"], py["freq_b"])
-    np.testing.assert_allclose(py["diff_sql"], py["diff"])
+    np.testing.assert_allclose(py["diff_b_minus_a_sql"], py["diff_b_minus_a"])
     p_from_z = 2 * stats.norm.sf(np.abs(py["z"].fill_null(0).to_numpy()))
     np.testing.assert_allclose(p_from_z, py["p"].to_numpy(), rtol=1e-6)
     assert (sql["z"].abs().fill_null(0).to_numpy()[:-1] >= sql["z"].abs().fill_null(0).to_numpy()[1:]).all()
@@ -341,12 +359,12 @@ def test_cli_diff_two_files_embeds_then_diffs(two_files, tiny_bert, tmp_path):
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("a vs b (a: 40, b: 40 documents")
-    assert "latent" in lines[2] and "adj_q" in lines[2] and len(lines) == 1 + 4 + 5
+    assert "more_in" in lines[2] and "adj_q" in lines[2] and len(lines) == 1 + 4 + 2 * 5  # 5 per side
     assert report.exists() and result.stderr == ""
     with saedata.open(db) as store:
         assert store.datasets()["name"].to_list() == ["a", "b"]
     again = CliRunner().invoke(main, args[:-3] + ["--format", "json"])  # already embedded: diff only
-    assert again.exit_code == 0 and len(json.loads(again.stdout)) == 5
+    assert again.exit_code == 0 and len(json.loads(again.stdout)) == 10
 
 
 def test_cli_diff_trains_an_sae_on_both_files(two_files, tiny_bert, tmp_path):
@@ -356,7 +374,7 @@ def test_cli_diff_trains_an_sae_on_both_files(two_files, tiny_bert, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "training an SAE on" in result.stderr and "together" in result.stderr
     assert (tmp_path / "run.sae" / "cfg.json").exists()
-    assert result.stdout.splitlines()[0].startswith("latent,label,n_a,n_b")
+    assert result.stdout.splitlines()[0].startswith("more_in,latent,label,n_a,n_b")
 
 
 def test_cli_diff_datasets_and_by(demo_store):
@@ -365,11 +383,18 @@ def test_cli_diff_datasets_and_by(demo_store):
     js = runner.invoke(main, ["diff", "a", "b", "--db", db, "--top", "5", "--format", "json", "-q"])
     assert js.exit_code == 0, js.stderr
     rows = json.loads(js.stdout)
-    assert len(rows) == 5 and rows[0]["merged"] is not None
+    assert [r["more_in"] for r in rows] == ["a"] * 5 + ["b"] * 5 and rows[0]["merged"] is not None
     by = runner.invoke(main, ["diff", "a", "--by", "sentiment", "--db", db, "--top", "0", "--format", "csv", "-q"])
     assert by.exit_code == 0, by.stderr
     groups = {line.split(",")[0] for line in by.stdout.splitlines()[1:]}
     assert groups == {"negative", "neutral", "positive"}
+    # --top with --by: that many per group and side, every group shown
+    per_group = runner.invoke(main, ["diff", "a", "--by", "sentiment", "--db", db, "--top", "2", "--format", "json",
+                                     "-q"])
+    shown = [(r["group"], r["more_in"]) for r in json.loads(per_group.stdout)]
+    order = list(dict.fromkeys(g for g, _ in shown))
+    assert sorted(order) == ["negative", "neutral", "positive"]
+    assert shown == [(g, side) for g in order for side in ("(rest)", "(rest)", g, g)]
     warned = runner.invoke(main, ["diff", "a", "b", "--db", db, "--top", "3"])
     assert warned.exit_code == 0 and "warning: document lengths differ" in warned.stderr
 

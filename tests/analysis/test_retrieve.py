@@ -118,7 +118,7 @@ def test_latent_index_gives_identical_results_and_is_dropped_when_stale(demo_sto
     assert indexed.matches.equals(plain.matches)
     # one more activation (as after embedding more documents) makes the index stale
     with Store(store_copy, read_only=False) as store:
-        store.con.execute("INSERT INTO activations VALUES (0, 1, 0, 0.5, 0)")
+        store.con.execute("INSERT INTO activations VALUES (0, 1, 0, 0.5, 0, 1)")
         assert not store.has_latent_index()
     assert not saedata.search(store_copy, "my dog played with the ball", top=25).used_index
     with pytest.raises(NotFoundError, match="saedata index"):

@@ -208,11 +208,11 @@ def test_newer_store_schema_is_refused_by_every_command(runner, db):
     import duckdb
 
     con = duckdb.connect(db)
-    con.execute("UPDATE saedata_meta SET value = '2' WHERE key = 'schema_version'")
+    con.execute("UPDATE saedata_meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
     for args in (["latents", "--db", db], ["sql", "--db", db, "SELECT 1"]):
         result = runner.invoke(main, args)
-        assert result.exit_code == 1 and "schema version 2" in result.stderr
+        assert result.exit_code == 1 and "schema version 3" in result.stderr
 
 
 def test_train_command_reports_metrics(runner, tmp_path, corpus, tiny_bert):

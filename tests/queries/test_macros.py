@@ -20,6 +20,9 @@ TEXTS = ["The dog barks loudly.", "New York is big.", "Dogs and cats.", "A cat s
 # (doc_id, latent, value, peak): peak is the character offset of the word where the latent fired
 ACTIVATIONS = [(0, 0, 2.0, 4), (0, 1, 1.0, 20), (1, 1, 0.5, 15), (1, 2, 3.0, 5), (2, 0, 1.5, 0), (2, 3, 0.75, 9),
                (3, 0, 1.25, 2), (3, 1, 0.75, 12), (4, 4, 2.5, 0), (4, 1, 0.25, 14)]
+# the tokens each of those fired on, of n_tokens [5, 4, 40, 3, 3]: latent 0 fires on 4 of
+# the 55 tokens, so once in the 40-token document 2 is less than its share (2.9)
+TOKENS = [1, 1, 1, 2, 1, 1, 2, 1, 1, 1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def con(tmp_path_factory):
                      '{"topic": "pets", "pid": "p1"}', '{"topic": "weather", "pid": "p2"}'],
             "n_tokens": [5, 4, 40, 3, 3]})
         acts = pl.DataFrame(ACTIVATIONS, schema=["doc_id", "latent", "value", "peak"], orient="row").with_columns(
-            sae_id=pl.lit(sae))
+            sae_id=pl.lit(sae), tokens=pl.Series(TOKENS, dtype=pl.Int32))
         store.append_batch(docs, acts, word_document_frequency(TEXTS), sae)
         for d in (a, b):
             store.complete_dataset(d.dataset_id)
@@ -88,6 +91,24 @@ def test_latents(con):
     assert rows(con, "SELECT latent, value, at_word FROM doc_concepts(1)") == [(2, 3.0, "york"), (1, 0.5, ".")]
 
 
+def test_presence(con):
+    assert rows(con, "SELECT * FROM token_counts(1, [1, 2]) WHERE latent = 0 ORDER BY ALL") == \
+        [(0, 1, 5, 1, 1), (0, 1, 40, 1, 1), (0, 2, 3, 2, 1)]
+    rates = dict(rows(con, "SELECT * FROM latent_rates(1, [1, 2])"))
+    assert rates[0] == pytest.approx(4 / 55) and rates[2] == pytest.approx(2 / 55)
+    # firing once in the 40-token document is less than latent 0's share there: not present
+    assert rows(con, "SELECT doc_id, latent FROM present_in(1, [1, 2]) WHERE NOT present") == [(2, 0)]
+    assert rows(con, "SELECT count(*) FROM present_in(1, [1, 2]) WHERE present") == [(9,)]
+    # the same cells from one scan of activations, and by a metadata field
+    assert sorted(rows(con, "SELECT * FROM token_presence(1, 0, [1, 2])")) == \
+        sorted(rows(con, "SELECT * FROM token_counts(1, [1, 2])"))
+    assert sorted(rows(con, "SELECT latent, grp, tokens, n_active FROM token_presence(1, 1.1, [1, 2], "
+                            "field := 'topic', levels := ['pets']) WHERE grp = 1")) == [(0, 1, 1, 1), (0, 1, 1, 1), (0, 1, 2, 1)]
+    assert sorted(rows(con, "SELECT * FROM paired_tokens(1, 0, 1, 2, 'pid')")) == [
+        (0, "p1", 1, 1, 5), (0, "p1", 2, 2, 3), (1, "p1", 1, 1, 5), (1, "p1", 2, 1, 3),
+        (1, "p2", 1, 1, 4), (1, "p2", 2, 1, 3), (2, "p2", 1, 2, 4), (4, "p2", 2, 1, 3)]
+
+
 def test_documents(con):
     assert sorted(rows(con, "SELECT * FROM meta_counts('topic', [1])")) == [("city", 1), ("pets", 2)]
     assert sorted(rows(con, "SELECT * FROM meta_counts('topic', NULL)")) == [("city", 1), ("pets", 3),
@@ -96,6 +117,10 @@ def test_documents(con):
         [("pets", 1), ("weather", 1)]
     assert set(rows(con, "SELECT * FROM meta_counts('pid', [1])")) == {(None, 1), ("p1", 1), ("p2", 1)}
     assert rows(con, "SELECT * FROM meta_fields([2])") == [("pid",), ("topic",)]
+    # 'dataset' is a field of every document: its dataset's name
+    assert sorted(rows(con, "SELECT * FROM meta_counts('dataset', NULL)")) == [("a", 3), ("b", 2)]
+    assert rows(con, "SELECT meta_value('dataset', '{\"dataset\": \"x\"}', 'a'), meta_value('k', '{\"k\": 1}', 'a')") \
+        == [("a", "1")]
     assert rows(con, "SELECT pos, doc_id, at_word FROM doc_words([1, 0], [5, 4])") == [(0, 1, "york"), (1, 0, "dog")]
 
 
@@ -117,13 +142,18 @@ def test_diff(con):
     assert sorted(rows(con, "SELECT latent, grp, bin, n_active FROM counted_presence(1, [1, 2])")) == presence
     assert sorted(rows(con, "SELECT latent, n_active FROM latent_presence(1, 1.1, [1, 2])")) == \
         [(0, 1), (0, 2), (2, 1), (4, 1)]  # |value| > 1.1: latent 0 in two documents of a, one of b
-    d = {r[0]: r[1:] for r in rows(con, "SELECT latent, n_a, n_b, freq_a, freq_b, diff, z FROM diff('a', 'b')")}
+    excess = {r[0]: r[1:] for r in rows(con, "SELECT latent, n_a, n_b FROM diff('a', 'b')")}
+    assert excess[0] == (1, 1) and excess[3] == (1, 0)  # document 2's latent 0 is not present beyond chance
+    d = {r[0]: r[1:] for r in rows(con, "SELECT latent, n_a, n_b, freq_a, freq_b, diff_b_minus_a, z "
+                                        "FROM diff('a', 'b', presence := 'any')")}
     n_a, n_b, f_a, f_b, delta, z = d[0]
     assert (n_a, n_b) == (2, 1) and f_a == pytest.approx(2 / 3) and f_b == pytest.approx(0.5)
     assert delta == pytest.approx(-1 / 6) and z == pytest.approx(-(1 / 6) / math.sqrt(0.6 * 0.4 * (1 / 3 + 1 / 2)))
     assert rows(con, "SELECT latent, doc_id, value FROM latent_docs(1, 0, [0, 2], [1, 2])") == \
         [(0, 0, 2.0), (0, 2, 1.5), (0, 3, 1.25), (2, 1, 3.0)]
     assert sorted(rows(con, "SELECT * FROM doc_pairs(1, 2, 'pid')")) == [("p1", 0, 3, 1, 1), ("p2", 1, 4, 1, 1)]
+    assert sorted(rows(con, "SELECT * FROM paired_sides(1, 2, 'pid')")) == \
+        [("p1", 0, 1), ("p1", 3, 2), ("p2", 1, 1), ("p2", 4, 2)]
     paired = {r[0]: r[1:] for r in rows(con, "SELECT * FROM paired_presence(1, 0, 1, 2, 'pid')")}
     assert paired == {0: (1, 0, 0), 1: (2, 0, 0), 2: (0, 1, 0), 4: (0, 0, 1)}
     assert rows(con, "SELECT * FROM length_histogram([1, 2])") == [(1, 4, 1), (1, 5, 1), (1, 40, 1), (2, 3, 2)]

@@ -21,7 +21,7 @@ def _write_folder(folder, d_sae: int = 8):
                          "text": ["one dog", "two cats", "three birds"], "meta": [None, None, None],
                          "n_tokens": [2, 2, 2]})
     acts = pl.DataFrame({"doc_id": [0, 1, 2, 2], "sae_id": [1] * 4, "latent": [1, 3, 7, 1],
-                         "value": [1.0, 2.0, 0.5, 1.5], "peak": [4, 4, 6, 0]})
+                         "value": [1.0, 2.0, 0.5, 1.5], "peak": [4, 4, 6, 0], "tokens": [1, 2, 1, 1]})
     frames = {"documents": docs, "activations": acts,
               "word_counts": pl.DataFrame({"word": ["dog", "cats"], "df": [1, 1]}),
               "label_candidates": acts, "latent_counts": shards.part_latent_counts(docs, acts)}

@@ -23,7 +23,7 @@ def _fill(store: Store) -> None:
                          "ext_id": ["x", "y", "x"], "text": ["one", "two", "three"],
                          "meta": ['{"k": 1}', None, None], "n_tokens": [1, 1, 1]})
     acts = pl.DataFrame({"doc_id": [0, 0, 1, 2], "sae_id": [sae_id] * 4, "latent": [0, 3, 3, 1],
-                         "value": [1.5, 0.5, 2.0, 1.0], "peak": [0, 1, 2, 0]})
+                         "value": [1.5, 0.5, 2.0, 1.0], "peak": [0, 1, 2, 0], "tokens": [1, 1, 1, 1]})
     store.append_batch(docs, acts)
     store.complete_dataset(a.dataset_id)
     store.complete_dataset(b.dataset_id)
@@ -155,7 +155,7 @@ def test_transaction_rolls_back_on_error(store_path):
                                  "meta": [None], "n_tokens": [1]}, schema_overrides={"meta": pl.String})
         dup = pl.DataFrame({"doc_id": [0], "dataset_id": [1], "ext_id": ["dup"], "text": ["t"],
                             "meta": [None], "n_tokens": [1]}, schema_overrides={"meta": pl.String})
-        acts = pl.DataFrame({"doc_id": [10], "sae_id": [1], "latent": [0], "value": [1.0], "peak": [0]})
+        acts = pl.DataFrame({"doc_id": [10], "sae_id": [1], "latent": [0], "value": [1.0], "peak": [0], "tokens": [1]})
         with pytest.raises(duckdb.Error):
             s.append_batch(pl.concat([bad_docs, dup]), acts)  # doc_id 0 already exists
         assert s.sql("SELECT count(*) AS n FROM documents")["n"].item() == 3
