@@ -1,8 +1,11 @@
 """Concept correlation: which latents fire together, and which go with a metadata column.
 
-Latent-latent (:func:`correlate`): every pair of latents that fire together in at
-least ``min_support`` documents is counted in DuckDB (the ``cooccur`` macro: a
-self-join of the activations on doc_id, never a dense d_sae x d_sae matrix). Each pair
+Latent-latent (:func:`correlate`): every pair of latents present together in at
+least ``min_support`` documents is counted by a sparse matrix product ``A.T @ A`` over
+the binary document x latent presence matrix (scipy.sparse, in blocks of columns so
+memory stays bounded; presence as in :mod:`saedata.analysis.presence`). The ``cooccur``
+macro is the same count as one SQL recipe (a self-join of the activations on doc_id),
+for firing at all. Each pair
 is a 2x2 table (both fire / only one / neither) over the N documents in scope, scored by
 
     NPMI = ln(p_ij / (p_i p_j)) / -ln p_ij      in [-1, 1]: 0 independent, 1 always together
@@ -26,9 +29,10 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy import sparse
+from scipy import sparse, stats
 
 from saedata.analysis.axes import select_latents
+from saedata.analysis.presence import Presence, check_presence, no_token_counts_warning
 from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.analysis.stats import (
     bh_qvalues,
@@ -87,11 +91,14 @@ def correlate(
     alpha: float = 0.05,
     n_examples: int = 3,
     heatmap_latents: int = 20,
+    presence: Presence = "excess",
     sae_id: int | None = None,
 ) -> CorrelateResult:
     """Latent pairs that fire together in the documents of ``dataset`` more than chance says.
 
-    A latent fires in a document when its pooled |value| > ``threshold``. Only latents
+    A latent counts in a document when it is present there (``presence="excess"``, the
+    default: beyond chance for the document's length) or fires at all (``"any"``), with
+    pooled |value| > ``threshold`` either way. Only latents
     and pairs firing in at least ``min_support`` documents are considered;
     ``label_pattern`` (a regex on labels) and ``latents`` restrict both sides of every
     pair to those latents.
@@ -112,6 +119,7 @@ def correlate(
         raise ConfigError(f"--top must be at least 1, got {top}")
     if not 0 < alpha <= 1:
         raise ConfigError(f"alpha must be in (0, 1], got {alpha}")
+    check_presence(presence)
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
         keep = _restrict(store, scope.sae_id, label_pattern, latents)
@@ -120,11 +128,13 @@ def correlate(
             raise ConfigError(
                 f"too few documents for co-occurrence: {n} in {scope.describe()}, --min-support is {min_support}"
             )
-        counts = store.macro("cooccur", scope.sae_id, scope.dataset_ids, min_support=int(min_support),
-                             threshold=float(threshold), keep_latents=keep)
-        n_latents = _n_supported(store, scope, min_support, threshold, keep)
-        labels = latent_labels(store, scope.sae_id).select("latent", "label")
         warnings: list[str] = list(scope.warnings)
+        lm = latent_matrix(store, scope)
+        if presence == "excess" and not lm.has_tokens:
+            warnings.append(no_token_counts_warning(scope.describe()))
+        A = lm.present(threshold) if presence == "excess" else lm.active(threshold)
+        counts, n_latents = cooccurrence(A, min_support, keep)
+        labels = latent_labels(store, scope.sae_id).select("latent", "label")
         if counts.height == 0:
             warnings.append(
                 f"no pair of latents fires together in {min_support} or more of the {n} documents of "
@@ -153,7 +163,7 @@ def correlate(
         )
         examples = _examples(store, scope, pairs, n_examples, threshold)
         m_latents = _matrix_latents(pairs, heatmap_latents)
-        matrix = _npmi_matrix(store, scope, m_latents, threshold)
+        matrix = _npmi_matrix(A, m_latents)
         m_frame = pl.DataFrame({"latent": m_latents}, schema={"latent": pl.Int32}).join(
             labels, on="latent", how="left", maintain_order="left")
     return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, scored.height, n_sig, scope.names,
@@ -204,9 +214,40 @@ def _restrict(store: Store, sae_id: int, label_pattern: str | None, latents: lis
     return sorted(picked["latent"].to_list())
 
 
-def _n_supported(store: Store, scope: Scope, min_support: int, threshold: float, keep: list[int] | None) -> int:
-    return store.macro("supported_latents", scope.sae_id, scope.dataset_ids, min_support=int(min_support),
-                       threshold=float(threshold), keep_latents=keep).height
+COOCCUR_BLOCK = 512
+"""Latent columns per block of the sparse product A.T @ A[:, block]: the memory bound."""
+
+
+def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = None) -> tuple[pl.DataFrame, int]:
+    """(latent_i < latent_j, n_ij, n_i, n_j, n_docs) for every pair of columns of the
+    binary (n_docs, d_sae) matrix ``A`` both set in at least ``min_support`` rows, among
+    the columns set in at least ``min_support`` rows (and in ``keep`` when given); and
+    how many columns those are. The counts of the ``cooccur`` macro, from a sparse
+    matrix product in blocks of ``COOCCUR_BLOCK`` columns (each block's product is at
+    most n_latents x COOCCUR_BLOCK non-zeros)."""
+    A = sparse.csc_matrix(A, dtype=np.int32)
+    A.data[:] = 1
+    support = np.asarray(A.sum(axis=0)).ravel()
+    cols = np.flatnonzero(support >= min_support)
+    if keep is not None:
+        cols = np.intersect1d(cols, np.asarray(keep, dtype=np.int64))
+    n_docs = A.shape[0]
+    At = A[:, cols].T.tocsr()
+    parts_i, parts_j, parts_n = [], [], []
+    for start in range(0, len(cols), COOCCUR_BLOCK):
+        block = (At @ A[:, cols[start:start + COOCCUR_BLOCK]]).tocoo()  # (n_cols, block)
+        j = block.col + start
+        ok = (block.row < j) & (block.data >= min_support)
+        parts_i.append(cols[block.row[ok]])
+        parts_j.append(cols[j[ok]])
+        parts_n.append(block.data[ok])
+    li = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+    lj = np.concatenate(parts_j) if parts_j else np.zeros(0, np.int64)
+    nij = np.concatenate(parts_n) if parts_n else np.zeros(0, np.int64)
+    counts = pl.DataFrame({"latent_i": li.astype(np.int32), "latent_j": lj.astype(np.int32),
+                           "n_ij": nij.astype(np.int64), "n_i": support[li].astype(np.int64),
+                           "n_j": support[lj].astype(np.int64), "n_docs": np.full(len(li), n_docs, np.int64)})
+    return counts, len(cols)
 
 
 def _examples(store: Store, scope: Scope, pairs: pl.DataFrame, n: int, threshold: float) -> pl.DataFrame:
@@ -230,13 +271,12 @@ def _matrix_latents(pairs: pl.DataFrame, limit: int) -> list[int]:
     return out
 
 
-def _npmi_matrix(store: Store, scope: Scope, lats: list[int], threshold: float) -> np.ndarray:
+def _npmi_matrix(A: sparse.spmatrix, lats: list[int]) -> np.ndarray:
     m = len(lats)
     mat = np.eye(m)
     if m < 2:
         return mat
-    c = store.macro("cooccur", scope.sae_id, scope.dataset_ids, min_support=1, threshold=float(threshold),
-                    keep_latents=lats)
+    c, _ = cooccurrence(A, 1, lats)
     pos = {lat: k for k, lat in enumerate(lats)}
     mat[~np.eye(m, dtype=bool)] = -1.0
     if c.height:
@@ -302,6 +342,8 @@ def correlate_metadata(
     latents: list[int] | None = None,
     per_class: int = 5,
     alpha: float = 0.05,
+    presence: Presence = "excess",
+    length_control: bool = True,
     sae_id: int | None = None,
 ) -> MetadataResult:
     """Latents associated with the metadata ``column`` over the documents of ``dataset``.
@@ -314,13 +356,19 @@ def correlate_metadata(
     (lift = frequency in the class / frequency in the other documents, with half a
     document added to each count so it stays finite). Numeric: Spearman's rho
     between the latent's pooled value (0 where silent) and the column, with its
-    t-approximation p-value and q-values. Latents firing in fewer than ``min_support``
-    documents are not tested; ``label_pattern`` / ``latents`` restrict the latents.
+    t-approximation p-value and q-values; with ``length_control`` (default) also the
+    partial rho with document length held fixed (``rho_adj``, Spearman ranks), whose
+    p and q then rank the table, and a warning when the column tracks length. Latents
+    present in fewer than ``min_support`` documents are not tested; ``label_pattern`` /
+    ``latents`` restrict the latents. ``presence``: "excess" (default) or "any", as in
+    diff; it decides which latents count as firing (categorical) and which pooled
+    values are kept (numeric: values where the latent is not present count as 0).
     """
     if kind not in ("auto", "categorical", "numeric"):
         raise ConfigError(f"kind must be auto, categorical or numeric, got {kind!r}")
     if min_support < 1:
         raise ConfigError(f"--min-support must be at least 1, got {min_support}")
+    check_presence(presence)
     with opened(store_or_path) as store:
         scope = resolve_scope(store, dataset, sae_id)
         docs = documents_frame(store, scope, fields=[column])
@@ -343,10 +391,12 @@ def correlate_metadata(
     if kind == "numeric" and not values.dtype.is_numeric():
         raise ConfigError(f"column {column!r} of {scope.describe()} is not numeric ({values.dtype}); "
                           "treat it as categorical")
-    X = lm.X[np.flatnonzero(ok)]
-    A = X.copy()
-    A.data = (np.abs(A.data) > threshold).astype(np.float32)
-    A.eliminate_zeros()
+    if presence == "excess" and not lm.has_tokens:
+        warnings.append(no_token_counts_warning(scope.describe()))
+    P = (lm.present(threshold) if presence == "excess" else lm.active(threshold))[np.flatnonzero(ok)]
+    X = lm.X[np.flatnonzero(ok)].multiply(P).tocsr()  # pooled values where present, 0 elsewhere
+    A = P.astype(np.float32).tocsr()
+    lengths = lm.n_tokens[np.flatnonzero(ok)] if lm.n_tokens is not None else None
     support = np.asarray(A.sum(axis=0)).ravel()
     cols = np.flatnonzero(support >= min_support)
     if keep is not None:
@@ -364,9 +414,18 @@ def correlate_metadata(
     base = base.join(labels, on="latent", how="left", maintain_order="left")
     base = base.select("latent", "label", "n_docs", "freq")
     if kind == "numeric":
-        table = _spearman(X[:, cols], values.cast(pl.Float64).to_numpy(), column, scope)
+        y = values.cast(pl.Float64).to_numpy()
+        table = _spearman(X[:, cols], y, column, scope)
+        rank_by = "rho"
+        if length_control and lengths is not None:
+            adjusted, more = _length_adjusted(X[:, cols], y, lengths, table["rho"].to_numpy(), column)
+            warnings.extend(more)
+            if adjusted is not None:
+                table = pl.concat([table, adjusted], how="horizontal")
+                rank_by = "rho_adj"
+        q_col = "q_adj" if rank_by == "rho_adj" else "q"
         out = (pl.concat([base, table], how="horizontal")
-               .sort([pl.col("q"), pl.col("rho").abs()], descending=[False, True], nulls_last=True))
+               .sort([pl.col(q_col), pl.col(rank_by).abs()], descending=[False, True], nulls_last=True))
         empty = pl.DataFrame()
         return MetadataResult(column, "numeric", out, empty, empty, n, n_missing, scope.names, scope.sae_id, alpha,
                               tuple(warnings))
@@ -385,6 +444,33 @@ def _spearman(X, x: np.ndarray, column: str, scope: Scope) -> pl.DataFrame:
     rho = spearman_columns(X, x)
     p = correlation_pvalues(rho, len(x))
     return pl.DataFrame({"rho": rho, "p": p, "q": bh_qvalues(p)})
+
+
+LENGTH_TRACKING = 0.3
+"""|Spearman rho| of a column with document length above which correlate warns that it tracks length."""
+
+
+def _length_adjusted(X, y: np.ndarray, lengths: np.ndarray, rho: np.ndarray, column: str
+                     ) -> tuple[pl.DataFrame | None, list[str]]:
+    """Partial Spearman rho of each column of X with y, document length held fixed
+    (rho_adj, p_adj, q_adj), and warnings when y tracks length. None when y is
+    length itself (nothing is left to correlate once length is fixed)."""
+    r_yz = float(stats.spearmanr(y, lengths)[0]) if np.ptp(lengths) > 0 and np.ptp(y) > 0 else 0.0
+    if not np.isfinite(r_yz):
+        r_yz = 0.0
+    if abs(r_yz) > 0.95:
+        return None, [f"{column!r} is document length in other words (Spearman {r_yz:.2f} with the token count): "
+                      "every latent that grows with length correlates with it; no length control is possible"]
+    warnings = []
+    if abs(r_yz) > LENGTH_TRACKING:
+        warnings.append(f"{column!r} tracks document length (Spearman {r_yz:.2f} with the token count); rho_adj "
+                        "holds length fixed and ranks the table")
+    r_xz = spearman_columns(X, lengths.astype(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adj = (rho - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    adj = np.clip(np.where(np.isfinite(adj), adj, 0.0), -1.0, 1.0)
+    p = correlation_pvalues(adj, len(y) - 1)  # one variable partialled out: n - 3 df
+    return pl.DataFrame({"rho_adj": adj, "p_adj": p, "q_adj": bh_qvalues(p)}), warnings
 
 
 def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope: Scope, min_support: int,

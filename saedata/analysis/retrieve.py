@@ -8,7 +8,10 @@ set of latents in two ways:
   which the API provides); each active latent weighs
   ``min(value / max_act, 1) x idf``, with ``idf = ln(1 / freq)`` from the latent's
   document frequency in the store (rare, specific latents count more than ones that
-  fire everywhere); the ``query_latents`` heaviest are kept (a short query activates
+  fire everywhere); latents with weak labels (punctuation, function words:
+  :func:`saedata.analysis.words.weak_label`) are left out unless their label shares a
+  word or mark with the query ("?" stays for "Why did the dog do that?", "of" goes for
+  "food and cooking") or ``include_weak``; the ``query_latents`` heaviest are kept (a short query activates
   ~150-250; on CPython docs precision@50 rose from 0.58 with 16 to 0.65 with 128, on
   planted corpora from 0.66 to 0.93: see benchmarks/bench_analyses.py);
 - **label latents**: latents whose keyword label shares a word with the query (plurals
@@ -38,7 +41,7 @@ import numpy as np
 import polars as pl
 
 from saedata.analysis.scope import Models, opened
-from saedata.analysis.words import content_words, forms, words
+from saedata.analysis.words import content_words, forms, weak_label, words
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import Store
 
@@ -92,6 +95,7 @@ def search(
     sae_id: int | None = None,
     query_latents: int = DEFAULT_QUERY_LATENTS,
     use_index: bool | None = None,
+    include_weak: bool = False,
 ) -> SearchResult:
     """The ``top`` documents that best show the property described by ``query``.
 
@@ -101,7 +105,7 @@ def search(
     ``models`` computes the query's codes (``saedata.search`` passes the SAE's reader
     and SAE); without it only label matches map a query. ``use_index``: None reads ``activations_by_latent`` when it
     is current and :func:`index_pays_off`, False always scans ``activations``, True
-    requires the index.
+    requires the index. ``include_weak``: keep query latents with weak labels too.
     """
     if top <= 0:
         raise ConfigError(f"--top must be positive, got {top}")
@@ -122,7 +126,8 @@ def search(
         if latents:
             weights = explicit_latents(store, sae_id, latents)
         else:
-            weights = map_query(store, str(query), sae_id, models=models, query_latents=query_latents)
+            weights = map_query(store, str(query), sae_id, models=models, query_latents=query_latents,
+                                include_weak=include_weak)
         if use_index is None:
             use_index = store.has_latent_index() and index_pays_off(store, sae_id, weights["latent"].to_list())
         elif use_index and not store.has_latent_index():
@@ -146,9 +151,11 @@ def map_query(
     *,
     models: Models | None = None,
     query_latents: int = DEFAULT_QUERY_LATENTS,
+    include_weak: bool = False,
 ) -> pl.DataFrame:
     """(latent, label, weight, source) for a query text: its own latents (from
-    ``models.query_codes``) plus label matches.
+    ``models.query_codes``) plus label matches. Query latents with weak labels are left
+    out unless the label shares a word or mark with the query, or ``include_weak``.
 
     Raises NotFoundError when the query activates no latent seen in the store and no
     label matches it.
@@ -166,6 +173,8 @@ def map_query(
     c_lat, c_val = q_lat[q_lat < n], q_val[q_lat < n]
     ok = max_act[c_lat] > 0
     w_query[c_lat[ok]] = np.minimum(np.abs(c_val[ok]) / max_act[c_lat[ok]], 1.0) * idf[c_lat[ok]]
+    if not include_weak:
+        w_query[ids[_weak_unasked(lat["label"].to_list(), lat["label_source"].to_list(), query)]] = 0.0
     keep_q = _top_nonzero(w_query, query_latents)
 
     w_label = np.zeros(n)
@@ -224,6 +233,13 @@ def label_match_share(labels: list[str | None], sources: list[str | None], query
         hits = sum(1 for t in terms if query_forms & set(words(t)))
         share[i] = hits / len(terms) if terms else 0.0
     return share
+
+
+def _weak_unasked(labels: list[str | None], sources: list[str | None], query: str) -> np.ndarray:
+    """(n_latents,) bool: the label is weak and shares no word or mark with the query."""
+    said = set(words(query))
+    return np.array([weak_label(lab, src) and not (said & set(words(lab or ""))) for lab, src in zip(labels, sources)],
+                    dtype=bool)
 
 
 def _top_nonzero(w: np.ndarray, k: int) -> list[int]:

@@ -31,11 +31,14 @@ WEAK_SOURCE = "frequent-words"
 
 
 def weak_label(label: str | None, source: str | None = None) -> bool:
-    """Whether a latent's label is weak: missing, made from corpus-wide frequent words
-    (``source`` "frequent-words"), or with no term holding a content word of letters
-    (punctuation, digits, function words: ". / my / our", "? / !", "of"). Search and
-    associate leave such latents out unless asked."""
-    if not label or source == WEAK_SOURCE:
+    """Whether a latent's label is weak: made from corpus-wide frequent words (``source``
+    "frequent-words"), or with no term holding a content word of letters (punctuation,
+    digits, function words: ". / my / our", "? / !", "of"). Search and associate leave
+    such latents out unless asked. A latent with no label at all is not weak: nothing
+    is known about it."""
+    if not label:
+        return False
+    if source == WEAK_SOURCE:
         return True
     return not any(len(w) >= 3 and w.isalpha() and w not in STOPWORDS for w in words(label))
 

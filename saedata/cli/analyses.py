@@ -154,19 +154,23 @@ def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_
 @click.option("--alpha", type=Real(0, 1, min_open=True), default=0.05, show_default=True,
               help="q-value cut for significance.")
 @report_option("Write an offline HTML report (heatmap, table, example documents) here.")
+@presence_option
+@click.option("--no-length-control", is_flag=True,
+              help="With a numeric --with column: rank by plain rho, not rho_adj (document length held fixed).")
 @sae_id_option
 @format_option
 @quiet_option
 @click.pass_context
 def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, latent_ids, top, alpha,
-              report_path, sae_id, fmt):
-    """Find latents that fire together more than chance, or that go with a metadata column.
+              report_path, presence, no_length_control, sae_id, fmt):
+    """Find latents that are present together more than chance, or that go with a metadata column.
 
-    Pairs are counted in DuckDB, scored by NPMI (-1..1) and phi, tested (chi-square,
-    or Fisher's exact test for small counts) with BH q-values, and ranked by NPMI
-    among significant pairs; `redundant` marks two latents with nearly the same
-    documents. With --with COLUMN: per-class frequencies and a chi-square test per
-    latent (categorical), or Spearman's rho (numeric).
+    Pairs are counted by a sparse matrix product over document presence, scored by
+    NPMI (-1..1) and phi, tested (chi-square, or Fisher's exact test for small counts)
+    with BH q-values, and ranked by NPMI among significant pairs; `redundant` marks two
+    latents with nearly the same documents. With --with COLUMN: per-class frequencies
+    and a chi-square test per latent (categorical), or Spearman's rho and its partial
+    rho_adj with document length held fixed (numeric).
     """
     names = list(datasets) or None
     say = log(ctx)
@@ -175,18 +179,21 @@ def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, 
     if column is not None:
         result = saedata.correlate_metadata(db, names, column, kind=kind, min_support=min_support,
                                             threshold=threshold, label_pattern=pattern, latents=latent_ids,
-                                            per_class=top, alpha=alpha, sae_id=sae_id)
+                                            per_class=top, alpha=alpha, presence=presence,
+                                            length_control=not no_length_control, sae_id=sae_id)
+        q_col = "q_adj" if "q_adj" in result.latents.columns and not no_length_control else "q"
         summary = (f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.latents.height} latents "
-                   f"tested against {result.kind} column {column!r}; {int((result.latents['q'] <= alpha).sum())} "
-                   f"with q <= {alpha}")
+                   f"tested against {result.kind} column {column!r}; {int((result.latents[q_col] <= alpha).sum())} "
+                   f"with {q_col} <= {alpha}")
         if result.kind == "categorical":
             table, compact = result.classes, result.classes
         else:
             table = result.latents.head(top)
-            compact = table.select("latent", "label", "n_docs", "freq", "rho", "q")
+            adj = ["rho_adj", "q_adj"] if "rho_adj" in table.columns else []
+            compact = table.select("latent", "label", "n_docs", "freq", "rho", "q", *adj)
     else:
         result = saedata.correlate(db, names, min_support=min_support, threshold=threshold, label_pattern=pattern,
-                                   latents=latent_ids, top=top, alpha=alpha, sae_id=sae_id)
+                                   latents=latent_ids, top=top, alpha=alpha, presence=presence, sae_id=sae_id)
         summary = (f"{result.n_docs} documents ({', '.join(result.datasets)}); {result.n_tested} pairs of "
                    f"{result.n_latents} latents fire together in >= {min_support} documents; "
                    f"{result.n_significant} significant at q <= {alpha}")
@@ -198,7 +205,8 @@ def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, 
     say(summary)
     if report_path:
         say(f"wrote {saedata.write_report(result, report_path)}")
-    emit(short_numbers(compact, ".1e", ("q",)) if fmt == "table" else table, fmt)
+    emit(short_numbers(compact, ".1e", tuple(c for c in ("q", "q_adj") if c in compact.columns))
+         if fmt == "table" else table, fmt)
 
 
 @main.command(epilog=example(
@@ -286,12 +294,16 @@ def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_
               help="Value of --eval-field that counts as relevant [default: true, for boolean fields].")
 @click.option("--query-latents", type=COUNT, default=128, show_default=True,
               help="Latents kept from the query's own activations (label matches come on top).")
+@click.option("--include-weak", is_flag=True,
+              help="Keep query latents whose labels are weak (punctuation, function words) though the query "
+                   "does not contain them.")
 @sae_id_option
 @device_option(help="Where the query is read.")
 @format_option
 @quiet_option
 @click.pass_context
-def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, sae_id, device, fmt):
+def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, include_weak, sae_id,
+           device, fmt):
     """Find the documents that show a property described by QUERY, best first.
 
     QUERY is read by the SAE's reader and mapped to latents (weighted by rarity, plus
@@ -302,7 +314,7 @@ def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, que
         raise click.UsageError("give a QUERY or --latents")
     result = saedata.search(db, query, latents=latent_ids, dataset=dataset, top=top, eval_field=eval_field,
                             eval_value=eval_value, reader_cfg=ReaderConfig(device=device), sae_id=sae_id,
-                            query_latents=query_latents)
+                            query_latents=query_latents, include_weak=include_weak)
     say = log(ctx)
     n = result.query_latents.height
     say(f"{n} latents ({'by-latent index' if result.used_index else 'full scan'}), heaviest first:")

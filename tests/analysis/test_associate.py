@@ -100,7 +100,7 @@ def test_weak_labels_are_left_out_unless_asked(demo_store, questions):
     assert not any("weak labels" in w for w in everything.warnings)
     assert everything.model_score >= questions.model_score - 0.05
     assert weak_label(". / my / our") and weak_label("? / !") and weak_label("of / the") and weak_label("x", "frequent-words")
-    assert not weak_label("sourdough / jazz") and not weak_label("golden retriever")
+    assert not weak_label("sourdough / jazz") and not weak_label("golden retriever") and not weak_label(None)
 
 
 def test_dataset_and_column_value_targets(demo_store):

@@ -87,6 +87,78 @@ def test_label_filter_restricts_both_sides(db):
     assert np.allclose(np.diag(r.matrix), 1) and np.allclose(r.matrix, r.matrix.T)
 
 
+def test_sparse_counts_equal_the_sql_recipe(db):
+    """The matrix product counts exactly what the cooccur macro's self-join counts."""
+    from saedata.analysis.correlate import cooccurrence
+    from saedata.analysis.scope import latent_matrix, resolve_scope
+
+    with saedata.open(db) as store:
+        scope = resolve_scope(store, None)
+        lm = latent_matrix(store, scope)
+        sql = store.macro("cooccur", scope.sae_id, scope.dataset_ids, min_support=10)
+        n_sql = store.macro("supported_latents", scope.sae_id, scope.dataset_ids, min_support=10).height
+    counts, n_latents = cooccurrence(lm.active(), 10)
+    key = ["latent_i", "latent_j"]
+    assert counts.height == sql.height > 1000 and n_latents == n_sql
+    joined = counts.join(sql, on=key, suffix="_sql")
+    assert joined.height == sql.height
+    for c in ("n_ij", "n_i", "n_j", "n_docs"):
+        assert (joined[c] == joined[f"{c}_sql"]).all(), c
+    # restricted to some latents, and in blocks smaller than the latents
+    import saedata.analysis.correlate as corr
+
+    keep = sorted(set(sql["latent_i"].head(40).to_list()))
+    old, corr.COOCCUR_BLOCK = corr.COOCCUR_BLOCK, 7
+    try:
+        small, _ = cooccurrence(lm.active(), 10, keep)
+    finally:
+        corr.COOCCUR_BLOCK = old
+    want = sql.filter(pl.col("latent_i").is_in(keep) & pl.col("latent_j").is_in(keep))
+    assert small.sort(key).select(key + ["n_ij"]).equals(want.sort(key).select(key + ["n_ij"]).cast(small.select(
+        key + ["n_ij"]).schema))
+
+
+def test_pairs_count_presence_by_default(db, pairs):
+    from saedata.analysis.scope import latent_matrix, resolve_scope
+
+    with saedata.open(db) as store:
+        lm = latent_matrix(store, resolve_scope(store, None))
+    present = np.asarray(lm.present().sum(0)).ravel()
+    fires = np.asarray(lm.active().sum(0)).ravel()
+    row = pairs.pairs.row(0, named=True)
+    assert row["n_i"] == present[row["latent_i"]] and row["n_j"] == present[row["latent_j"]]
+    assert (present <= fires).all() and present.sum() < fires.sum()
+    anywhere = correlate(db, min_support=10, top=30, presence="any")
+    first = anywhere.pairs.row(0, named=True)
+    assert first["n_i"] == fires[first["latent_i"]]
+
+
+def test_length_control_of_a_numeric_column():
+    """A latent that only grows with length correlates with a column that tracks length,
+    but not once length is held fixed; one that goes with the column itself still does."""
+    from scipy import sparse
+
+    from saedata.analysis.correlate import _length_adjusted
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    lengths = rng.integers(10, 400, n).astype(float)
+    own = rng.normal(size=n)
+    y = np.log(lengths) + own  # tracks length, and has a part of its own
+    by_length = (rng.random(n) < lengths / 400).astype(float)
+    by_column = (own > 0.5).astype(float)
+    X = sparse.csc_matrix(np.column_stack([by_length, by_column]))
+    from saedata.analysis.stats import spearman_columns
+
+    rho = spearman_columns(X, y)
+    adjusted, warnings = _length_adjusted(X, y, lengths, rho, "score")
+    assert rho[0] > 0.3 and abs(adjusted["rho_adj"][0]) < 0.05 and adjusted["q_adj"][0] > 0.05
+    assert adjusted["rho_adj"][1] > 0.3 and adjusted["q_adj"][1] < 1e-10
+    assert any("tracks document length" in w for w in warnings)
+    none, said = _length_adjusted(X, lengths * 2, lengths, rho, "n_chars")
+    assert none is None and "document length in other words" in said[0]
+
+
 def test_npmi_and_pvalues_match_their_definitions():
     from scipy.stats import chi2_contingency, fisher_exact
 

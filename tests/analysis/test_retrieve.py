@@ -59,6 +59,23 @@ def test_query_maps_to_its_own_latents_and_to_matching_labels(demo_store):
     assert q["weight"].is_sorted(descending=True) and (q["weight"] > 0).all()
 
 
+def test_weak_label_latents_are_left_out_unless_the_query_says_them(demo_store):
+    from saedata.analysis.words import weak_label, words
+
+    with saedata.open(demo_store["db"]) as store:
+        models = StoreModels(store)
+        topic = map_query(store, "food and cooking", 1, models=models)
+        everything = map_query(store, "food and cooking", 1, models=models, include_weak=True)
+        question = map_query(store, "Why did the dog do that?", 1, models=models)
+    weak = [lab for lab in everything["label"].to_list() if weak_label(lab)]
+    assert weak, "the query activates weak-label latents (punctuation, function words)"
+    assert not any(weak_label(lab) for lab in topic.filter(pl.col("source") == "query")["label"].to_list())
+    # a weak label is kept when the query itself says it: "?", "do", "that"
+    kept = [lab for lab in question["label"].to_list() if weak_label(lab)]
+    said = set(words("Why did the dog do that?"))
+    assert kept and all(said & set(words(lab or "")) for lab in kept), kept
+
+
 def test_queries_are_encoded_exactly_like_documents(demo_store):
     with saedata.open(demo_store["db"]) as store:
         docs = store.documents("a", limit=3)
