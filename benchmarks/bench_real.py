@@ -12,6 +12,9 @@ The corpus: Debian package descriptions labelled by archive section
    under each reading (mean over sections): does presence keep the signal?
 4. associate ``--target section=S`` (at most 10 latents) vs a dense logistic
    regression, cross-validated AUC, for ``--targets`` sections. Target: within 0.03.
+5. cluster NMI against the sections at k = number of sections: saedata's default
+   features ("tokens" tf-idf) and pooled values vs k-means on the dense embedding
+   (target: >=), and what saedata picks when k is left to it.
 
     python benchmarks/corpora.py debian deb.jsonl --per-section 200
     python benchmarks/bench_real.py deb.jsonl --sae deb.sae      # ~10 min on 2 cores
@@ -115,9 +118,32 @@ def main() -> None:
               f"top: {' | '.join(str(t) for t in top)}", flush=True)
         gaps.append(dense_auc - r.model_score)
     _print("associate_mean_gap_to_dense", statistics.mean(gaps))
+
+    # -- 5. clustering at k = number of sections, and with k left to saedata -------------
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    k = len(sections)
+    t0 = time.perf_counter()
+    dense_nmi = float(normalized_mutual_info_score(labels, KMeans(k, n_init=10, random_state=0).fit_predict(dense)))
+    _print("dense_kmeans_seconds", time.perf_counter() - t0)
+    nmis = {}
+    for scale in ("tokens", "values"):
+        t0 = time.perf_counter()
+        r = saedata.cluster(db, k=k, eval_field=args.field, scale=scale, map=False)
+        nmis[scale] = float(r.comparison["nmi"][0])
+        _print(f"cluster_{scale}_nmi_at_k{k}", nmis[scale])
+        _print(f"cluster_{scale}_seconds", time.perf_counter() - t0)
+    _print(f"dense_kmeans_nmi_at_k{k}", dense_nmi)
+    auto = saedata.cluster(db, eval_field=args.field, map=False)
+    _print("cluster_default_k", auto.k)
+    _print("cluster_default_nmi", float(auto.comparison["nmi"][0]))
+    for w in auto.warnings:
+        print(f"  cluster warning: {w}", flush=True)
     _target("associate CV AUC within 0.03 of dense LR (mean over sections)", statistics.mean(gaps) <= 0.03)
     length = {k: float(stats.spearmanr(np.asarray(X.sum(1)).ravel(), n_tokens)[0]) for k, X in readings.items()}
     _target("presence tracks length less than firing at all", length["present"] < length["fires_at_all"])
+    _target(f"cluster NMI at k = {k} >= dense k-means", nmis["tokens"] >= dense_nmi)
 
 
 if __name__ == "__main__":

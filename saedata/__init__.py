@@ -212,8 +212,9 @@ def diff_files(
 
     Datasets are named after the files (``a.jsonl`` -> ``a``). Without ``sae`` the
     store's SAE is reused, or one is trained on both corpora together (saved beside the
-    store, ``run.sae/``). A file already embedded under its name is not embedded again; one
-    that changed since, or a name that holds another file's dataset, is an error unless
+    store, ``run.sae/``). A file already embedded under its name is not embedded again,
+    nor one whose bytes a complete dataset of another name holds (that dataset is used,
+    unless ``sae`` names an SAE or ``replace``); one that changed since, or a name that holds another file's dataset, is an error unless
     ``replace`` (embed it again in place of the old rows). ``diff_kwargs`` go to
     :func:`saedata.analysis.diff.diff` (``by``, ``threshold``, ``paired_on``, ...).
     """
@@ -235,16 +236,48 @@ def diff_files(
         names[1] = f"{names[1]}-2"
         log(f"both files are named {names[0]!r}: the second is dataset {names[1]!r}")
     has_sae = False
+    stored: list[str | None] = [None] * len(paths)
     if Path(db).exists():
         with Store(db, read_only=True) as store:
             has_sae = store.saes().height > 0
+            if sae is None and not replace:
+                stored = [_stored_copy(store, p, n, input_cfg.to_dict()) for p, n in zip(paths, names)]
+    if len(set(filter(None, stored))) < len(list(filter(None, stored))):
+        stored = [None] * len(paths)  # the same file twice: embed as named
+    for i, (p, found) in enumerate(zip(paths, stored)):
+        if found is not None:
+            log(f"{p} is already in {db} as dataset {found!r} (same size and SHA-256): using it")
+            names[i] = found
     if sae is None and not has_sae:
         sae, _ = sae_to_use(None, default_sae_dir(db), paths, input_cfg=input_cfg, reader_cfg=reader_cfg,
                             train_cfg=train_cfg, progress=progress, log=log)
     results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
-                     train_cfg=train_cfg, progress=progress, log=log, replace=replace) for p, n in zip(paths, names)]
-    diff_kwargs.setdefault("sae_id", results[0].sae_id)
+                     train_cfg=train_cfg, progress=progress, log=log, replace=replace)
+               for p, n, found in zip(paths, names, stored) if found is None]
+    if results:
+        diff_kwargs.setdefault("sae_id", results[0].sae_id)
     return run_diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)
+
+
+def _stored_copy(store: Any, path: str, name: str, input_args: dict[str, Any]) -> str | None:
+    """The name of a complete dataset of ``store`` embedded from a file with the same bytes
+    as ``path`` (size and SHA-256) read with the same input settings, when no dataset is
+    named ``name`` yet; else None."""
+    from saedata.corpus import source_fingerprint
+
+    datasets = store.datasets()
+    if name in datasets["name"].to_list():
+        return None
+    fingerprint = source_fingerprint(path)
+    if not fingerprint:
+        return None
+    for row in datasets.filter(datasets["complete"]).iter_rows(named=True):
+        args = store.dataset_args(row["dataset_id"])
+        seen = args.get("source") or {}
+        same_bytes = (seen.get("size"), seen.get("sha256")) == (fingerprint["size"], fingerprint["sha256"])
+        if seen.get("sha256") and same_bytes and args.get("input") == input_args:
+            return str(row["name"])
+    return None
 
 
 # -- small jobs on a store ----------------------------------------------------------------

@@ -222,13 +222,15 @@ def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, 
 @click.option("--method", type=click.Choice(["kmeans", "hdbscan"]), default="kmeans", show_default=True,
               help="k-means (k given or estimated), or HDBSCAN (finds k, marks noise as -1).")
 @click.option("--k", type=click.IntRange(2, 100_000), default=None,
-              help="Number of k-means clusters [default: estimated by silhouette].")
+              help="Number of k-means clusters [default: chosen by stability and silhouette].")
 @click.option("--max-k", type=click.IntRange(2, 100_000), default=12, show_default=True,
               help="Largest k tried when estimating k.")
 @click.option("--min-cluster-size", type=click.IntRange(2, 1_000_000_000), default=10, show_default=True,
               help="HDBSCAN's smallest cluster.")
-@click.option("--scale", type=click.Choice(["values", "binary", "tfidf"]), default="values", show_default=True,
-              help="Features: pooled values, 0/1, or 0/1 weighted by rarity (rows at unit length).")
+@click.option("--scale", type=click.Choice(["auto", "tokens", "values", "binary", "tfidf"]), default="auto",
+              show_default=True,
+              help="Features: tf-idf of the tokens each concept fired on, pooled values, 0/1, or 0/1 weighted by "
+                   "rarity (rows at unit length); auto: tokens on all latents, values on an axis.")
 @top_option(20, "Most latents an --axis picks.")
 @click.option("--compare", is_flag=True, help="Also cluster on all latents and compare (adjusted Rand index).")
 @click.option("--eval-field", default=None, help="Score the clusterings against this metadata column (ARI, NMI).")

@@ -88,6 +88,14 @@ def test_clusters_are_described_by_overrepresented_latents(by_sentiment):
     assert r.examples.group_by("cluster").len()["len"].max() <= 3
     a = r.assignments
     assert a.height == 320 and a["x"].null_count() == 0 and a["cluster"].min() >= 0
+    # distinct describing latents, none with a weak label; each cluster's length beside it
+    from saedata.analysis.words import weak_label
+
+    assert d["latent"].n_unique() == d.height
+    assert not any(weak_label(lab) for lab in d["label"].to_list())
+    assert r.clusters.columns == ["cluster", "size", "share", "median_tokens", "top_latents"]
+    assert (r.clusters["median_tokens"] > 3).all()
+    assert r.k_scores["stability"].is_between(-1, 1).all()
 
 
 def test_report_and_png_are_written_offline(by_sentiment, tmp_path):
@@ -127,6 +135,32 @@ def test_select_latents_by_list_pattern_and_axis(db):
             select_latents(store, 1, latents=[99999])
     assert {"pet", "pets"} <= matching_forms("pets") and "the" not in matching_forms("the stories")
     assert "story" in matching_forms("the stories")
+
+
+def test_choose_k_says_when_no_k_is_clearly_better():
+    from saedata.analysis.cluster import choose_k
+
+    # the flat curve: 0.034-0.047 over k = 2..12
+    flat = {k: 0.034 + 0.0013 * (k - 2) for k in range(2, 13)}
+    k, why = choose_k(flat, {k: 0.9 for k in flat})
+    assert why and "no k is clearly better" in why and "0.034-0.047" in why
+    # a clear peak at a stable k: no warning
+    clear = {2: 0.10, 3: 0.35, 4: 0.20, 5: 0.18}
+    assert choose_k(clear, {2: 0.95, 3: 0.92, 4: 0.6, 5: 0.5}) == (3, None)
+    # the silhouette's best k is unstable: the stable one is chosen
+    assert choose_k({2: 0.30, 3: 0.20, 4: 0.40}, {2: 0.9, 3: 0.85, 4: 0.3})[0] == 2
+    k, why = choose_k(clear, {2: 0.2, 3: 0.3, 4: 0.1, 5: 0.1})
+    assert k == 3 and "no k is stable" in why
+
+
+def test_stability_separates_real_clusters_from_noise():
+    from saedata.analysis.cluster import stability
+
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(c, 0.3, size=(100, 5)) for c in (0, 4, 8)])
+    noise = rng.normal(size=(300, 5))
+    assert stability(blobs, 3, 0) > 0.95
+    assert stability(noise, 6, 0) < 0.8
 
 
 def test_pick_k_takes_the_first_silhouette_peak():
@@ -189,9 +223,16 @@ def test_features_rows_have_unit_length():
     from scipy import sparse
 
     from saedata.analysis.cluster import features
+    from saedata.analysis.scope import LatentMatrix
 
     X = sparse.csr_matrix(np.array([[0.0, 2.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
-    for scale in ("values", "binary", "tfidf"):
-        F = features(X, scale).toarray()
+    T = sparse.csr_matrix(np.array([[0.0, 3.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    lm = LatentMatrix(np.arange(3), X, 1, 3, T, np.array([10, 10, 10]))
+    cols = np.arange(3)
+    for scale in ("tokens", "values", "binary", "tfidf"):
+        F = features(lm, cols, scale).toarray()
         assert np.allclose(np.linalg.norm(F, axis=1), [1, 1, 0])
-    assert np.allclose(features(X, "binary").toarray()[1], [2**-0.5, 2**-0.5, 0])
+    assert np.allclose(features(lm, cols, "binary").toarray()[1], [2**-0.5, 2**-0.5, 0])
+    # tokens: latent 0 fires in one document, latent 1 in two: the rarer one weighs more
+    row = features(lm, cols, "tokens").toarray()[1]
+    assert row[0] > row[1] > 0

@@ -367,6 +367,38 @@ def test_cli_diff_two_files_embeds_then_diffs(two_files, tiny_bert, tmp_path):
     assert again.exit_code == 0 and len(json.loads(again.stdout)) == 10
 
 
+def test_cli_diff_reuses_a_file_stored_under_another_name(two_files, tiny_bert, tmp_path):
+    import shutil
+
+    import torch
+
+    from saedata.config import SAEConfig
+    from saedata.sae import SparseAutoencoder, save_sae
+
+    torch.manual_seed(0)
+    save_sae(SparseAutoencoder(SAEConfig(d_in=32, d_sae=96, k=8)), tmp_path / "sae")
+    db = str(tmp_path / "run.duckdb")
+    model = ["--model", tiny_bert, "--device", "cpu", "--id-field", "id"]
+    first = CliRunner().invoke(main, ["embed", two_files[0], "--db", db, "--sae", str(tmp_path / "sae"),
+                                      "--name", "earlier", *model, "-q"])
+    assert first.exit_code == 0, first.stderr
+    copy = tmp_path / "copy" / "a.jsonl"  # the same bytes elsewhere
+    copy.parent.mkdir()
+    shutil.copy(two_files[0], copy)
+    result = CliRunner().invoke(main, ["diff", str(copy), two_files[1], "--db", db, *model, "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert "already in" in result.stderr and "'earlier'" in result.stderr
+    with saedata.open(db) as store:
+        assert store.datasets()["name"].to_list() == ["earlier", "b"]
+    assert {r["more_in"] for r in json.loads(result.stdout)} <= {"earlier", "b"}
+    # another text field is another corpus: embedded under its own name
+    other = CliRunner().invoke(main, ["diff", str(copy), two_files[1], "--db", db, *model, "--text-field", "id",
+                                      "-q", "--format", "json"])
+    assert other.exit_code == 0, other.stderr
+    with saedata.open(db) as store:
+        assert store.datasets()["name"].to_list() == ["earlier", "b", "a"]
+
+
 def test_cli_diff_trains_an_sae_on_both_files(two_files, tiny_bert, tmp_path):
     db = tmp_path / "run.duckdb"
     result = CliRunner().invoke(main, ["diff", *two_files, "--db", str(db), "--model", tiny_bert, "--device", "cpu",
