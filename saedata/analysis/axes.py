@@ -17,9 +17,13 @@ Three ways to name latents, combined as a union (each row says why it was picked
       occurs in a label like "hated / miserable / was terrible", but the embeddings
       place them close, which is what (b) is for; without ``embed_texts`` only (a) runs.
    Candidates for the axis are latents active in at least ``min_freq`` of the
-   documents, with a keyword label (``frequent-words`` labels such as "." or "the"
-   describe no content). Lexical matches come first, then the most similar labels;
-   at most ``top`` latents in all. Everything runs offline.
+   documents, with a label that is not weak (``frequent-words`` labels, punctuation
+   and function words such as "." or "the" describe no content). Lexical matches come
+   first, then the most similar labels; at most ``top`` latents in all. An axis given
+   as example values, "love, politics, computers", is matched value by value (each
+   gets its share of ``top``), so every value is represented. A weak match -- no
+   label word in common and no label similar enough -- is an error that lists the
+   nearest labels with their similarity, never a silent pick. Everything runs offline.
 
 ``select_latents`` returns a polars frame (latent, label, freq, score, why) and raises
 :class:`~saedata.errors.NotFoundError` naming the axis or pattern when nothing matches.
@@ -74,7 +78,11 @@ def select_latents(
     if label_pattern is not None:
         parts.append(_by_pattern(table, label_pattern, min_freq))
     if axis is not None:
-        parts.append(_by_axis(table, axis, top, min_freq, min_score, min_z, embed_texts))
+        values = [v.strip() for v in axis.split(",") if v.strip()] if "," in axis else [axis]
+        share = max(1, top // max(len(values), 1))
+        for value in values:
+            parts.append(_by_axis(table, value, share if len(values) > 1 else top, min_freq, min_score, min_z,
+                                  embed_texts))
     picked = pl.concat(parts, how="vertical_relaxed")
     return (
         picked.group_by("latent", maintain_order=True)
@@ -114,9 +122,7 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
              embed_texts: TextVectors | None) -> pl.DataFrame:
     if not axis.strip():
         raise ConfigError("--axis is empty; describe the axis in a few words, e.g. --axis sentiment")
-    cands = table.filter(
-        (pl.col("freq") >= min_freq) & pl.col("label").is_not_null() & (pl.col("label_source") != "frequent-words")
-    )
+    cands = table.filter((pl.col("freq") >= min_freq) & pl.col("label").is_not_null() & ~pl.col("weak"))
     if cands.height == 0:
         raise NotFoundError(
             f"no latent matches --axis {axis!r}: no latent has a keyword label and fires in {min_freq:.0%} of "
@@ -135,9 +141,12 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
     order = np.lexsort((-sims, ~lexical))  # lexical matches first, then by similarity
     keep = [i for i in order if lexical[i] or semantic[i]][:top]
     if not keep:
+        nearest = "; ".join(f"{cands['latent'][int(i)]} {labels[int(i)]!r} (cos {sims[int(i)]:.2f})"
+                            for i in np.argsort(-sims)[:5]) if embed_texts is not None else "none (no label embedding)"
         raise NotFoundError(
-            f"no latent matches --axis {axis!r} (best label {labels[int(np.argmax(sims))]!r} has similarity "
-            f"{sims.max():.2f} < {min_score}); try other words, --label REGEX or --latents"
+            f"no latent matches --axis {axis!r}: no label shares a word with it, and none is similar enough "
+            f"(cos >= {min_score} and {min_z:g} standard deviations above the average label); nearest: {nearest}; "
+            "try other words, example values (\"love, politics, computers\"), --label REGEX or --latents"
         )
     why = [
         f"label word matches {axis!r}" if lexical[i] else f"label similar to {axis!r} (cos {sims[i]:.2f})"

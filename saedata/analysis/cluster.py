@@ -70,6 +70,9 @@ FLAT = 0.02
 """A silhouette curve whose best k beats the median k by less than this is flat."""
 MIN_MAP_DOCS = 10
 """Fewer documents than this: no UMAP map (its neighbourhood graph needs some points)."""
+MAX_EMPTY = 1 / 3
+"""An axis matched by label similarity alone (no label word in common) whose latents leave
+more than this share of the documents empty is refused as a weak match."""
 MIN_CLUSTER_FREQ = 0.25
 """A describing latent fires in at least this fraction of the cluster's documents."""
 
@@ -196,6 +199,15 @@ def cluster(
         n_empty = int((F.getnnz(axis=1) == 0).sum())
         if n_empty == n:
             raise ConfigError(f"none of the {len(cols)} selected latents fires in {where}")
+        by_similarity_only = axis is not None and label_pattern is None and latents is None and \
+            not used["why"].str.contains("label word matches").any()
+        if by_similarity_only and n_empty > MAX_EMPTY * n:
+            named = "; ".join(f"{lat} {lab}" for lat, lab in used.select("latent", "label").head(5).iter_rows())
+            raise ConfigError(
+                f"the {len(cols)} latents picked for the axis, by label similarity alone, fire in only "
+                f"{n - n_empty} of {where} ({n_empty} would sit together at the origin): a weak match, not an "
+                f"axis of these documents (picked: {named}); name the axis differently, by example values, "
+                "or with --latents")
         if n_empty:
             warnings.append(f"{n_empty} of {n} documents have none of the selected latents; they sit together "
                             "at the origin (usually as one cluster)")

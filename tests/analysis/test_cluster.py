@@ -17,6 +17,7 @@ from saedata.analysis.scope import documents_frame, resolve_scope
 from saedata.analysis.words import matching_forms
 from saedata.cli import main
 from saedata.demo import NEGATIVE, POSITIVE
+from saedata.embed.models import StoreModels
 from saedata.errors import ConfigError, NotFoundError
 from tests.helpers import copy_demo_store
 
@@ -123,14 +124,33 @@ def test_hdbscan_labels_noise_and_describes_clusters(db):
     assert noise.height == (1 if -1 in labels else 0)
 
 
+def test_an_axis_by_example_values_represents_each_value(db):
+    with saedata.open(db) as store:
+        used = select_latents(store, 1, axis="kitten, storm", top=6)
+    why = " ".join(used["why"].to_list())
+    assert "'kitten'" in why and "'storm'" in why and used.height <= 6
+    labels = " ".join(used["label"].to_list())
+    assert "kitten" in labels and "storm" in labels
+
+
+def test_an_axis_most_documents_lack_is_refused(db):
+    """A weak match is an error naming what was picked, not a clustering of empty rows."""
+    with pytest.raises(ConfigError, match=r"by label similarity alone, fire in only \d+ of .* a weak match.*"
+                                          r"picked: \d+ "):
+        saedata.cluster(db, axis="xyzzyqq", k=2, map=False)
+    # a narrow axis that labels name is kept, with a warning for the documents it leaves empty
+    narrow = saedata.cluster(db, axis="leash", top=3, k=2, map=False)
+    assert any("have none of the selected latents" in w for w in narrow.warnings)
+
+
 def test_select_latents_by_list_pattern_and_axis(db):
     with saedata.open(db) as store:
         listed = select_latents(store, 1, latents=[5, 3, 5])
         assert listed["latent"].to_list() == [5, 3] and (listed["why"] == "listed").all()
         both = select_latents(store, 1, latents=[5], label_pattern="happy")
         assert 5 in both["latent"].to_list() and both["label"].drop_nulls().str.contains("happy").sum() > 0
-        with pytest.raises(NotFoundError, match=r"no latent matches --axis 'zzz'"):
-            select_latents(store, 1, axis="zzz", min_score=0.99)
+        with pytest.raises(NotFoundError, match=r"no latent matches --axis 'zzz'.*nearest: \d+ "):
+            select_latents(store, 1, axis="zzz", min_score=0.99, embed_texts=StoreModels(store).text_vectors)
         with pytest.raises(NotFoundError, match="SAE 1 has no latent 99999"):
             select_latents(store, 1, latents=[99999])
     assert {"pet", "pets"} <= matching_forms("pets") and "the" not in matching_forms("the stories")
