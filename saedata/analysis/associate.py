@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
-from saedata.analysis.presence import Presence, check_presence, no_token_counts_warning
+from saedata.analysis.presence import Presence, check_presence, length_tracking_warning, no_token_counts_warning
 from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.analysis.stats import bh_qvalues, correlation_pvalues, two_proportion_test
 from saedata.errors import ConfigError
@@ -138,6 +138,10 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
         col = _equals(col, value, column, where)
     kind, y, positive = _target(col, target, where)
     lm = latent_matrix(store, scope, doc_ids=known["doc_id"].to_numpy())
+    if lm.n_tokens is not None:
+        tracking = length_tracking_warning(f"target {target!r}", y, lm.n_tokens, binary=kind == "binary")
+        if tracking:
+            warnings.append(tracking)
     if presence == "excess" and not lm.has_tokens:
         warnings.append(no_token_counts_warning(scope.describe()))
     X = sparse.csr_matrix((lm.present(threshold) if presence == "excess" else lm.active(threshold))

@@ -47,7 +47,7 @@ import polars as pl
 from scipy import sparse
 
 from saedata.analysis.axes import SELECTED_SCHEMA, select_latents
-from saedata.analysis.presence import no_token_counts_warning, tfidf
+from saedata.analysis.presence import LENGTH_WARNING, length_explained, no_token_counts_warning, tfidf
 from saedata.analysis.scope import (
     LatentMatrix,
     Models,
@@ -241,6 +241,12 @@ def cluster(
         raise ConfigError(f"metadata field {eval_field!r} is empty in every document of {scope.describe()}")
     comparison = _compare(comp, docs, eval_field)
     clusters = _summary(assign, descriptions, docs["n_tokens"].to_numpy())
+    explained = length_explained(assign, docs["n_tokens"].to_numpy())
+    if explained > LENGTH_WARNING:
+        medians = clusters.filter(pl.col("cluster") >= 0)["median_tokens"]
+        warnings.append(f"the clusters follow document length: cluster explains {explained:.0%} of the variance of "
+                        f"log length (median tokens {medians.min():g} to {medians.max():g}); compare "
+                        "median_tokens before reading the descriptions as topics")
     return ClusterResult(out, clusters, descriptions, examples, used.cast(SELECTED_SCHEMA),  # type: ignore[arg-type]
                          comparison, k_scores, method, k_found, sil, ari_between, n, scope.names, scope.sae_id,
                          scale, seed, axis, tuple(warnings))

@@ -107,3 +107,31 @@ def test_a_version_1_store_gains_token_columns_when_opened_for_writing(tmp_path)
         assert store.has_column("activations", "tokens") and store.has_column("latent_counts", "tokens")
         assert store.one("SELECT value FROM saedata_meta WHERE key = 'schema_version'")[0] == "2"
     assert pl.Series([1]).len() == 1
+
+
+def test_results_that_track_length_are_called_out():
+    from saedata.analysis.presence import length_explained, length_tracking_warning
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(5, 500, 1000)
+    by_length = (n > 100).astype(int) + (n > 300).astype(int)
+    assert length_explained(by_length, n) > 0.6
+    assert length_explained(rng.integers(0, 3, 1000), n) < 0.02
+    assert length_explained(np.full(1000, -1), n) == 0.0  # all noise
+    long_docs = (n > 250).astype(float)
+    said = length_tracking_warning("target 'long'", long_docs, n, binary=True)
+    assert said and "length alone predicts it with AUROC 1.00" in said
+    assert length_tracking_warning("target 'coin'", rng.integers(0, 2, 1000).astype(float), n, binary=True) is None
+    assert "Spearman" in length_tracking_warning("target 'words'", n * 0.7 + rng.normal(size=1000), n, binary=False)
+
+
+def test_associate_warns_when_the_target_is_length(demo_store):
+    from saedata.analysis.associate import associate
+
+    result = associate(demo_store["db"], "a", "n_words")
+    assert any("tracks document length" in w for w in result.warnings)
+    # the demo's questions add a sentence to a document: true, and said
+    questions = associate(demo_store["db"], "a", "is_question")
+    assert any("length alone predicts it with AUROC" in w for w in questions.warnings), questions.warnings
+    pets = associate(demo_store["db"], "a", "topic=pets")  # length alone: AUROC 0.75, under the bar
+    assert not any("tracks document length" in w for w in pets.warnings), pets.warnings
