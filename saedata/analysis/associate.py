@@ -38,8 +38,17 @@ import numpy as np
 import polars as pl
 from scipy import sparse, stats
 
-from saedata.analysis.presence import Presence, check_presence, length_tracking_warning, no_token_counts_warning
-from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
+from saedata.analysis.presence import Presence, check_presence, length_tracking_warning
+from saedata.analysis.scope import (
+    DATASET_FIELD,
+    Scope,
+    documents_frame,
+    latent_labels,
+    latent_matrix,
+    opened,
+    read_presence,
+    resolve_scope,
+)
 from saedata.analysis.stats import bh_qvalues, correlation_pvalues, two_proportion_test
 from saedata.errors import ConfigError
 from saedata.store import Store
@@ -142,10 +151,9 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
         tracking = length_tracking_warning(f"target {target!r}", y, lm.n_tokens, binary=kind == "binary")
         if tracking:
             warnings.append(tracking)
-    if presence == "excess" and not lm.has_tokens:
-        warnings.append(no_token_counts_warning(scope.describe()))
-    X = sparse.csr_matrix((lm.present(threshold) if presence == "excess" else lm.active(threshold))
-                          .astype(np.float64))
+    counted, more = read_presence(lm, presence, threshold, scope.describe())
+    warnings += more
+    X = sparse.csr_matrix(counted.astype(np.float64))
     labels = latent_labels(store, sae).select(pl.col("latent").cast(pl.Int32), "label", "weak")
     n_active = np.asarray(X.sum(0)).ravel()
     cols = np.flatnonzero(n_active > 0)
@@ -194,7 +202,7 @@ def _target_column(store: Store, scope: Scope, target: str) -> tuple[str, str | 
     column itself but its part before the first "=" is."""
     if "=" not in target:
         return target, None
-    fields = set(store.macro("meta_fields", scope.dataset_ids)["field"].to_list()) | {"dataset"}
+    fields = set(store.macro("meta_fields", scope.dataset_ids)["field"].to_list()) | {DATASET_FIELD}
     if target in fields:
         return target, None
     column, value = target.split("=", 1)

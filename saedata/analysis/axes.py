@@ -44,6 +44,9 @@ from saedata.store import Store, label_matches
 SELECTED_SCHEMA = {"latent": pl.Int32, "label": pl.String, "freq": pl.Float64, "score": pl.Float64,
                    "why": pl.String}
 
+LEXICAL_MATCH = "label word matches"
+"""How ``why`` begins for a latent picked because a word of its label is a word of the axis."""
+
 TextVectors = Callable[[list[str]], np.ndarray]
 """texts -> (n_texts, d) unit vectors: how axis texts and labels are embedded."""
 
@@ -149,7 +152,7 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
             "try other words, example values (\"love, politics, computers\"), --label REGEX or --latents"
         )
     why = [
-        f"label word matches {axis!r}" if lexical[i] else f"label similar to {axis!r} (cos {sims[i]:.2f})"
+        f"{LEXICAL_MATCH} {axis!r}" if lexical[i] else f"label similar to {axis!r} (cos {sims[i]:.2f})"
         for i in keep
     ]
     return cands[keep].select("latent", "label", "freq").with_columns(

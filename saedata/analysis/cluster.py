@@ -46,7 +46,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from saedata.analysis.axes import SELECTED_SCHEMA, select_latents
+from saedata.analysis.axes import LEXICAL_MATCH, SELECTED_SCHEMA, select_latents
 from saedata.analysis.presence import LENGTH_WARNING, length_explained, no_token_counts_warning, tfidf
 from saedata.analysis.scope import (
     LatentMatrix,
@@ -200,7 +200,7 @@ def cluster(
         if n_empty == n:
             raise ConfigError(f"none of the {len(cols)} selected latents fires in {where}")
         by_similarity_only = axis is not None and label_pattern is None and latents is None and \
-            not used["why"].str.contains("label word matches").any()
+            not used["why"].str.contains(LEXICAL_MATCH, literal=True).any()
         if by_similarity_only and n_empty > MAX_EMPTY * n:
             named = "; ".join(f"{lat} {lab}" for lat, lab in used.select("latent", "label").head(5).iter_rows())
             raise ConfigError(
@@ -433,8 +433,7 @@ def describe(active: sparse.csr_matrix, assign: np.ndarray, labels: pl.DataFrame
     freq_all = np.asarray(A.sum(axis=0)).ravel() / n
     label_of = dict(labels.select("latent", "label").iter_rows())
     weak = np.zeros(A.shape[1], dtype=bool)
-    weak_ids = labels.filter(pl.col("weak"))["latent"].to_numpy() if "weak" in labels.columns else []
-    weak[np.asarray(weak_ids, dtype=np.int64)[np.asarray(weak_ids, dtype=np.int64) < A.shape[1]]] = True
+    weak[labels.filter(pl.col("weak"))["latent"].to_numpy()] = True
     clusters = sorted(set(assign.tolist()) - {-1})
     lifts, oks = {}, {}
     for c in clusters:

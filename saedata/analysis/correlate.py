@@ -32,8 +32,16 @@ import polars as pl
 from scipy import sparse, stats
 
 from saedata.analysis.axes import select_latents
-from saedata.analysis.presence import Presence, check_presence, no_token_counts_warning
-from saedata.analysis.scope import Scope, documents_frame, latent_labels, latent_matrix, opened, resolve_scope
+from saedata.analysis.presence import LENGTH_WARNING, Presence, check_presence
+from saedata.analysis.scope import (
+    Scope,
+    documents_frame,
+    latent_labels,
+    latent_matrix,
+    opened,
+    read_presence,
+    resolve_scope,
+)
 from saedata.analysis.stats import (
     bh_qvalues,
     chi2_columns,
@@ -129,10 +137,8 @@ def correlate(
                 f"too few documents for co-occurrence: {n} in {scope.describe()}, --min-support is {min_support}"
             )
         warnings: list[str] = list(scope.warnings)
-        lm = latent_matrix(store, scope)
-        if presence == "excess" and not lm.has_tokens:
-            warnings.append(no_token_counts_warning(scope.describe()))
-        A = lm.present(threshold) if presence == "excess" else lm.active(threshold)
+        A, more = read_presence(latent_matrix(store, scope), presence, threshold, scope.describe())
+        warnings += more
         counts, n_latents = cooccurrence(A, min_support, keep)
         labels = latent_labels(store, scope.sae_id).select("latent", "label")
         if counts.height == 0:
@@ -391,9 +397,9 @@ def correlate_metadata(
     if kind == "numeric" and not values.dtype.is_numeric():
         raise ConfigError(f"column {column!r} of {scope.describe()} is not numeric ({values.dtype}); "
                           "treat it as categorical")
-    if presence == "excess" and not lm.has_tokens:
-        warnings.append(no_token_counts_warning(scope.describe()))
-    P = (lm.present(threshold) if presence == "excess" else lm.active(threshold))[np.flatnonzero(ok)]
+    P, more = read_presence(lm, presence, threshold, scope.describe())
+    warnings += more
+    P = P[np.flatnonzero(ok)]
     X = lm.X[np.flatnonzero(ok)].multiply(P).tocsr()  # pooled values where present, 0 elsewhere
     A = P.astype(np.float32).tocsr()
     lengths = lm.n_tokens[np.flatnonzero(ok)] if lm.n_tokens is not None else None
@@ -446,10 +452,6 @@ def _spearman(X, x: np.ndarray, column: str, scope: Scope) -> pl.DataFrame:
     return pl.DataFrame({"rho": rho, "p": p, "q": bh_qvalues(p)})
 
 
-LENGTH_TRACKING = 0.3
-"""|Spearman rho| of a column with document length above which correlate warns that it tracks length."""
-
-
 def _length_adjusted(X, y: np.ndarray, lengths: np.ndarray, rho: np.ndarray, column: str
                      ) -> tuple[pl.DataFrame | None, list[str]]:
     """Partial Spearman rho of each column of X with y, document length held fixed
@@ -462,7 +464,7 @@ def _length_adjusted(X, y: np.ndarray, lengths: np.ndarray, rho: np.ndarray, col
         return None, [f"{column!r} is document length in other words (Spearman {r_yz:.2f} with the token count): "
                       "every latent that grows with length correlates with it; no length control is possible"]
     warnings = []
-    if abs(r_yz) > LENGTH_TRACKING:
+    if abs(r_yz) > LENGTH_WARNING:
         warnings.append(f"{column!r} tracks document length (Spearman {r_yz:.2f} with the token count); rho_adj "
                         "holds length fixed and ranks the table")
     r_xz = spearman_columns(X, lengths.astype(np.float64))

@@ -44,7 +44,7 @@ import polars as pl
 from scipy import sparse
 
 from saedata.analysis.presence import Presence, check_presence, is_present, no_token_counts_warning, scope_rates
-from saedata.analysis.scope import latent_labels, opened, resolve_scope
+from saedata.analysis.scope import DATASET_FIELD, latent_labels, opened, resolve_scope
 from saedata.analysis.stats import (
     LENGTH_BINS,
     bh_qvalues,
@@ -77,10 +77,10 @@ EXAMPLE_LATENTS = 20
 """Top latents (per group and side) that get example documents."""
 MAX_GROUPS = 100
 """Most values a ``by`` column may have."""
-BY_DATASET = "dataset"
+BY_DATASET = DATASET_FIELD
+"""``by`` value that compares whole datasets, each against the others (not a metadata column)."""
 REST = "(rest)"
 """``more_in`` of a row whose latent is more common in the rest than in its group (``by``)."""
-"""``by`` value that compares whole datasets, each against the others (not a metadata column)."""
 FEW_DOCS = 30
 """Below this many documents on a side, the result carries a warning."""
 
@@ -129,13 +129,14 @@ class DiffResult:
 
     @property
     def effect(self) -> str:
-        """The column the ranking uses: ``adj_diff`` when length-controlled, else ``diff``."""
-        return "adj_diff_b_minus_a" if self.length_controlled else "diff_b_minus_a"
+        """The column the ranking uses: ``adj_diff_b_minus_a`` when length-controlled, else
+        ``diff_b_minus_a``."""
+        return ranking_columns(self.length_controlled)[0]
 
     @property
     def qvalue(self) -> str:
         """The q-value column the ranking uses: ``adj_q`` when length-controlled, else ``q``."""
-        return "adj_q" if self.length_controlled else "q"
+        return ranking_columns(self.length_controlled)[1]
 
     def significant(self, q: float = 0.05) -> pl.DataFrame:
         """The rows whose (ranking) q-value is below ``q``."""
@@ -538,10 +539,16 @@ def _compare(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray,
     return pl.DataFrame(cols)
 
 
+def ranking_columns(length_control: bool) -> tuple[str, str]:
+    """(difference, q-value) columns that rank a diff: the length-controlled ones when
+    ``length_control``."""
+    return ("adj_diff_b_minus_a", "adj_q") if length_control else ("diff_b_minus_a", "q")
+
+
 def _finish(ctx: _Context, table: pl.DataFrame, length_control: bool, a: str, b: str) -> pl.DataFrame:
     """Add labels and ``more_in`` (``a`` or ``b``, the side where the latent is more
     common by the ranking difference) and rank: q-value, then larger |difference|, then latent."""
-    effect, q = ("adj_diff_b_minus_a", "adj_q") if length_control else ("diff_b_minus_a", "q")
+    effect, q = ranking_columns(length_control)
     table = table.with_columns(pl.col("latent").cast(pl.Int32)).join(ctx.labels, on="latent", how="left")
     table = table.with_columns(more_in=pl.when(pl.col(effect).fill_nan(0.0) > 0).then(pl.lit(b))
                                .when(pl.col(effect).fill_nan(0.0) < 0).then(pl.lit(a)).otherwise(pl.lit("")))
@@ -565,7 +572,7 @@ def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, leve
     sample = ctx.store.macro("latent_docs", ctx.sae_id, ctx.threshold, lat_ids, ctx.dataset_ids,
                              field=by, levels=levels, n=SAMPLE_DOCS) if needed else _empty_sample()
     sample = _ranked(sample.filter(pl.Series(ctx.present(sample, "n_tokens"))))  # strongest first per latent
-    effect = "adj_diff_b_minus_a" if length_control else "diff_b_minus_a"
+    effect = ranking_columns(length_control)[0]
     merged: dict[tuple[Any, int], list[int]] = {}
     dropped: set[tuple[Any, int]] = set()
     if ctx.merge and sample.height:

@@ -14,9 +14,9 @@ latent fired on (``tokens``); the two readings here are made from it:
   above). A rare latent (n * rate < 1) is present wherever it fires; a common one only
   where it fires more than its share, so a latent that fires once somewhere in a long
   document no longer counts. ``"any"`` is the plain reading: |pooled value| > threshold.
-- **weights** for clustering, search and association: ``log(1 + tokens) * idf`` (idf
-  over the documents analysed), each document's vector scaled to unit length: tf-idf
-  with concepts as terms.
+- **weights** for clustering (:func:`tfidf`): ``log(1 + tokens) * idf`` (idf over the
+  documents analysed), each document's vector scaled to unit length: tf-idf with
+  concepts as terms.
 
 Measured (benchmarks/bench_real.py), 4,607 Debian package descriptions in 25 sections,
 MiniLM and an SAE of 3,072 latents trained on them: presence cut the median latents per

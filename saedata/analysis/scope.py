@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
-from saedata.analysis.presence import is_present, tfidf
+from saedata.analysis.presence import is_present, no_token_counts_warning
 from saedata.analysis.words import weak_label
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import DatasetState, Store
@@ -154,17 +154,21 @@ class LatentMatrix:
         rates = np.asarray(self.tokens.sum(0)).ravel() / max(float(self.n_tokens.sum()), 1.0)
         T = self.tokens.tocoo()
         keep = is_present(T.data, self.n_tokens[T.row], T.col, rates) & (np.abs(self.X.tocoo().data) > threshold)
-        P = sparse.csr_matrix((np.ones(int(keep.sum()), dtype=bool), (T.row[keep], T.col[keep])), shape=T.shape)
-        return P
-
-    def weights(self) -> sparse.csr_matrix:
-        """(n_docs, d_sae) float64 tf-idf concept weights at unit length per document
-        (:func:`saedata.analysis.presence.tfidf`; from pooled presence without token counts)."""
-        return tfidf(self.tokens if self.tokens is not None else self.active().astype(np.float64))
+        return sparse.csr_matrix((np.ones(int(keep.sum()), dtype=bool), (T.row[keep], T.col[keep])), shape=T.shape)
 
     @property
     def has_tokens(self) -> bool:
         return self.tokens is not None
+
+
+def read_presence(lm: LatentMatrix, presence: str, threshold: float, what: str) -> tuple[sparse.csr_matrix, list[str]]:
+    """(n_docs, d_sae) bool: where each latent counts in each document, read as
+    ``presence`` says ("excess": :meth:`LatentMatrix.present`, "any":
+    :meth:`LatentMatrix.active`), and the warning when ``what`` (the documents, in words)
+    has no token counts, so "excess" falls back to "any"."""
+    if presence != "excess":
+        return lm.active(threshold), []
+    return lm.present(threshold), [] if lm.has_tokens else [no_token_counts_warning(what)]
 
 
 def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None) -> LatentMatrix:

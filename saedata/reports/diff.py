@@ -40,7 +40,7 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
         if group is not None:
             blocks.append(Text(f"{result.by} = {group} vs the rest", level=2))
         per_side = max(top // 2, 3) if group is None else max(top // 4, 3)
-        head = _two_sided(result, sub, per_side)
+        head = _two_sided(result, group, per_side)
         if head.height:
             names = [latent_name(r["latent"], r["label"], r["merged"]) for r in head.iter_rows(named=True)]
             fig = diverging_bars(names, head[result.effect].fill_nan(0.0).to_list(),
@@ -54,15 +54,16 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
         blocks.append(Table(result.display_table(sub), max_rows=TABLE_ROWS,
                             caption=f"Ranked latents ({sub.height} rows; first {min(TABLE_ROWS, sub.height)} shown)"))
         blocks.append(Text("Example documents", level=3))
-        blocks += _example_blocks(result, _two_sided(result, sub, n_examples // 2), group)
+        blocks += _example_blocks(result, _two_sided(result, group, n_examples // 2), group)
     return Report(f"saedata diff: {result.title()}", blocks,
                   subtitle="Which concepts (SAE latents) are more common on one side than the other.")
 
 
-def _two_sided(result: DiffResult, table: pl.DataFrame, per_side: int) -> pl.DataFrame:
-    """The first ``per_side`` rows of ``table`` (one group's) more common on each side."""
-    return pl.concat([table.filter(pl.col("more_in") == result.a_name).head(per_side),
-                      table.filter(pl.col("more_in") != result.a_name).head(per_side)])
+def _two_sided(result: DiffResult, group: str | None, per_side: int) -> pl.DataFrame:
+    """The first ``per_side`` rows more common on each side (:meth:`DiffResult.rows`), of
+    one group with ``by``."""
+    rows = result.rows(per_side)
+    return rows if group is None else rows.filter(pl.col("group") == group)
 
 
 def _how_to_read(result: DiffResult) -> str:
