@@ -376,9 +376,9 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
         x_b, n_b = counts[:, i], totals[i]
         group_lengths = _hist_arrays(hist, g)
         rest_lengths = (all_lengths[0], all_lengths[1] - _align(group_lengths, all_lengths[0]))
-        warnings += _length_warning(rest_lengths, group_lengths, f"the {REST}", f"{by}={v}", length_control)
+        warnings += _length_warning(rest_lengths, group_lengths, "the rest", f"{by}={v}", length_control)
         if length_control:
-            warnings += _overlap_warning(all_totals - n_b, n_b, f"the {REST}", f"{by}={v}")
+            warnings += _overlap_warning(all_totals - n_b, n_b, "the rest", f"{by}={v}")
         t = _compare(all_counts - x_b, all_totals - n_b, x_b, n_b, latents, length_control)
         t = _finish(ctx, t, length_control, REST, str(v))
         tables.append(t.select(pl.lit(str(v)).alias("group"), pl.all()))

@@ -124,6 +124,14 @@ def test_same_input_gives_a_byte_identical_table(demo_store, demo_diff):
     assert again.examples.write_csv() == demo_diff.examples.write_csv()
 
 
+def test_by_column_warnings_name_the_rest_in_words(demo_store):
+    # the demo's questions add a sentence: the length warning compares them with the rest
+    result = diff(demo_store["db"], "b", by="is_question")
+    lengths = [w for w in result.warnings if "document lengths differ" in w]
+    assert lengths and all("in the rest" in w and "(rest)" not in w for w in lengths), lengths
+    assert set(result.table["more_in"]) <= {"(rest)", "true", "false", ""}
+
+
 def test_by_column_gives_one_vs_rest_rows_per_value(demo_store):
     result = diff(demo_store["db"], "a", by="topic")
     topics = sorted(t for t in set(make_corpus(160, seed=11, id_prefix="a")[i]["topic"] for i in range(160)))
