@@ -15,8 +15,8 @@ and cluster on those alone:
    fires; ``"tfidf"``: those 1s weighted by ln((1 + n) / (1 + df)) + 1. Each row is
    scaled to unit length, which makes Euclidean k-means behave like cosine k-means;
    documents with none of the latents stay at the origin, together. On 4,607 Debian
-   package descriptions (25 sections) "tokens" gave NMI 0.589 at k = 25 against 0.571
-   for k-means on the dense MiniLM embedding.
+   package descriptions (25 sections) "tokens" gave NMI 0.590 at k = 25 against 0.584
+   for k-means on the dense MiniLM embedding in the same run (benchmarks/bench_real.py).
 2. k-means (k given, or chosen by stability and silhouette over 2..max_k, see
    :func:`choose_k`, which says so when no k is clearly better; n_init=10,
    random_state=seed) or HDBSCAN (noise label -1). Features wider than 256 latents are
