@@ -47,17 +47,17 @@ def _records(dump: str):
             yield rec
 
 
-def translations() -> dict[str, str]:
-    """Description-md5 -> Description-en from apt's Translation-en lists."""
+def translations(lang: str = "en") -> dict[str, str]:
+    """Description-md5 -> the description in ``lang`` from apt's Translation lists."""
     out: dict[str, str] = {}
-    for path in sorted(Path("/var/lib/apt/lists").glob("*_i18n_Translation-en*")):
+    for path in sorted(Path("/var/lib/apt/lists").glob(f"*_i18n_Translation-{lang}*")):
         text = subprocess.run(["/usr/lib/apt/apt-helper", "cat-file", str(path)], capture_output=True,
                               text=True, check=True).stdout
         for rec in _records(text):
-            if "Description-md5" in rec and "Description-en" in rec:
-                out[rec["Description-md5"]] = rec["Description-en"]
+            if "Description-md5" in rec and f"Description-{lang}" in rec:
+                out[rec["Description-md5"]] = rec[f"Description-{lang}"]
     if not out:
-        raise SystemExit("no long descriptions: run `apt-get update -o Acquire::Languages=en` first")
+        raise SystemExit(f"no long descriptions: run `apt-get update -o Acquire::Languages={lang}` first")
     return out
 
 
@@ -101,6 +101,50 @@ def debian(out: Path, per_section: int = 200, seed: int = 0, sections=SECTIONS,
                 seen.add(row["id"])
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return out
+
+
+def debian_pair(out_a: Path, out_b: Path, n_docs: int = 1000, lang: str = "de", lang_share: float = 0.22,
+                theme: str = "games", theme_share: float = 0.15, seed: int = 0) -> tuple[Path, Path]:
+    """Two corpora of Debian package descriptions with two known differences: A is
+    English, spread evenly over SECTIONS; in B, ``lang_share`` of the documents are the
+    ``lang`` translations of other packages' descriptions (the strong difference) and
+    ``theme_share`` are from section ``theme`` (the weaker one: A has 1/len(SECTIONS)).
+    JSONL: id, text, section, lang. Needs `apt-get update -o Acquire::Languages=en,LANG`."""
+    dump = subprocess.run(["apt-cache", "dumpavail"], capture_output=True, text=True, check=True).stdout
+    english, other = translations("en"), translations(lang)
+    pool: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # section -> (package, md5, English text)
+    seen: set[str] = set()
+    for rec in _records(dump):
+        section = rec.get("Section", "").split("/")[-1]
+        md5 = rec.get("Description-md5", "")
+        if section in SECTIONS and md5 in english and md5 not in seen and len(english[md5]) >= 120:
+            seen.add(md5)
+            pool[section].append((rec["Package"], md5, description_text(english[md5])))
+    rng = random.Random(seed)
+    for items in pool.values():
+        items.sort()
+        rng.shuffle(items)
+    used: set[str] = set()
+
+    def take(section: str, n: int, need_lang: bool = False) -> list[tuple[str, str, str]]:
+        got = [x for x in pool[section] if x[1] not in used and (not need_lang or x[1] in other)][:n]
+        used.update(x[1] for x in got)
+        return got
+
+    per = n_docs // len(SECTIONS)
+    a = [{"id": p, "text": t, "section": s, "lang": "en"} for s in SECTIONS for p, _, t in take(s, per)]
+    n_lang, n_theme = round(n_docs * lang_share), round(n_docs * theme_share)
+    others = [s for s in SECTIONS if s != theme]
+    rest = (n_docs - n_lang - n_theme) // len(others)
+    b = [{"id": p, "text": t, "section": s, "lang": "en"} for s in others for p, _, t in take(s, rest)]
+    b += [{"id": p, "text": t, "section": theme, "lang": "en"} for p, _, t in take(theme, n_theme)]
+    translated = [(s, x) for s in others for x in take(s, -(-n_lang // len(others)), need_lang=True)][:n_lang]
+    b += [{"id": p, "text": description_text(other[md5]), "section": s, "lang": lang} for s, (p, md5, _) in translated]
+    for docs, path in ((a, out_a), (b, out_b)):
+        rng.shuffle(docs)
+        with path.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+    return out_a, out_b
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,27 +89,31 @@ FROM active AS c, sizes AS s, ids
 LEFT JOIN latents AS l ON l.sae_id = ids.sae AND l.latent = c.latent
 ORDER BY abs(z) DESC NULLS LAST, c.latent;
 
--- latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000):
--- where the latents of `latent_ids` are active (|value| > thr) among the first n
--- documents (by doc_id) of each dataset, with each document's group as in doc_strata,
--- the tokens the latent fired on and the document's n_tokens, strongest first within
--- each latent. The sample `saedata diff` takes example
--- documents and near-duplicate latents from.
---   SELECT latent, count(*) FROM latent_docs(1, 0, [3, 42], [1, 2]) GROUP BY ALL;
-CREATE OR REPLACE MACRO latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000) AS TABLE
+-- doc_sample(dataset_ids, field := NULL, levels := [], n := 20000): the first n
+-- documents (by doc_id) of each dataset, with each document's group as in doc_strata:
+-- the sample `saedata diff` takes example documents, near-duplicate latents and
+-- findings from.
+--   SELECT grp, count(*) FROM doc_sample([1, 2], n := 1000) GROUP BY grp;
+CREATE OR REPLACE MACRO doc_sample(dataset_ids, field := NULL, levels := [], n := 20000) AS TABLE
 WITH cut AS (
     -- the n-th smallest doc_id of each dataset (a top-n aggregate, no sort)
     SELECT dataset_id, list_max(min(doc_id, n)) AS last
     FROM documents
     WHERE dataset_id IN (SELECT unnest(dataset_ids))
     GROUP BY dataset_id
-), sample AS (
-    SELECT s.doc_id, s.grp, s.n_tokens
-    FROM doc_strata(dataset_ids, field, levels) AS s JOIN cut USING (dataset_id)
-    WHERE s.doc_id <= cut.last
 )
+SELECT s.doc_id, s.grp, s.n_tokens
+FROM doc_strata(dataset_ids, field, levels) AS s JOIN cut USING (dataset_id)
+WHERE s.doc_id <= cut.last;
+
+-- latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000):
+-- where the latents of `latent_ids` are active (|value| > thr) in doc_sample, with the
+-- tokens the latent fired on and the document's n_tokens, strongest first within
+-- each latent.
+--   SELECT latent, count(*) FROM latent_docs(1, 0, [3, 42], [1, 2]) GROUP BY ALL;
+CREATE OR REPLACE MACRO latent_docs(sae, thr, latent_ids, dataset_ids, field := NULL, levels := [], n := 20000) AS TABLE
 SELECT a.doc_id, s.grp, a.latent, a.value, a.peak, a.tokens, s.n_tokens
-FROM sample AS s
+FROM doc_sample(dataset_ids, field, levels, n) AS s
 JOIN activations AS a USING (doc_id)
 WHERE a.sae_id = sae AND abs(a.value) > thr AND list_contains(latent_ids, a.latent)
 ORDER BY a.latent, abs(a.value) DESC, a.doc_id;

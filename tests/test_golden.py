@@ -88,11 +88,16 @@ def golden_run(tmp_path_factory) -> dict:
                                        "--train-tokens", "60000", "--report", str(report), "--top", "25", "-q"))
     html = re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', report.read_text(encoding="utf-8"))
     _record(outputs, "diff report", html)
-    _record(outputs, "diff csv", run("diff", "a", "b", "--db", db, "--format", "csv", "--top", "0"))
+    _record(outputs, "diff csv", run("diff", "a", "b", "--db", db, "--format", "csv", "--top", "0", "--by-latent"))
+    _record(outputs, "diff findings", run("diff", "a", "b", "--db", db, "--format", "csv", "--top", "0"))
     _record(outputs, "diff no length control", run("diff", "a", "b", "--db", db, "--no-length-control",
-                                                   "--format", "csv", "--top", "40"))
-    _record(outputs, "diff by topic", run("diff", "a", "--db", db, "--by", "topic", "--format", "csv", "--top", "0"))
-    _record(outputs, "diff by dataset", run("diff", "--by", "dataset", "--db", db, "--format", "csv", "--top", "30"))
+                                                   "--format", "csv", "--top", "40", "--by-latent"))
+    _record(outputs, "diff by topic", run("diff", "a", "--db", db, "--by", "topic", "--format", "csv", "--top", "0",
+                                          "--by-latent"))
+    _record(outputs, "diff by topic findings", run("diff", "a", "--db", db, "--by", "topic", "--format", "csv",
+                                                   "--top", "0"))
+    _record(outputs, "diff by dataset", run("diff", "--by", "dataset", "--db", db, "--format", "csv", "--top", "30",
+                                            "--by-latent"))
     _record(outputs, "correlate", run("correlate", "--db", db, "--format", "csv", "--top", "30"))
     _record(outputs, "correlate with topic", run("correlate", "--db", db, "--with", "topic", "--format", "csv"))
     _record(outputs, "correlate with n_words", run("correlate", "--db", db, "--with", "n_words", "--format", "csv"))

@@ -43,6 +43,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from saedata.analysis.findings import CANDIDATES, Sides, group_findings
 from saedata.analysis.presence import Presence, check_presence, is_present, no_token_counts_warning, scope_rates
 from saedata.analysis.scope import DATASET_FIELD, latent_labels, opened, resolve_scope
 from saedata.analysis.stats import (
@@ -59,10 +60,10 @@ from saedata.analysis.words import label_words
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import DatasetState, Store, length_floor
 
-SAMPLE_DOCS = 20_000
-"""Documents per dataset (the first, by doc_id) that examples and duplicates are read from."""
 MERGE_CANDIDATES = 100
 """Top-ranked latents (per group and side) checked for near-duplicates."""
+SAMPLE_DOCS = 20_000
+"""Documents per dataset (the first, by doc_id) that examples and duplicates are read from."""
 TOP_DOCS = 20
 """Top documents per latent compared by the duplicate check."""
 DUPLICATE_JACCARD = 0.5
@@ -126,6 +127,18 @@ class DiffResult:
     presence: str = "excess"
     """How presence was read: "excess" (fires on more tokens than chance, the default) or
     "any" (fires at all); see :mod:`saedata.analysis.presence`."""
+    findings: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """One row per finding (:mod:`saedata.analysis.findings`), in rank order (per group
+    with ``by``): finding (its rank), more_in, description, lead (the latent that
+    started it), n_latents, share_a and share_b (fractions of each side's sampled
+    documents that are the finding's documents), the lead's label and statistics
+    (freq_a, freq_b, the differences, q-values), latents (the lead and the latents it
+    explains, more common on the same side), fewer (latents it explains that its
+    documents lack), weak (every member's label is weak)."""
+    finding_examples: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """finding, doc_id, ext_id, members (of the finding's latents present), value and peak
+    (of its lead), at_word, text (plus ``group`` with ``by``): each finding's typical
+    documents on its side."""
 
     @property
     def effect(self) -> str:
@@ -155,8 +168,9 @@ class DiffResult:
         n_sig = self.significant().height
         reading = "present beyond chance" if self.presence == "excess" else "fires at all"
         threshold = f", threshold {self.threshold:g}" if self.threshold else ""
+        found = f" in {self.findings.height} findings" if self.findings.height else ""
         return (f"{self.title()} ({sizes} documents; SAE {self.sae_id}, presence: {reading}{threshold}, "
-                f"{how}): {n_sig} of {self.table.height} latent rows differ at q < 0.05")
+                f"{how}): {n_sig} of {self.table.height} latent rows differ at q < 0.05{found}")
 
     def rows(self, top: int | None = None, compact: bool = False) -> pl.DataFrame:
         """The ``top`` first rows more common on each side (per group with ``by``; all rows
@@ -179,6 +193,22 @@ class DiffResult:
                 + (["adj_diff_b_minus_a", "adj_q"] if self.length_controlled else ["q"]) + ["merged"])
         return self.display_table(table.select(cols))
 
+    def finding_rows(self, top: int | None = None, compact: bool = False) -> pl.DataFrame:
+        """The findings, in rank order: the ``top`` first more common on each side (per
+        group with ``by``; all when None or 0), so a strong difference one way cannot
+        hide the other. ``compact`` keeps the columns a reader scans (group, finding,
+        more_in, description, n_latents, share_a, share_b, the lead's ranking difference
+        and q, lead)."""
+        table = self.findings
+        if top and table.height:
+            group = pl.col("group") if self.by else pl.lit(0)
+            table = table.filter(pl.int_range(pl.len()).over(group, "more_in") < top)
+        if not compact:
+            return table
+        cols = ((["group"] if self.by else []) + ["finding", "more_in", "description", "n_latents", "share_a",
+                                                  "share_b", self.effect, self.qvalue, "lead"])
+        return table.select([c for c in cols if c in table.columns])
+
     @property
     def a_name(self) -> str:
         """How ``more_in`` names side a: dataset a, or with ``by`` the rest of the documents
@@ -187,10 +217,10 @@ class DiffResult:
 
     @staticmethod
     def display_table(table: pl.DataFrame) -> pl.DataFrame:
-        """``table`` (or a part of it) with ``merged`` as text, for HTML and CSV."""
-        if "merged" not in table.columns:
-            return table
-        return table.with_columns(pl.col("merged").list.eval(pl.element().cast(pl.String)).list.join(","))
+        """``table`` (or a part of it) with its lists of latents (``merged``, ``latents``,
+        ``fewer``) as text, for HTML and CSV."""
+        lists = [c for c in ("merged", "latents", "fewer") if isinstance(table.schema.get(c), pl.List)]
+        return table.with_columns(pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(",") for c in lists)
 
 # -- public API --------------------------------------------------------------------------
 
@@ -256,7 +286,8 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, presence: 
         if paired_on is not None and b is None:
             raise ConfigError("--paired-on pairs the documents of two datasets; give a second dataset")
         scope = resolve_scope(store, [a] + ([b] if b is not None else []), sae_id)
-    labels = latent_labels(store, scope.sae_id).select("latent", "label")
+    all_labels = latent_labels(store, scope.sae_id)
+    labels = all_labels.select("latent", "label")
     warnings: list[str] = []
     rates = None
     if presence == "excess":
@@ -266,7 +297,7 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, presence: 
             presence = "any"
             warnings.append(no_token_counts_warning(scope.describe()))
     ctx = _Context(store, list(scope.states), scope.sae_id, float(threshold), labels, examples, merge_duplicates,
-                   min_docs, rates)
+                   min_docs, rates, frozenset(all_labels.filter("weak")["latent"].to_list()))
     if by is not None:
         result = _diff_by(ctx, by, length_control, length_bins)
     elif paired_on is not None:
@@ -289,6 +320,8 @@ class _Context:
     rates: np.ndarray | None = None
     """Token rates of the latents over the compared documents when presence is "excess"
     (None: presence is "fires at all")."""
+    weak: frozenset[int] = frozenset()
+    """Latents whose labels are weak (punctuation, function words)."""
 
     @property
     def dataset_ids(self) -> list[int]:
@@ -321,11 +354,11 @@ def _diff_two(ctx: _Context, length_control: bool, length_bins: int) -> DiffResu
     table = _compare(counts[:, 0], totals[0], counts[:, 1], totals[1], latents, length_control)
     table = _finish(ctx, table, length_control, sa.name, sb.name)
     sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
-    table, examples = _merge_and_examples(ctx, table, None, [], length_control, {None: sides})
-    warnings += _significance_warning(table, length_control, f"{sa.name} and {sb.name}")
-    return DiffResult(table, examples, warnings, sa.name, sb.name, threshold=ctx.threshold,
+    ranked = _merge_and_examples(ctx, table, None, [], length_control, {None: sides})
+    warnings += _significance_warning(ranked.table, length_control, f"{sa.name} and {sb.name}")
+    return DiffResult(ranked.table, ranked.examples, warnings, sa.name, sb.name, threshold=ctx.threshold,
                       length_controlled=length_control, n_docs={sa.name: sa.n_docs, sb.name: sb.n_docs},
-                      sae_id=ctx.sae_id)
+                      sae_id=ctx.sae_id, findings=ranked.findings, finding_examples=ranked.finding_examples)
 
 
 def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> DiffResult:
@@ -384,12 +417,12 @@ def _diff_by(ctx: _Context, by: str, length_control: bool, length_bins: int) -> 
         tables.append(t.select(pl.lit(str(v)).alias("group"), pl.all()))
     table = pl.concat(tables)
     side_names = {str(v): {g: str(v)} for g, v in zip(groups, levels)}
-    table, examples = _merge_and_examples(ctx, table, field, levels, length_control, side_names)
-    warnings += _significance_warning(table, length_control, "the datasets" if field is None else
+    ranked = _merge_and_examples(ctx, table, field, levels, length_control, side_names)
+    warnings += _significance_warning(ranked.table, length_control, "the datasets" if field is None else
                                       f"the values of {by!r}")
-    return DiffResult(table, examples, warnings, name, None, by=by, threshold=ctx.threshold,
+    return DiffResult(ranked.table, ranked.examples, warnings, name, None, by=by, threshold=ctx.threshold,
                       length_controlled=length_control, n_docs={str(v): sizes[v] for v in levels},
-                      sae_id=ctx.sae_id)
+                      sae_id=ctx.sae_id, findings=ranked.findings, finding_examples=ranked.finding_examples)
 
 
 def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
@@ -446,10 +479,11 @@ def _diff_paired(ctx: _Context, field_name: str) -> DiffResult:
     })
     table = _finish(ctx, table, False, sa.name, sb.name)
     sides = {sa.dataset_id: sa.name, sb.dataset_id: sb.name}
-    table, examples = _merge_and_examples(ctx, table, None, [], False, {None: sides})
-    warnings += _significance_warning(table, False, f"the pairs of {sa.name} and {sb.name}")
-    return DiffResult(table, examples, warnings, sa.name, sb.name, paired_on=field_name,
-                      threshold=ctx.threshold, n_docs={sa.name: n_pairs, sb.name: n_pairs}, sae_id=ctx.sae_id)
+    ranked = _merge_and_examples(ctx, table, None, [], False, {None: sides})
+    warnings += _significance_warning(ranked.table, False, f"the pairs of {sa.name} and {sb.name}")
+    return DiffResult(ranked.table, ranked.examples, warnings, sa.name, sb.name, paired_on=field_name,
+                      threshold=ctx.threshold, n_docs={sa.name: n_pairs, sb.name: n_pairs}, sae_id=ctx.sae_id,
+                      findings=ranked.findings, finding_examples=ranked.finding_examples)
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -559,26 +593,35 @@ def _finish(ctx: _Context, table: pl.DataFrame, length_control: bool, a: str, b:
             .drop("_abs"))
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """The merged table, its examples and its findings (see :func:`_merge_and_examples`)."""
+
+    table: pl.DataFrame
+    examples: pl.DataFrame
+    findings: pl.DataFrame
+    finding_examples: pl.DataFrame
+
+
 def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, levels: list[str],
-                        length_control: bool, side_names: dict[Any, dict[int, str]]
-                        ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Fold near-duplicate latents into the strongest (``merged``) and pick examples."""
+                        length_control: bool, side_names: dict[Any, dict[int, str]]) -> _Ranked:
+    """Fold near-duplicate latents into the strongest (``merged``), pick examples and
+    group the significant latents into findings."""
     has_group = "group" in table.columns
     group_col = pl.col("group") if has_group else pl.lit(None, pl.String)
     table = table.with_columns(_grp=group_col, _rank=pl.int_range(pl.len()).over(group_col, "more_in"))
-    candidates = table.filter(pl.col("_rank") < MERGE_CANDIDATES)
+    candidates = table.filter(pl.col("_rank") < CANDIDATES)
     lat_ids = sorted(set(candidates["latent"].to_list()))
-    needed = lat_ids and (ctx.merge or ctx.examples > 0)
     sample = ctx.store.macro("latent_docs", ctx.sae_id, ctx.threshold, lat_ids, ctx.dataset_ids,
-                             field=by, levels=levels, n=SAMPLE_DOCS) if needed else _empty_sample()
+                             field=by, levels=levels, n=SAMPLE_DOCS) if lat_ids else _empty_sample()
     sample = _ranked(sample.filter(pl.Series(ctx.present(sample, "n_tokens"))))  # strongest first per latent
-    effect = ranking_columns(length_control)[0]
+    effect, qcol = ranking_columns(length_control)
     merged: dict[tuple[Any, int], list[int]] = {}
     dropped: set[tuple[Any, int]] = set()
     if ctx.merge and sample.height:
         labels = dict(ctx.labels.iter_rows())
         dup = _duplicates(sample, lat_ids, sum(min(s.n_docs, SAMPLE_DOCS) for s in ctx.states), labels)
-        for grp, rows in candidates.group_by("_grp", maintain_order=True):
+        for grp, rows in candidates.filter(pl.col("_rank") < MERGE_CANDIDATES).group_by("_grp", maintain_order=True):
             kept: list[tuple[int, float]] = []
             for latent, sign in zip(rows["latent"].to_list(), np.sign(rows[effect].fill_nan(0).to_numpy())):
                 key = (grp[0], latent)
@@ -600,8 +643,78 @@ def _merge_and_examples(ctx: _Context, table: pl.DataFrame, by: str | None, leve
              .join(folded, on=["_grp", "latent"], how="left", nulls_equal=True, maintain_order="left")
              .with_columns(pl.col("merged").fill_null(pl.lit([], dtype=pl.List(pl.Int32)))))
     table = table.with_columns(_rank=pl.int_range(pl.len()).over(pl.col("_grp"), "more_in"))
+    findings, doc_sets = _findings(ctx, table, sample, by, levels, effect, qcol, side_names)
     examples = _examples(ctx, table.filter(pl.col("_rank") < EXAMPLE_LATENTS), sample, side_names, has_group)
-    return table.drop("_grp", "_rank"), examples
+    finding_examples = _finding_examples(ctx, findings, doc_sets, sample)
+    if not has_group:
+        findings = findings.drop("group")
+        finding_examples = finding_examples.drop("group")
+    return _Ranked(table.drop("_grp", "_rank"), examples, findings, finding_examples)
+
+
+def _findings(ctx: _Context, table: pl.DataFrame, sample: pl.DataFrame, by: str | None, levels: list[str],
+              effect: str, qcol: str, side_names: dict[Any, dict[int, str]]
+              ) -> tuple[pl.DataFrame, dict[tuple[Any, int], np.ndarray]]:
+    """The findings of each comparison (:mod:`saedata.analysis.findings`), with their
+    leads' statistics, and the sample documents of each (group, finding)."""
+    sizes = (ctx.store.macro("doc_sample", ctx.dataset_ids, field=by, levels=levels, n=SAMPLE_DOCS)
+             .group_by("grp").len())
+    size = dict(zip(sizes["grp"].to_list(), sizes["len"].to_list()))
+    labels = dict(ctx.labels.iter_rows())
+    frames, doc_sets = [], {}
+    for grp, names in side_names.items():
+        if grp is None:  # two datasets: side a's group first, then b's
+            (ga, _), (gb, _) = names.items()
+            sides = Sides(frozenset([ga]), frozenset([gb]), size.get(ga, 0), size.get(gb, 0))
+        else:  # by: the group against every other group
+            ((gb, _),) = names.items()
+            rest = frozenset(g for g in size if g is not None and g != gb)
+            sides = Sides(rest, frozenset([gb]), sum(size[g] for g in rest), size.get(gb, 0))
+        if min(sides.n_a, sides.n_b) == 0:
+            continue
+        rows = table.filter((pl.col("_grp").eq_missing(grp)) & (pl.col(qcol) < 0.05) & (pl.col("_rank") < CANDIDATES))
+        found, docs = group_findings(rows, sample, sides, effect, labels, ctx.weak)
+        frames.append(found.with_columns(group=pl.lit(grp, pl.String)))
+        doc_sets |= {(grp, k): v for k, v in docs.items()}
+    stats = [c for c in ("more_in", "label", "freq_a", "freq_b", "diff_b_minus_a", "adj_diff_b_minus_a", "q",
+                         "adj_q", "n_a_only", "n_b_only") if c in table.columns]
+    lead = table.select(pl.col("_grp").alias("group"), pl.col("latent").alias("lead"), *stats)
+    columns = (["group", "finding", "more_in", "description", "lead", "n_latents", "share_a", "share_b"] + stats[1:]
+               + ["latents", "fewer", "weak"])
+    if not frames:
+        return pl.DataFrame(schema=lead.schema | {"finding": pl.Int32, "description": pl.String,
+                                                  "n_latents": pl.UInt32, "share_a": pl.Float64,
+                                                  "share_b": pl.Float64, "latents": pl.List(pl.Int32),
+                                                  "fewer": pl.List(pl.Int32), "weak": pl.Boolean}
+                            ).select(columns), doc_sets
+    found = (pl.concat(frames).join(lead, on=["group", "lead"], how="left", nulls_equal=True, maintain_order="left")
+             .with_columns(n_latents=pl.col("latents").list.len() + pl.col("fewer").list.len()))
+    return found.select(columns), doc_sets
+
+
+def _finding_examples(ctx: _Context, findings: pl.DataFrame, doc_sets: dict[tuple[Any, int], np.ndarray],
+                      sample: pl.DataFrame) -> pl.DataFrame:
+    """For each finding, the ``examples`` sample documents of its side where most of its
+    members are present (then where its lead is strongest)."""
+    schema = {"group": pl.String, "finding": pl.Int32, "doc_id": pl.Int64, "ext_id": pl.String, "members": pl.UInt32,
+              "value": pl.Float32, "peak": pl.Int32, "at_word": pl.String, "text": pl.String}
+    picks = []
+    for row in findings.iter_rows(named=True):
+        docs = doc_sets.get((row["group"], row["finding"]))
+        if docs is None or ctx.examples == 0:
+            continue
+        rows = sample.filter(pl.col("doc_id").is_in(docs.tolist()) & pl.col("latent").is_in(row["latents"]))
+        lead = rows.filter(pl.col("latent") == row["lead"]).select("doc_id", "value", "peak")
+        counts = rows.group_by("doc_id").agg(members=pl.len())
+        best = lead.join(counts, on="doc_id").sort(["members", "value", "doc_id"], descending=[True, True, False])
+        picks.append(best.head(ctx.examples).with_columns(group=pl.lit(row["group"], pl.String),
+                                                          finding=pl.lit(row["finding"], pl.Int32)))
+    if not picks:
+        return pl.DataFrame(schema=schema)
+    frame = pl.concat(picks).with_row_index("i")
+    texts = ctx.store.macro("doc_words", frame["doc_id"].to_list(), frame["peak"].to_list()).rename(
+        {"pos": "i"}).with_columns(pl.col("i").cast(pl.UInt32))
+    return frame.join(texts.drop("doc_id"), on="i", how="left").sort("i").select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
 
 def _empty_sample() -> pl.DataFrame:

@@ -49,7 +49,7 @@ from saedata.config import ReaderConfig
 @sae_id_option
 @presence_option
 @threshold_option
-@top_option(10, "Rows to show more common on each side (per group with --by; 0 for all).")
+@top_option(10, "Findings (or latents) to show more common on each side (per group with --by; 0 for all).")
 @report_option("Write an offline HTML report (bars, table, example documents) here.")
 @click.option("--no-length-control", is_flag=True,
               help="Skip the length-stratified comparison (adj_* columns) and rank by the raw difference.")
@@ -58,6 +58,9 @@ from saedata.config import ReaderConfig
               help="Split dataset A by this metadata column: each value vs the rest. `--by dataset` compares "
                    "every dataset (or A and B) each against the others.")
 @click.option("--no-merge", is_flag=True, help="Keep near-duplicate latents as separate rows.")
+@click.option("--by-latent", is_flag=True,
+              help="Print the ranked latents instead of the findings (latents grouped by the documents that "
+                   "explain them).")
 @click.option("--examples", type=CARDINAL, default=3, show_default=True, help="Example documents per side and latent.")
 @replace_option
 @format_option
@@ -67,15 +70,17 @@ from saedata.config import ReaderConfig
 @quiet_option
 @click.pass_context
 def diff(ctx, a, b, db, sae_path, sae_id, presence, threshold, top, report_path, no_length_control, paired_on, by,
-         no_merge, examples, replace, fmt, **kw):
+         no_merge, by_latent, examples, replace, fmt, **kw):
     """Diff the concepts of A and B: which latents are more common on one side.
 
     A and B are two corpus files (embedded into --db first, training an SAE on both
     when the store has none) or two dataset names in --db (a store file or a shard
     folder). With --by COLUMN, A alone is split by a metadata column into one-vs-rest
     diffs; with --by dataset and no A, every dataset is compared with the others.
-    Ranked by q-value, then by the size of the difference; the adj_* columns compare
-    documents of similar length.
+    Prints findings: the significant latents grouped by the documents that explain
+    them (one finding per difference, described by its latents' labels), ranked by
+    their lead latent's q-value, then by the size of its difference; --by-latent prints
+    the latents themselves. The adj_* columns compare documents of similar length.
     """
     if a is None and by != "dataset":
         raise click.UsageError("give A (and B), or --by dataset to compare every dataset of the store")
@@ -89,12 +94,15 @@ def diff(ctx, a, b, db, sae_path, sae_id, presence, threshold, top, report_path,
         log(ctx)(f"warning: {w}")
     if report_path:
         log(ctx)(f"wrote {saedata.write_report(result, report_path)}")
+    no_findings = not by_latent and result.findings.height == 0 and fmt == "table"
+    rows = result.rows if by_latent or no_findings else result.finding_rows
     if fmt == "table":
         click.echo(result.summary())
-        emit(short_numbers(result.rows(top, compact=True)), fmt)
+        if no_findings:
+            click.echo("no finding: no latent differs at q < 0.05; the latents nearest to it:")
+        emit(short_numbers(result.display_table(rows(top, compact=True))), fmt)
     else:
-        rows = result.rows(top)
-        emit(result.display_table(rows) if fmt == "csv" else rows, fmt)
+        emit(result.display_table(rows(top)) if fmt == "csv" else rows(top), fmt)
 
 
 @main.command(epilog=example("saedata associate --target is_question --top 5",

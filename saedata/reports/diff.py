@@ -39,6 +39,8 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
         a, b = ("the rest", f"{result.by}={group}") if result.by else (result.a, result.b or "")
         if group is not None:
             blocks.append(Text(f"{result.by} = {group} vs the rest", level=2))
+        blocks += _finding_blocks(result, group, max(top // 2, 3) if group is None else max(top // 4, 3))
+        blocks.append(Text("Latents", level=3 if group is not None else 2))
         per_side = max(top // 2, 3) if group is None else max(top // 4, 3)
         head = _two_sided(result, group, per_side)
         if head.height:
@@ -57,6 +59,57 @@ def diff_report(result: DiffResult, top: int = 20) -> Report:
         blocks += _example_blocks(result, _two_sided(result, group, n_examples // 2), group)
     return Report(f"saedata diff: {result.title()}", blocks,
                   subtitle="Which concepts (SAE latents) are more common on one side than the other.")
+
+
+def _finding_blocks(result: DiffResult, group: str | None, per_side: int) -> list:
+    """The findings of one comparison: a table, then each finding with its latents and
+    typical documents."""
+    found = result.finding_rows(per_side)
+    ex = result.finding_examples
+    if group is not None:
+        found = found.filter(pl.col("group") == group)
+        ex = ex.filter(pl.col("group") == group)
+    level = 3 if group is not None else 2
+    if found.height == 0:
+        return [Text("Findings", level=level), Text("No latent differs significantly, so there is no finding.")]
+    blocks: list = [Text("Findings", level=level),
+                    Text("A finding is one difference: a lead latent and the significant latents whose difference "
+                         "its documents explain (comparing documents inside and outside them, less than half of "
+                         "their difference is left). Its documents are those where enough of its latents are present; "
+                         "share_a and share_b are the fractions of each side's documents that are its documents. "
+                         "Ranked by the lead's q-value."),
+                    Table(result.display_table(result.finding_rows(per_side, compact=True).filter(
+                        pl.col("finding").is_in(found["finding"].implode()) & (
+                            pl.col("group") == group if group is not None else pl.lit(True)))),
+                          caption=f"The {per_side} first findings more common on each side, of "
+                                  f"{_count(result.findings, group)}")]
+    labels = dict(zip(result.table["latent"].to_list(), result.table["label"].to_list()))
+    q = result.qvalue
+    for row in found.iter_rows(named=True):
+        parts = [f"<h4>{row['finding']}. More in {html.escape(str(row['more_in']))}: "
+                 f"{html.escape(row['description'])}</h4>",
+                 f"<p class='sub'>its documents: {row['share_a']:.1%} of side a, {row['share_b']:.1%} of side b. "
+                 f"Lead latent {html.escape(latent_name(row['lead'], row['label']))}: present in "
+                 f"{row['freq_a']:.1%} of side a, {row['freq_b']:.1%} of side b; q = {row[q]:.2g}. "
+                 f"{_members(row['latents'], labels, 'more common in its documents')}"
+                 + (f"; {_members(row['fewer'], labels, 'its documents lack')}" if row["fewer"] else "")
+                 + "</p>"]
+        for d in ex.filter(pl.col("finding") == row["finding"]).iter_rows(named=True):
+            parts.append(doc_snippet_at(d["text"] or "", d["peak"]))
+        blocks.append(Html("".join(parts)))
+    return blocks
+
+
+def _count(findings: pl.DataFrame, group: str | None) -> int:
+    return findings.height if group is None else findings.filter(pl.col("group") == group).height
+
+
+def _members(latents: list[int], labels: dict[int, str | None], where: str, shown: int = 8) -> str:
+    """``3 latents more common in its documents: 12 dog / puppy, 40 cat, 7 (no label)``,
+    the first ``shown`` named."""
+    names = ", ".join(html.escape(latent_name(x, labels.get(x))) for x in latents[:shown])
+    more = f", and {len(latents) - shown} more" if len(latents) > shown else ""
+    return f"{len(latents)} latent{'s' if len(latents) != 1 else ''} {where}: {names}{more}"
 
 
 def _two_sided(result: DiffResult, group: str | None, per_side: int) -> pl.DataFrame:

@@ -367,11 +367,15 @@ def test_cli_diff_two_files_embeds_then_diffs(two_files, tiny_bert, tmp_path):
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("a vs b (a: 40, b: 40 documents")
-    assert "more_in" in lines[2] and "adj_q" in lines[2] and len(lines) == 1 + 4 + 2 * 5  # 5 per side
+    # a random SAE: nothing differs, so no finding, and the nearest latents instead
+    assert lines[1].startswith("no finding: no latent differs at q < 0.05")
+    assert "more_in" in lines[3] and "adj_q" in lines[3] and len(lines) == 2 + 4 + 2 * 5  # 5 per side
     assert report.exists() and result.stderr == ""
     with saedata.open(db) as store:
         assert store.datasets()["name"].to_list() == ["a", "b"]
     again = CliRunner().invoke(main, args[:-3] + ["--format", "json"])  # already embedded: diff only
+    assert again.exit_code == 0 and json.loads(again.stdout) == []  # no finding
+    again = CliRunner().invoke(main, args[:-3] + ["--format", "json", "--by-latent"])
     assert again.exit_code == 0 and len(json.loads(again.stdout)) == 10
 
 
@@ -414,23 +418,29 @@ def test_cli_diff_trains_an_sae_on_both_files(two_files, tiny_bert, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "training an SAE on" in result.stderr and "together" in result.stderr
     assert (tmp_path / "run.sae" / "cfg.json").exists()
-    assert result.stdout.splitlines()[0].startswith("more_in,latent,label,n_a,n_b")
+    assert result.stdout.splitlines()[0].startswith("finding,more_in,description,lead,n_latents")
 
 
 def test_cli_diff_datasets_and_by(demo_store):
     db = demo_store["db"]
     runner = CliRunner()
-    js = runner.invoke(main, ["diff", "a", "b", "--db", db, "--top", "5", "--format", "json", "-q"])
+    js = runner.invoke(main, ["diff", "a", "b", "--db", db, "--top", "5", "--format", "json", "-q", "--by-latent"])
     assert js.exit_code == 0, js.stderr
     rows = json.loads(js.stdout)
     assert [r["more_in"] for r in rows] == ["a"] * 5 + ["b"] * 5 and rows[0]["merged"] is not None
-    by = runner.invoke(main, ["diff", "a", "--by", "sentiment", "--db", db, "--top", "0", "--format", "csv", "-q"])
+    found = json.loads(runner.invoke(main, ["diff", "a", "b", "--db", db, "--top", "2", "--format", "json",
+                                            "-q"]).stdout)
+    assert [r["finding"] for r in found] == sorted(r["finding"] for r in found)
+    assert {r["more_in"] for r in found} == {"a", "b"} and len(found) == 4
+    assert all(r["lead"] in r["latents"] and r["description"] for r in found)
+    by = runner.invoke(main, ["diff", "a", "--by", "sentiment", "--db", db, "--top", "0", "--format", "csv", "-q",
+                              "--by-latent"])
     assert by.exit_code == 0, by.stderr
     groups = {line.split(",")[0] for line in by.stdout.splitlines()[1:]}
     assert groups == {"negative", "neutral", "positive"}
     # --top with --by: that many per group and side, every group shown
     per_group = runner.invoke(main, ["diff", "a", "--by", "sentiment", "--db", db, "--top", "2", "--format", "json",
-                                     "-q"])
+                                     "-q", "--by-latent"])
     shown = [(r["group"], r["more_in"]) for r in json.loads(per_group.stdout)]
     order = list(dict.fromkeys(g for g, _ in shown))
     assert sorted(order) == ["negative", "neutral", "positive"]

@@ -151,6 +151,11 @@ def test_diff(con):
     assert delta == pytest.approx(-1 / 6) and z == pytest.approx(-(1 / 6) / math.sqrt(0.6 * 0.4 * (1 / 3 + 1 / 2)))
     assert rows(con, "SELECT latent, doc_id, value FROM latent_docs(1, 0, [0, 2], [1, 2])") == \
         [(0, 0, 2.0), (0, 2, 1.5), (0, 3, 1.25), (2, 1, 3.0)]
+    # the first 2 documents of each dataset; by topic: pets is group 1, weather 2
+    assert rows(con, "SELECT doc_id, grp FROM doc_sample([1, 2], n := 2) ORDER BY doc_id") == \
+        [(0, 1), (1, 1), (3, 2), (4, 2)]
+    assert rows(con, "SELECT doc_id, grp FROM doc_sample([1, 2], 'topic', ['pets', 'weather'], 1) ORDER BY doc_id") \
+        == [(0, 1), (3, 1)]
     assert sorted(rows(con, "SELECT * FROM doc_pairs(1, 2, 'pid')")) == [("p1", 0, 3, 1, 1), ("p2", 1, 4, 1, 1)]
     assert sorted(rows(con, "SELECT * FROM paired_sides(1, 2, 'pid')")) == \
         [("p1", 0, 1), ("p1", 3, 2), ("p2", 1, 1), ("p2", 4, 2)]
