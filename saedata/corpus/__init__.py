@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,22 @@ __all__ = [
     "looks_like_corpus",
     "open_corpus",
     "read_documents",
+    "rechunk",
     "same_source",
     "source_fingerprint",
 ]
+
+
+def rechunk(batches: Iterable[list[Document]], size: int) -> Iterator[list[Document]]:
+    """The documents of ``batches``, in order, as lists of ``size`` (the last shorter)."""
+    buf: list[Document] = []
+    for batch in batches:
+        buf.extend(batch)
+        while len(buf) >= size:
+            yield buf[:size]
+            buf = buf[size:]
+    if buf:
+        yield buf
 
 
 def open_corpus(path: str | os.PathLike, cfg: InputConfig = InputConfig()) -> CorpusReader | ImageCorpusReader:

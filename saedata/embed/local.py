@@ -31,6 +31,7 @@ from saedata.corpus import (
     corpus_size,
     dataset_name,
     open_corpus,
+    rechunk,
     same_source,
     source_fingerprint,
 )
@@ -38,6 +39,7 @@ from saedata.embed.encode import embed_chunk
 from saedata.embed.finish import finish_datasets
 from saedata.embed.models import load_models, sae_to_use
 from saedata.errors import ConfigError, InputError, SAEFormatError
+from saedata.reader import CachedReader, ReadCache
 from saedata.sae.formats import sae_fingerprint
 from saedata.store import DatasetState, Store
 
@@ -88,6 +90,7 @@ def embed(
     log: Log = silent,
     verbose: bool = False,
     replace: bool = False,
+    reads: ReadCache | None = None,
 ) -> EmbedResult:
     """Embed a corpus into the store at ``db`` as interpretable (SAE latent) vectors.
 
@@ -103,6 +106,10 @@ def embed(
     ``replace``, which embeds the file again in place of the old rows. The first documents
     are read and checked before anything else happens, and a store file this call created
     is removed again when it fails before storing anything.
+
+    ``reads``: reader outputs kept by the pass that trained the SAE (when an SAE is
+    trained here, this corpus is read once for both); :func:`saedata.diff_files` passes
+    the ones of the two corpora it trains on.
     """
     source = str(source)
     corpus = open_corpus(source, input_cfg)
@@ -113,7 +120,7 @@ def embed(
     created = not Path(db).exists()
     try:
         return _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, embed_cfg, train_cfg,
-                      progress, log, verbose, replace, images)
+                      progress, log, verbose, replace, images, reads)
     except BaseException:
         if created:
             _remove_if_empty(db)
@@ -121,7 +128,7 @@ def embed(
 
 
 def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, embed_cfg, train_cfg, progress,
-           log, verbose, replace, images) -> EmbedResult:
+           log, verbose, replace, images, reads) -> EmbedResult:
     source = corpus.source
     with Store(db, read_only=False) as store:
         t0 = time.perf_counter()
@@ -131,11 +138,15 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
             log(f"dataset {name!r} is already complete in {db} ({existing.n_docs} documents); nothing to do")
             return EmbedResult(name, existing.dataset_id, existing.sae_id or 0, None, existing.n_docs,
                                0, 0, 0, 0, time.perf_counter() - t0, False, already_complete=True)
+        reads = reads if reads is not None else ReadCache()
         sae_path, trained = sae_to_use(_store_sae(store, sae, existing, reader_cfg, log), default_sae_dir(db),
                                        [source if source != STDIN else "-"], input_cfg=input_cfg,
-                                       reader_cfg=reader_cfg, train_cfg=train_cfg, progress=progress, log=log)
+                                       reader_cfg=reader_cfg, train_cfg=train_cfg, progress=progress, log=log,
+                                       read_docs=embed_cfg.commit_docs, keep=reads)
         t0 = time.perf_counter()  # embedding time, without SAE training
         reader, model, reader_cfg = load_models(sae_path, reader_cfg, images=images)
+        if len(reads):  # the documents were read to train the SAE: embed from what was read
+            reader = CachedReader(reader, reads)
         # Read (and so validate) the first documents before writing anything: a corpus
         # that is bad from the start leaves no trace in the store.
         chunks = _chunks(batches, source, embed_cfg.commit_docs, existing.n_docs if existing else 0,
@@ -169,6 +180,8 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
             log(f"resuming dataset {name!r}: {state.n_docs} documents already stored")
         n_new, n_acts, n_empty, n_trunc = _run(store, chunks, corpus, reader, model, sae_id, state, embed_cfg,
                                                progress, log, verbose)
+        if isinstance(reader, CachedReader) and reader.hits:
+            log(f"embedded {reader.hits} of its chunks from the activations read to train the SAE")
         finish_datasets(store, [state.dataset_id], sae_id, top_docs=embed_cfg.label_top_docs,
                         n_words=embed_cfg.label_words)
         final = store.dataset_state(name)
@@ -258,12 +271,17 @@ def _remove_if_empty(db: str | os.PathLike) -> None:
 
 def _chunks(batches: Iterator[list[Document]], source: str, size: int, skip: int,
             last_stored: str | None) -> Iterator[list[Document]]:
-    """Re-chunk the corpus into lists of ``size`` documents after skipping the stored ``skip``.
+    """Re-chunk the corpus into lists of ``size`` documents after skipping the stored ``skip``
+    (the lists an uninterrupted run reads, since ``skip`` is a multiple of ``size``).
 
     When resuming, the last skipped document must be the last one stored; otherwise the
     corpus changed since the interrupted run and resuming would mix two corpora.
     """
-    buf: list[Document] = []
+    return rechunk(_skipped(batches, source, skip, last_stored), size)
+
+
+def _skipped(batches: Iterator[list[Document]], source: str, skip: int,
+             last_stored: str | None) -> Iterator[list[Document]]:
     seen = 0
     for batch in batches:
         if seen < skip:
@@ -277,18 +295,14 @@ def _chunks(batches: Iterator[list[Document]], source: str, size: int, skip: int
                     path=source,
                 )
             batch = batch[take:]
-        buf.extend(batch)
-        while len(buf) >= size:
-            yield buf[:size]
-            buf = buf[size:]
+        if batch:
+            yield batch
     if seen < skip:
         raise InputError(
             f"the corpus has only {seen} documents but the store already holds {skip} of this "
             "dataset; pass --replace to embed it again, or --name for a new dataset",
             path=source,
         )
-    if buf:
-        yield buf
 
 
 def _run(store, chunks, corpus, reader, model, sae_id, state, embed_cfg, progress, log, verbose=False):

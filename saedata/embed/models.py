@@ -28,7 +28,7 @@ from saedata.embed.encode import document_codes, mean_activations
 from saedata.errors import SAEFormatError
 
 if TYPE_CHECKING:
-    from saedata.reader import Reader, VisionReader
+    from saedata.reader import ReadCache, Reader, VisionReader
     from saedata.sae import SparseAutoencoder
     from saedata.store import Store
 
@@ -68,10 +68,12 @@ def load_models(sae_path: str | os.PathLike, reader_cfg: ReaderConfig, images: b
 
 def sae_to_use(sae: str | os.PathLike | None, trained_dir: str | os.PathLike, sources: list[str], *,
                input_cfg: InputConfig, reader_cfg: ReaderConfig, train_cfg: TrainConfig,
-               progress: bool = False, log: Log = silent) -> tuple[Path, bool]:
+               progress: bool = False, log: Log = silent, read_docs: int | None = None,
+               keep: ReadCache | None = None) -> tuple[Path, bool]:
     """(SAE directory, whether it was trained now): ``sae`` when given; else the SAE
     trained earlier in ``trained_dir``; else one trained now on ``sources`` (together) and
-    saved there."""
+    saved there, reading them ``read_docs`` documents at a time and keeping what it read
+    in ``keep`` (see :func:`saedata.embed.train.train`)."""
     if sae is not None:
         return Path(sae), False
     out = Path(trained_dir)
@@ -83,7 +85,7 @@ def sae_to_use(sae: str | os.PathLike | None, trained_dir: str | os.PathLike, so
     from saedata.embed.train import train
 
     train(sources, out, input_cfg=input_cfg, reader_cfg=reader_cfg, train_cfg=train_cfg, progress=progress,
-          log=log)
+          log=log, read_docs=read_docs, keep=keep)
     return out, True
 
 

@@ -1,32 +1,39 @@
 """Train an SAE on corpora: Documents -> reader activations -> :class:`~saedata.sae.SAETrainer`.
 
-The reader runs once over (a sample of) the corpora, read one after the other as one
-stream; the token activations are kept in memory, up to ``max_cached_tokens``, and the
-trainer cycles over them for ``train_cfg.max_tokens`` tokens. When the corpora hold more
-tokens than that, documents are sampled evenly across them (not just their head).
-"""
+The reader runs once over (a sample of) the corpora, read one after the other; the token
+activations are kept in memory, up to ``max_cached_tokens``, a few held out, and the
+trainer cycles over the rest for up to ``train_cfg.max_tokens`` tokens (and
+``max_epochs`` passes), stopping early when the held-out FVU levels off. When the
+corpora hold more tokens than that, documents are sampled evenly across them (not just
+their head). When they fit, the corpora are read as embedding reads them, and what was
+read can be kept (a :class:`~saedata.reader.ReadCache`) so that embedding them right
+after does not read them a second time."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
-from saedata.corpus import Document, corpus_size, is_image_source, open_corpus
+from saedata.corpus import corpus_size, is_image_source, open_corpus, rechunk
 from saedata.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-    from saedata.reader import Reader
+    from saedata.reader import ReadCache, Reader
     from saedata.sae import TrainResult
 
 MAX_CACHED_TOKENS = 1_000_000
 """Token activations held in memory for training (1M x 384 float32 = 1.5 GB)."""
+HELDOUT_FRACTION = 0.05
+"""Share of the token activations held out to decide when training has levelled off..."""
+MIN_HELDOUT = 512
+"""...when that is at least this many tokens (fewer: no held-out set, the whole budget runs)."""
 
 
 def collect_activations(
@@ -35,18 +42,26 @@ def collect_activations(
     input_cfg: InputConfig = InputConfig(),
     max_tokens: int = MAX_CACHED_TOKENS,
     progress: bool = False,
-) -> torch.Tensor:
-    """Reader activations of the corpora's tokens, (n_tokens, d_model) float32 on CPU.
+    read_docs: int | None = None,
+    keep: ReadCache | None = None,
+) -> list[torch.Tensor]:
+    """Reader activations of the corpora's tokens, as chunks of (n_tokens, d_model)
+    float32 rows on CPU.
 
     Reads at most ``max_tokens`` tokens; when the corpora are larger, every j-th document
-    is read, with j set from the token count of the first documents.
+    is read, with j set from the token count of the first documents. ``read_docs``: read
+    each corpus ``read_docs`` documents at a time, as embedding does (default: all the
+    corpora together, ``input_cfg.batch_size`` at a time); with ``keep``, what was read is
+    kept there for embedding to take, when every document was read whole (else ``keep``
+    is emptied).
     """
-    import torch
-
     corpora = [open_corpus(s, input_cfg) for s in ([sources] if isinstance(sources, str) else sources)]
     sizes = [corpus_size(c) for c in corpora]
     total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
-    batches = corpora[0] if len(corpora) == 1 else _rebatch(corpora, input_cfg.batch_size)
+    if read_docs:
+        batches = itertools.chain.from_iterable(rechunk(c, read_docs) for c in corpora)
+    else:
+        batches = rechunk(itertools.chain.from_iterable(corpora), input_cfg.batch_size)
     chunks: list[torch.Tensor] = []
     n = 0
     stride = 1
@@ -64,33 +79,30 @@ def collect_activations(
             per_doc = max(acts.shape[0] / len(picked), 1.0)
             stride = max(1, math.ceil(total * per_doc / max_tokens))
         take = min(acts.shape[0], max_tokens - n)
+        if keep is not None:
+            if stride == 1 and take == acts.shape[0] and len(picked) == len(docs):
+                keep.keep(picked, batch)
+            else:
+                keep.clear()
+                keep = None
         if take < acts.shape[0]:
             # Keep an even sample of the batch's tokens, not its first ones.
+            import torch
+
             idx = torch.linspace(0, acts.shape[0] - 1, take).long()
             acts = acts[idx]
         chunks.append(acts)
         n += take
         bar.update(take)
         if n >= max_tokens:
+            if keep is not None:
+                keep.clear()  # the corpora go on: embedding must read them anyway
             break
     bar.close()
     if n == 0:
         raise InputError("no documents to train an SAE on (the corpus is empty or blank)",
                          path=" + ".join(c.source for c in corpora))
-    return torch.cat(chunks)
-
-
-def _rebatch(corpora: list, size: int) -> Iterator[list[Document]]:
-    """The documents of several corpora, one after the other, in batches of ``size``."""
-    buf: list[Document] = []
-    for corpus in corpora:
-        for docs in corpus:
-            buf.extend(docs)
-            while len(buf) >= size:
-                yield buf[:size]
-                buf = buf[size:]
-    if buf:
-        yield buf
+    return chunks
 
 
 def train(
@@ -104,13 +116,17 @@ def train(
     max_cached_tokens: int = MAX_CACHED_TOKENS,
     progress: bool = False,
     log: Log = silent,
+    read_docs: int | None = None,
+    keep: ReadCache | None = None,
 ) -> TrainResult:
     """Train an SAE on the reader's activations of a corpus (or of several, read as one)
     and save it to ``out``.
 
     The SAE's activation and k come from ``train_cfg``; ``d_sae`` defaults to
     ``train_cfg.expansion`` x the reader width. Returns the
-    trainer's result (the SAE and its FVU / L0 / dead-fraction metrics).
+    trainer's result (the SAE and its FVU / L0 / dead-fraction metrics). ``read_docs``
+    and ``keep``: read as embedding will, and keep what was read for it
+    (:func:`collect_activations`).
     """
     from saedata.reader import open_reader
     from saedata.sae import SAETrainer
@@ -121,8 +137,8 @@ def train(
             next(iter(open_corpus(path, input_cfg)), None)
     reader = open_reader(reader_cfg, images=is_image_source(paths[0], input_cfg))
     log(f"reading activations of {reader.describe()}")
-    acts = collect_activations(paths, reader, input_cfg,
-                               max_tokens=min(max_cached_tokens, train_cfg.max_tokens), progress=progress)
+    chunks = collect_activations(paths, reader, input_cfg, max_tokens=min(max_cached_tokens, train_cfg.max_tokens),
+                                 progress=progress, read_docs=read_docs, keep=keep)
     sae_cfg = SAEConfig(
         d_in=reader.d_model,
         d_sae=d_sae or train_cfg.expansion * reader.d_model,
@@ -131,12 +147,38 @@ def train(
         reader=reader.cfg.model,
         layer=reader.layer,
     )
+    acts, heldout = split_heldout(chunks, train_cfg.seed)
+    del chunks
     budget = min(train_cfg.max_tokens, train_cfg.max_epochs * acts.shape[0])
     train_cfg = train_cfg.replace(max_tokens=budget)
+    held = (f" ({heldout.shape[0]:,} more held out: training stops when their FVU levels off)"
+            if heldout is not None and train_cfg.stop_tolerance > 0 else "")
     log(f"training a {sae_cfg.activation} SAE ({sae_cfg.d_in} -> {sae_cfg.d_sae}, k={sae_cfg.k}) "
-        f"on {acts.shape[0]} token activations for {train_cfg.max_tokens} tokens")
-    result = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress).fit(acts)
+        f"on {acts.shape[0]:,} token activations for up to {train_cfg.max_tokens:,} tokens{held}")
+    result = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log).fit(acts, heldout)
     m = result.metrics
-    log(f"trained: FVU {m['fvu']:.3f}, mean L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
-        f"{m['seconds']:.0f} s; saved to {out}/")
+    held = f", held-out FVU {m['heldout_fvu']:.3f}" if "heldout_fvu" in m else ""
+    early = f" (levelled off after {m['tokens']:,} tokens)" if m.get("stopped_early") else ""
+    log(f"trained: FVU {m['fvu']:.3f}{held}, mean L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
+        f"{m['seconds']:.0f} s{early}; saved to {out}/")
     return result
+
+
+def split_heldout(chunks: list[torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(training rows, held-out rows) of the chunks' rows: a seeded random HELDOUT_FRACTION
+    (at most EVAL_TOKENS) held out, or None when that would be fewer than MIN_HELDOUT.
+    The rows are copied once (the chunks may be kept for embedding)."""
+    import torch
+
+    from saedata.sae.train import EVAL_TOKENS
+
+    n = sum(c.shape[0] for c in chunks)
+    n_held = min(int(n * HELDOUT_FRACTION), EVAL_TOKENS)
+    if n_held < MIN_HELDOUT:
+        return torch.cat(chunks), None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[order[:n_held]] = False
+    parts = torch.split(keep, [c.shape[0] for c in chunks])
+    return (torch.cat([c[k] for c, k in zip(chunks, parts)]),
+            torch.cat([c[~k] for c, k in zip(chunks, parts)]))

@@ -14,6 +14,8 @@ The loop follows Gao et al. (2024) and SAELens/sparsify:
 * each step: Adam on the objective of ``SparseAutoencoder.forward`` with the gradient
   parallel to each decoder row removed, then decoder rows renormalised; a latent that has
   not fired for ``dead_tokens`` tokens is dead and feeds AuxK;
+* with held-out activations, their FVU every 5% of the budget; training stops when it
+  improved by less than ``stop_tolerance`` (relative) over the last two measurements;
 * checkpoints every ``checkpoint_every`` steps in ``out_dir/checkpoint`` (the SAE plus
   ``trainer_state.pt``); ``fit`` with the same configs and ``out_dir`` resumes from it and
   ends with the same weights as an uninterrupted run. The final SAE is saved to
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,11 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.json"
 EVAL_TOKENS = 16_384
-"""Rows of the first buffer used for the final FVU / L0 evaluation."""
+"""Rows of the first buffer used for the final FVU / L0 evaluation (and most held-out rows used)."""
+HELDOUT_EVALS = 20
+"""Held-out FVU measurements over the budget (every 5%)..."""
+MIN_EVALS = 4
+"""...of which at least this many come before training may stop early."""
 _RESUME_IGNORED = ("checkpoint_every", "device")
 """TrainConfig fields that may change between an interrupted run and its resumption."""
 
@@ -261,15 +267,21 @@ class SAETrainer:
         train_cfg: TrainConfig = TrainConfig(),  # noqa: B008  (frozen, never mutated)
         out_dir: str | Path | None = None,
         progress: bool = True,
+        log: Callable[[str], None] | None = None,
     ):
         self.sae_cfg = sae_cfg
         self.train_cfg = train_cfg
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
+        self.log = log
+        """Where progress lines go (tokens, held-out FVU, ETA) when no progress bar is shown."""
 
     # ------------------------------------------------------------------ fit
-    def fit(self, source: Tensor | Iterable[Any]) -> TrainResult:
-        """Train on ``source``: a float tensor (n_tokens, d_in) or an iterable of such chunks."""
+    def fit(self, source: Tensor | Iterable[Any], heldout: Tensor | None = None) -> TrainResult:
+        """Train on ``source``: a float tensor (n_tokens, d_in) or an iterable of such chunks.
+
+        ``heldout``: (n, d_in) activations not trained on; their FVU is measured every 5%
+        of the budget, and training stops early when it levels off (``stop_tolerance``)."""
         sc, tc = self.sae_cfg, self.train_cfg
         device = resolve_device(tc.device)
         batches = self._batches(source)
@@ -281,11 +293,13 @@ class SAETrainer:
             sae, step = self._init_sae(batches).to(device), 0
             tokens_since_fired = torch.zeros(sc.d_sae, dtype=torch.int64, device=device)
             history: list[dict[str, float]] = []
+            evals: list[list[float]] = []  # [step, held-out FVU]
             tokens, seconds = 0, 0.0
         else:
             sae, step = state["sae"], int(state["step"])
             tokens_since_fired = state["tokens_since_fired"].to(device)
             history, tokens, seconds = list(state["history"]), int(state["tokens"]), float(state["seconds"])
+            evals = [list(e) for e in state.get("evals", [])]
             torch.set_rng_state(state["torch_rng"])
             if isinstance(batches, _StreamBatches):  # replay the buffer up to where we were
                 for _ in range(step):
@@ -297,9 +311,11 @@ class SAETrainer:
 
         log_every = max(1, total_steps // 100)
         show_every = max(1, total_steps // 1000)
+        eval_every = max(1, total_steps // HELDOUT_EVALS)
         last: dict[str, float] = {}
         pbar = self._progress_bar(total_steps, step)
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), step
+        stopped = False
         try:
             while step < total_steps:
                 x = self._next_batch(batches, step)
@@ -332,11 +348,19 @@ class SAETrainer:
                     if pbar is not None and show_now:
                         pbar.update(step - pbar.n)
                         pbar.set_postfix(fvu=f"{last['fvu']:.3f}", l0=f"{last['l0']:.1f}",
-                                         dead=f"{last['dead_fraction']:.2f}", refresh=False)
+                                         dead=f"{last['dead_fraction']:.2f}", refresh=False,
+                                         **({"heldout_fvu": f"{evals[-1][1]:.3f}"} if evals else {}))
+                if heldout is not None and step % eval_every == 0 and step < total_steps:
+                    evals.append([step, self._fvu(sae, heldout, device)])
+                    stopped = self._levelled_off(evals)
+                    self._report(pbar, step, total_steps, tokens, evals[-1][1], last,
+                                 (time.perf_counter() - started) / (step - first_step), stopped)
+                    if stopped:
+                        break
                 due = tc.checkpoint_every > 0 and step % tc.checkpoint_every == 0
                 if due and self.out_dir is not None and step < total_steps:
                     elapsed = seconds + time.perf_counter() - started
-                    self._save_checkpoint(sae, opt, step, tokens, tokens_since_fired, history, elapsed)
+                    self._save_checkpoint(sae, opt, step, tokens, tokens_since_fired, history, elapsed, evals)
                 self._after_step(step)
         finally:
             if pbar is not None:
@@ -355,11 +379,45 @@ class SAETrainer:
             lr=lr,
             input_scale=float(sae.input_scale),
         )
+        if heldout is not None:
+            metrics.update(heldout_fvu=self._fvu(sae, heldout, device), stopped_early=stopped)
         if self.out_dir is not None:
             self._save_final(sae, metrics)
         return TrainResult(sae=sae, metrics=metrics, history=history)
 
     # -------------------------------------------------------------- pieces
+    @torch.no_grad()
+    def _fvu(self, sae: SparseAutoencoder, x_all: Tensor, device: torch.device) -> float:
+        """FVU of ``sae`` (in eval mode) on the rows of ``x_all``."""
+        was_training = sae.training
+        sae.eval()
+        mean = x_all.to(device, torch.float32).mean(0)
+        err_sq = var = 0.0
+        for start in range(0, x_all.shape[0], 4096):
+            x = x_all[start : start + 4096].to(device, torch.float32)
+            err_sq += float((sae(x, train_cfg=self.train_cfg).recon - x).pow(2).sum())
+            var += float((x - mean).pow(2).sum())
+        sae.train(was_training)
+        return err_sq / max(var, 1e-12)
+
+    def _levelled_off(self, evals: list[list[float]]) -> bool:
+        """Whether the held-out FVU improved by less than ``stop_tolerance`` over the last
+        two measurements (after at least MIN_EVALS)."""
+        tol = self.train_cfg.stop_tolerance
+        if tol <= 0 or len(evals) < MIN_EVALS:
+            return False
+        before, now = evals[-3][1], evals[-1][1]
+        return before - now < tol * before
+
+    def _report(self, pbar, step: int, total: int, tokens: int, fvu: float, last: dict[str, float],
+                seconds_per_step: float, stopped: bool) -> None:
+        """A held-out measurement as a line through ``log`` (a progress bar shows it instead)."""
+        if pbar is not None or self.log is None:
+            return
+        eta = "stopping: it levelled off" if stopped else f"ETA {_duration(seconds_per_step * (total - step))}"
+        self.log(f"train SAE: step {step}/{total}, {tokens:,} tokens, held-out FVU {fvu:.3f}, "
+                 f"L0 {last.get('l0', float('nan')):.1f}, {eta}")
+
     def _step(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: Tensor, tokens_since_fired: Tensor):
         return train_step(sae, opt, x, tokens_since_fired, self.train_cfg)
 
@@ -425,7 +483,7 @@ class SAETrainer:
         tc = {k: v for k, v in self.train_cfg.to_dict().items() if k not in _RESUME_IGNORED}
         return self.sae_cfg.to_dict(), tc
 
-    def _save_checkpoint(self, sae, opt, step, tokens, tokens_since_fired, history, seconds) -> None:
+    def _save_checkpoint(self, sae, opt, step, tokens, tokens_since_fired, history, seconds, evals) -> None:
         assert self.out_dir is not None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         sae_cfg, train_cfg = self._configs()
@@ -437,6 +495,7 @@ class SAETrainer:
             "optimizer": opt.state_dict(),
             "tokens_since_fired": tokens_since_fired.detach().cpu(),
             "history": history,
+            "evals": evals,
             "torch_rng": torch.get_rng_state(),
             "sae_cfg": sae_cfg,
             "train_cfg": train_cfg,
@@ -484,3 +543,11 @@ class SAETrainer:
         os.replace(tmp, self.out_dir / METRICS_FILE)
         for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
             shutil.rmtree(self.out_dir / name, ignore_errors=True)
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

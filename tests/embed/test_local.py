@@ -293,6 +293,57 @@ def test_embed_without_sae_trains_one_first(tmp_path, corpus, tiny_bert):
         assert s.latents().filter(pl.col("label").is_not_null()).height > 0
 
 
+def _count_reads(monkeypatch) -> list[int]:
+    """Patch Reader.read to record how many texts each call reads."""
+    from saedata.reader import Reader
+
+    calls: list[int] = []
+    real = Reader.read
+
+    def counted(self, texts):
+        calls.append(len(texts))
+        return real(self, texts)
+
+    monkeypatch.setattr(Reader, "read", counted)
+    return calls
+
+
+def test_training_an_sae_first_reads_the_corpus_once(tmp_path, corpus, tiny_bert, monkeypatch):
+    calls = _count_reads(monkeypatch)
+    db = tmp_path / "run.duckdb"
+    messages: list[str] = []
+    embed(corpus, db, reader_cfg=_reader(tiny_bert), embed_cfg=EmbedConfig(commit_docs=50),
+          train_cfg=TrainConfig(max_tokens=20_000, batch_size=512, device="cpu"), log=messages.append)
+    # 120 documents, read in the chunks embedding commits (50, 50, 20), once
+    assert calls == [50, 50, 20]
+    assert any("embedded 3 of its chunks from the activations read to train the SAE" in m for m in messages)
+    # the same SAE on the same corpus, read afresh: byte-identical rows
+    calls.clear()
+    again = tmp_path / "again.duckdb"
+    embed(corpus, again, tmp_path / "run.sae", reader_cfg=_reader(tiny_bert), embed_cfg=EmbedConfig(commit_docs=50))
+    assert calls == [50, 50, 20]
+    query = "SELECT doc_id, latent, value, peak, tokens FROM activations ORDER BY doc_id, latent"
+    with saedata.open(db) as s1, saedata.open(again) as s2:
+        assert s1.sql(query).equals(s2.sql(query))
+        assert s1.sql("SELECT doc_id, n_tokens FROM documents ORDER BY 1").equals(
+            s2.sql("SELECT doc_id, n_tokens FROM documents ORDER BY 1"))
+
+
+def test_a_corpus_larger_than_the_training_sample_is_not_kept(corpus, tiny_bert):
+    from saedata.config import InputConfig
+    from saedata.embed.train import collect_activations
+    from saedata.reader import ReadCache, open_reader
+
+    reader = open_reader(_reader(tiny_bert))
+    keep = ReadCache()
+    chunks = collect_activations([corpus], reader, InputConfig(id_field="id"), max_tokens=10**6, read_docs=50,
+                                 keep=keep)
+    assert len(keep) == 3 and sum(c.shape[0] for c in chunks) > 500
+    sampled = ReadCache()
+    collect_activations([corpus], reader, InputConfig(id_field="id"), max_tokens=500, read_docs=50, keep=sampled)
+    assert len(sampled) == 0  # sampled, not read whole: embedding must read it again
+
+
 def test_pooling_option_changes_values(tmp_path, tiny_bert, sae_dir):
     path = write_jsonl(make_corpus(8, seed=6), tmp_path / "c.jsonl")
     embed(str(path), tmp_path / "max.duckdb", sae_dir, reader_cfg=_reader(tiny_bert))

@@ -137,9 +137,12 @@ def test_analyses_and_sql_run_over_shards_in_place(setup, ray_out):
     r = CliRunner().invoke(main, ["sql", "SELECT name, n_docs FROM datasets ORDER BY 1", "--shards", str(out),
                                   "--format", "csv"])
     assert r.exit_code == 0 and r.stdout.splitlines() == ["name,n_docs", "a,100", "b,70"]
-    r = CliRunner().invoke(main, ["diff", "--shards", str(out), "--by", "dataset", "--format", "csv"])
+    r = CliRunner().invoke(main, ["diff", "--shards", str(out), "--by", "dataset", "--format", "csv", "--by-latent"])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[0].startswith("group,more_in,latent,label")
+    r = CliRunner().invoke(main, ["diff", "--shards", str(out), "--by", "dataset", "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[0].startswith("group,finding,more_in,description")
 
 
 def test_any_parquet_engine_reads_the_shards(ray_out):

@@ -77,7 +77,7 @@ def test_another_file_under_a_taken_name_is_an_error(setup, tmp_path):
 def test_diff_of_files_notices_a_changed_file(setup, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["diff", "a.jsonl", "b.jsonl", "--sae", setup["sae"], "--model", setup["model"], "--device", "cpu",
-            "--id-field", "id", "--format", "csv", "-q"]
+            "--id-field", "id", "--format", "csv", "-q", "--by-latent"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.stderr
     write_jsonl(make_corpus(60, seed=8), tmp_path / "a.jsonl")
