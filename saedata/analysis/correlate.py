@@ -43,10 +43,13 @@ from saedata.analysis.scope import (
     resolve_scope,
 )
 from saedata.analysis.stats import (
+    LENGTH_BINS,
     bh_qvalues,
     chi2_columns,
+    cmh_test,
     correlation_pvalues,
     independence_pvalues,
+    length_edges,
     npmi_from_counts,
     spearman_columns,
 )
@@ -322,8 +325,9 @@ class MetadataResult:
     freq, chi2, p, q, cramers_v, top_class, top_lift. Numeric: latent, label, n_docs, freq,
     rho, p, q."""
     classes: pl.DataFrame
-    """Categorical only: class, n_class, rank, latent, label, freq_in, freq_out, lift, q: per
-    class, the significant latents most over-represented in it (by lift). Empty for numeric."""
+    """Categorical only: class, n_class, rank, latent, label, freq_in, freq_out, lift, q
+    (and q_adj when length-controlled): per class, the significant latents most
+    over-represented in it (by lift). Empty for numeric."""
     frequencies: pl.DataFrame
     """Categorical only: class, latent, label, freq: the per-class activation frequency of
     the latents in ``classes`` (the heatmap's cells)."""
@@ -360,7 +364,10 @@ def correlate_metadata(
     q-values, Cramer's V; per class, the ``per_class`` latents with q <= ``alpha`` that
     fire in at least ``min_support`` of its documents and most over-represented there
     (lift = frequency in the class / frequency in the other documents, with half a
-    document added to each count so it stays finite). Numeric: Spearman's rho
+    document added to each count so it stays finite); with ``length_control`` (default)
+    "significant" is q_adj, each class against the rest within length bins
+    (Cochran-Mantel-Haenszel), and a warning says when the classes' lengths differ.
+    Numeric: Spearman's rho
     between the latent's pooled value (0 where silent) and the column, with its
     t-approximation p-value and q-values; with ``length_control`` (default) also the
     partial rho with document length held fixed (``rho_adj``, Spearman ranks), whose
@@ -437,7 +444,7 @@ def correlate_metadata(
                               tuple(warnings))
     classes = values.cast(pl.String).to_numpy()
     table, per_class, freqs, more = _categorical(A[:, cols], classes, base, column, scope, min_support,
-                                                 per_class, alpha)
+                                                 per_class, alpha, lengths if length_control else None)
     warnings.extend(more)
     return MetadataResult(column, "categorical", table, per_class, freqs, n, n_missing, scope.names, scope.sae_id,
                           alpha, tuple(warnings))
@@ -475,8 +482,48 @@ def _length_adjusted(X, y: np.ndarray, lengths: np.ndarray, rho: np.ndarray, col
     return pl.DataFrame({"rho_adj": adj, "p_adj": p, "q_adj": bh_qvalues(p)}), warnings
 
 
+def _class_length_q(A, idx: np.ndarray, n_classes: int, lengths: np.ndarray) -> np.ndarray:
+    """(n_classes, n_latents) Benjamini-Hochberg q-values of each class against the rest,
+    Cochran-Mantel-Haenszel across LENGTH_BINS quantile bins of the documents' lengths."""
+    values, counts = np.unique(lengths, return_counts=True)
+    edges = np.asarray(length_edges(values, counts, LENGTH_BINS), dtype=np.int64)
+    bins = np.searchsorted(edges, lengths, side="right")
+    n_bins = len(edges) + 1
+    n = len(idx)
+    cell = idx * n_bins + bins  # (class, bin) of each document
+    S = sparse.csr_matrix((np.ones(n), (np.arange(n), cell)), shape=(n, n_classes * n_bins))
+    O = np.asarray((S.T @ A).todense(), dtype=np.float64).reshape(n_classes, n_bins, -1)  # (K, bins, L)
+    docs = np.bincount(cell, minlength=n_classes * n_bins).reshape(n_classes, n_bins).astype(np.float64)
+    total_o, total_docs = O.sum(0), docs.sum(0)
+    out = np.ones((n_classes, O.shape[2]))
+    for k in range(n_classes):
+        test = cmh_test((total_o - O[k]).T, total_docs - docs[k], O[k].T, docs[k])
+        out[k] = bh_qvalues(test.p)
+    return out
+
+
+def _class_length_warning(lengths: np.ndarray, idx: np.ndarray, names: np.ndarray, column: str) -> list[str]:
+    """A warning when the classes' document lengths differ (Kruskal-Wallis p < 0.01)."""
+    groups = [lengths[idx == k] for k in range(len(names))]
+    if len(groups) < 2 or any(len(g) == 0 for g in groups) or np.ptp(lengths) == 0:
+        return []
+    p = float(stats.kruskal(*groups).pvalue)
+    if p >= 0.01:
+        return []
+    medians = sorted(((float(np.median(g)), str(c)) for g, c in zip(groups, names)), reverse=True)
+    shown = ", ".join(f"{c} {m:g}" for m, c in (medians[:2] + medians[-1:] if len(medians) > 3 else medians))
+    return [f"document lengths differ between the values of {column!r} (median tokens: {shown}; Kruskal-Wallis "
+            f"p={p:.2g}): longer documents fire more latents, so the per-class latents are chosen by q_adj, "
+            "which compares documents of similar length"]
+
+
 def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope: Scope, min_support: int,
-                 per_class: int, alpha: float):
+                 per_class: int, alpha: float, lengths: np.ndarray | None = None):
+    """The chi-square table, the per-class over-represented latents and their
+    frequencies. With ``lengths`` (each document's token count), each class is also
+    compared with the rest within length bins (Cochran-Mantel-Haenszel: ``q_adj``), and
+    that q chooses a class's latents: a class of long documents is not rich in every
+    concept."""
     names, idx = np.unique(classes, return_inverse=True)
     if len(names) < 2:
         raise ConfigError(
@@ -504,6 +551,9 @@ def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope:
         freq_out = np.where(rest > 0, out_count / rest, 0.0)
     # lift with half a document added to each count, so it stays finite and rare latents don't dominate
     lift = ((O + 0.5) / (n_k[:, None] + 1)) / ((out_count + 0.5) / (rest + 1))
+    q_adj = _class_length_q(A, idx, len(names), lengths) if lengths is not None else None
+    if q_adj is not None:
+        warnings += _class_length_warning(lengths, idx, names, column)
     best = np.argmax(lift, axis=0)
     table = base.with_columns(
         pl.Series("chi2", stat), pl.Series("p", p), pl.Series("q", q),
@@ -515,17 +565,19 @@ def _categorical(A, classes: np.ndarray, base: pl.DataFrame, column: str, scope:
     lat = base["latent"].to_numpy()
     lab = base["label"].to_list()
     for k, name in enumerate(names):
-        ok = (q <= alpha) & (O[k] >= min_support) & (freq_in[k] > freq_out[k])
+        sig = q if q_adj is None else q_adj[k]
+        ok = (sig <= alpha) & (O[k] >= min_support) & (freq_in[k] > freq_out[k])
         cand = np.flatnonzero(ok)
         order = cand[np.lexsort((-freq_in[k][cand], -lift[k][cand]))][:per_class]
         if order.size == 0:
             warnings.append(f"no latent is significantly over-represented in {column} = {name!r}")
         for r, j in enumerate(order, start=1):
             rows.append((str(name), int(n_k[k]), r, int(lat[j]), lab[j], float(freq_in[k, j]),
-                         float(freq_out[k, j]), float(lift[k, j]), float(q[j])))
-    per = pl.DataFrame(rows, schema={"class": pl.String, "n_class": pl.Int64, "rank": pl.Int64,
-                                     "latent": pl.Int32, "label": pl.String, "freq_in": pl.Float64,
-                                     "freq_out": pl.Float64, "lift": pl.Float64, "q": pl.Float64}, orient="row")
+                         float(freq_out[k, j]), float(lift[k, j]), float(q[j]))
+                        + (() if q_adj is None else (float(q_adj[k, j]),)))
+    schema = {"class": pl.String, "n_class": pl.Int64, "rank": pl.Int64, "latent": pl.Int32, "label": pl.String,
+              "freq_in": pl.Float64, "freq_out": pl.Float64, "lift": pl.Float64, "q": pl.Float64}
+    per = pl.DataFrame(rows, schema=schema | ({} if q_adj is None else {"q_adj": pl.Float64}), orient="row")
     shown = list(dict.fromkeys(per["latent"].to_list()))
     col_of = {int(v): j for j, v in enumerate(lat)}
     freqs = pl.DataFrame(

@@ -42,6 +42,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse
 
+from saedata.analysis.stats import cmh_test
 from saedata.analysis.words import label_words, weak_label
 
 EXPLAINED = 0.5
@@ -127,9 +128,6 @@ class _Finding:
     """+1: more common in b; -1: in a."""
     mask: np.ndarray
     """bool per sample document: the finding's documents."""
-    strata: tuple[np.ndarray, np.ndarray, float, float]
-    """Per latent, documents where it is present among the finding's documents of a and
-    of b; and how many documents of a and of b are the finding's."""
     members: list[tuple[int, bool]] = field(default_factory=list)
     """(latent, fewer) in rank order, the lead first."""
 
@@ -141,32 +139,38 @@ def _assign(rows: pl.DataFrame, effect: str, P: sparse.csr_matrix, in_b: np.ndar
     of its difference (at least EXPLAINED), or leads a new one, whose documents are
     ``masks[lead]`` when given, else those where the lead is present."""
     found: list[_Finding] = []
+    # per finding: each latent's documents among the finding's documents of a and of b,
+    # and how many documents of a and of b are the finding's
+    xa_in = np.zeros((rows.height, len(lat)))
+    xb_in = np.zeros((rows.height, len(lat)))
+    na_in = np.zeros(rows.height)
+    nb_in = np.zeros(rows.height)
     for latent, eff, merged in zip(rows["latent"].to_list(), rows[effect].fill_nan(0.0).to_list(),
                                    rows["merged"].to_list()):
         i = int(np.searchsorted(lat, latent))
         d = d_all[i]
         if d == 0 or np.sign(d) != np.sign(eff):
             continue  # the sample does not show the difference: nothing to explain with
-        best, best_explained = None, EXPLAINED
-        for f in found:
-            xa_in, xb_in, na_in, nb_in = f.strata
-            d_within = _mh_difference(xa_in[i], xb_in[i], na_in, nb_in, x_a[i] - xa_in[i], x_b[i] - xb_in[i],
-                                      n_a - na_in, n_b - nb_in)
-            explained = 1.0 - d_within / d
-            if explained >= best_explained:
-                best, best_explained = f, explained
-        if best is not None:
-            fewer = bool(np.sign(d) != best.sign)
-            best.members += [(latent, fewer)] + [(m, fewer) for m in merged]
-            continue
+        f = len(found)
+        if f:
+            # two strata per finding: inside its documents and outside
+            within = cmh_test(np.column_stack([xa_in[:f, i], x_a[i] - xa_in[:f, i]]),
+                              np.column_stack([na_in[:f], n_a - na_in[:f]]),
+                              np.column_stack([xb_in[:f, i], x_b[i] - xb_in[:f, i]]),
+                              np.column_stack([nb_in[:f], n_b - nb_in[:f]])).diff
+            explained = 1.0 - np.nan_to_num(within, nan=0.0) / d
+            best = int(np.argmax(explained))
+            if explained[best] >= EXPLAINED:
+                fewer = bool(np.sign(d) != found[best].sign)
+                found[best].members += [(latent, fewer)] + [(m, fewer) for m in merged]
+                continue
         mask = masks.get(latent)
         if mask is None:
             mask = P[i].toarray().ravel() > 0
-        xb_in = np.asarray(P @ (mask & in_b).astype(float)).ravel()
-        xa_in = np.asarray(P @ (mask & ~in_b).astype(float)).ravel()
-        found.append(_Finding(latent, float(np.sign(d)), mask,
-                              (xa_in, xb_in, float((mask & ~in_b).sum()), float((mask & in_b).sum())),
-                              [(latent, False)] + [(m, False) for m in merged]))
+        xb_in[f] = np.asarray(P @ (mask & in_b).astype(float)).ravel()
+        xa_in[f] = np.asarray(P @ (mask & ~in_b).astype(float)).ravel()
+        na_in[f], nb_in[f] = float((mask & ~in_b).sum()), float((mask & in_b).sum())
+        found.append(_Finding(latent, float(np.sign(d)), mask, [(latent, False)] + [(m, False) for m in merged]))
     return found
 
 
@@ -191,19 +195,6 @@ def _core(f: _Finding, P: sparse.csr_matrix, in_b: np.ndarray, n_a: float, n_b: 
         z = f.sign * (at_least_b / n_b - at_least_a / n_a) / np.sqrt(share * (1 - share) * (1 / n_a + 1 / n_b))
     c = 1 + int(np.argmax(np.nan_to_num(z, nan=-np.inf)))
     return score >= c
-
-
-def _mh_difference(xa1: float, xb1: float, na1: float, nb1: float, xa2: float, xb2: float, na2: float,
-                   nb2: float) -> float:
-    """The Mantel-Haenszel difference in frequency (b - a) over two strata; 0 when neither
-    stratum has documents on both sides."""
-    num = den = 0.0
-    for xa, xb, na, nb in ((xa1, xb1, na1, nb1), (xa2, xb2, na2, nb2)):
-        if na > 0 and nb > 0:
-            w = na * nb / (na + nb)
-            num += w * (xb / nb - xa / na)
-            den += w
-    return num / den if den else 0.0
 
 
 def _describe(latents: list[int], labels: dict[int, str | None], weak: frozenset[int]) -> tuple[str, bool]:

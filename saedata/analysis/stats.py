@@ -67,13 +67,14 @@ def cmh_test(x_a: np.ndarray, n_a: np.ndarray, x_b: np.ndarray, n_b: np.ndarray)
     """Cochran-Mantel-Haenszel comparison of B with A across strata, for many latents.
 
     ``x_a``, ``x_b``: (n_latents, n_strata) active counts; ``n_a``, ``n_b``:
-    (n_strata,) documents per stratum. Strata holding fewer than two documents, or
-    documents of one side only, carry no information and drop out by construction.
+    (n_strata,) documents per stratum, or (n_latents, n_strata) when each row has strata
+    of its own. Strata holding fewer than two documents, or documents of one side only,
+    carry no information and drop out by construction (a row with none has a NaN diff).
     """
     x_a = np.asarray(x_a, dtype=np.float64)
     x_b = np.asarray(x_b, dtype=np.float64)
-    n_a = np.asarray(n_a, dtype=np.float64)[None, :]
-    n_b = np.asarray(n_b, dtype=np.float64)[None, :]
+    n_a = np.atleast_2d(np.asarray(n_a, dtype=np.float64))
+    n_b = np.atleast_2d(np.asarray(n_b, dtype=np.float64))
     n = n_a + n_b
     informative = (n_a > 0) & (n_b > 0)
     m = x_a + x_b  # active in the stratum

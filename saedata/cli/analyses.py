@@ -164,7 +164,8 @@ def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_
 @report_option("Write an offline HTML report (heatmap, table, example documents) here.")
 @presence_option
 @click.option("--no-length-control", is_flag=True,
-              help="With a numeric --with column: rank by plain rho, not rho_adj (document length held fixed).")
+              help="With --with: rank by plain rho, not rho_adj (numeric), or choose each class's latents by "
+                   "plain q, not q_adj (categorical); the adjusted ones compare documents of similar length.")
 @sae_id_option
 @format_option
 @quiet_option
@@ -177,8 +178,9 @@ def correlate(ctx, db, datasets, column, kind, min_support, threshold, pattern, 
     NPMI (-1..1) and phi, tested (chi-square, or Fisher's exact test for small counts)
     with BH q-values, and ranked by NPMI among significant pairs; `redundant` marks two
     latents with nearly the same documents. With --with COLUMN: per-class frequencies
-    and a chi-square test per latent (categorical), or Spearman's rho and its partial
-    rho_adj with document length held fixed (numeric).
+    and a chi-square test per latent, each class's latents chosen by q_adj (that class
+    against the rest within length bins) (categorical), or Spearman's rho and its
+    partial rho_adj with document length held fixed (numeric).
     """
     names = list(datasets) or None
     say = log(ctx)

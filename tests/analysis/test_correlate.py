@@ -159,6 +159,36 @@ def test_length_control_of_a_numeric_column():
     assert none is None and "document length in other words" in said[0]
 
 
+def test_length_control_of_a_categorical_column():
+    """Class "long" has long documents: a latent that only grows with length is more
+    common there by plain q, not by q_adj; one that goes with the class itself is both."""
+    import polars as pl
+    from scipy import sparse
+
+    from saedata.analysis.correlate import _categorical
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    classes = np.where(rng.random(n) < 0.5, "long", "short")
+    lengths = np.where(classes == "long", rng.integers(100, 400, n), rng.integers(10, 300, n))
+    by_length = rng.random(n) < lengths / 400
+    by_class = rng.random(n) < np.where(classes == "long", 0.4, 0.1)
+    A = sparse.csr_matrix(np.column_stack([by_length, by_class]).astype(np.float32))
+    base = pl.DataFrame({"latent": [0, 1], "label": ["length", "class"], "n_docs": [0, 0], "freq": [0.0, 0.0]},
+                        schema={"latent": pl.Int32, "label": pl.String, "n_docs": pl.Int64, "freq": pl.Float64})
+
+    class Scope:
+        def describe(self):
+            return "test"
+
+    plain = _categorical(A, classes, base, "kind", Scope(), 5, 5, 0.05)[1]
+    assert set(plain.filter(pl.col("class") == "long")["latent"]) == {0, 1}
+    _, adjusted, _, warnings = _categorical(A, classes, base, "kind", Scope(), 5, 5, 0.05, lengths)
+    assert adjusted.filter(pl.col("class") == "long")["latent"].to_list() == [1]
+    assert adjusted.columns[-1] == "q_adj" and adjusted["q_adj"].max() < 0.05
+    assert any("document lengths differ between the values of 'kind'" in w for w in warnings)
+
+
 def test_npmi_and_pvalues_match_their_definitions():
     from scipy.stats import chi2_contingency, fisher_exact
 

@@ -162,3 +162,29 @@ def test_demo_pair_findings_are_the_planted_differences(demo_store):
     # b has pets and science 4x as often and three times the questions: all among the 8
     # first findings more common in b (the default shows 10), with the demo's small SAE
     assert {"pets", "science", "question"} <= kinds, (kinds, found)
+
+
+def test_findings_per_group_with_by(demo_store):
+    result = diff(demo_store["db"], "a", by="topic")
+    assert result.findings.columns[0] == "group"
+    assert set(result.findings["group"]) <= set(result.table["group"])
+    for (group,), found in result.findings.group_by("group"):
+        sig = result.significant().filter(pl.col("group") == group)
+        assert set(found["lead"]) <= set(sig["latent"])
+        assert found["finding"].to_list() == list(range(1, found.height + 1))
+        assert set(found["more_in"]) <= {group, "(rest)"}
+    # each topic against the rest: its own finding is more common in it, and comes first
+    pets = result.findings.filter(pl.col("group") == "pets")
+    assert pets["more_in"][0] == "pets" and pets["share_b"][0] > 0.5 > pets["share_a"][0]
+    ex = result.finding_examples.filter((pl.col("group") == "pets") & (pl.col("finding") == 1))
+    assert ex.height == 3
+
+
+def test_report_leads_with_findings(demo_store, tmp_path):
+    import saedata
+
+    result = diff(demo_store["db"], "a", "b")
+    html = saedata.write_report(result, tmp_path / "diff.html").read_text(encoding="utf-8")
+    first = result.findings.row(0, named=True)
+    assert html.index("Findings") < html.index("Latents") < html.index("Ranked latents")
+    assert f"1. More in {first['more_in']}" in html and "its documents:" in html
