@@ -25,8 +25,9 @@ LAYER = {  # room (first name under saedata/) -> layer; an import may only point
 PUBLIC_FOR_CLI = {"saedata", "saedata.config", "saedata.errors", "saedata.console", "saedata.demo"}
 """What the CLI may import from the library: the API (``import saedata``), the layer-0 modules and
 the planted demo corpora."""
-ANALYSIS_HELPERS = {"scope", "stats", "words", "axes", "presence"}
-"""The analysis room's shared modules; the analyses themselves import only these (and the store)."""
+ANALYSIS_HELPERS = {"scope", "stats", "words", "axes", "presence", "findings"}
+"""The analysis room's shared modules; the analyses themselves import only these (and the store).
+(``findings`` groups a diff's latents: a function of counts that reads no store.)"""
 
 
 def _modules() -> dict[str, Path]:
