@@ -232,7 +232,8 @@ def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = 
     binary (n_docs, d_sae) matrix ``A`` both set in at least ``min_support`` rows, among
     the columns set in at least ``min_support`` rows (and in ``keep`` when given); and
     how many columns those are. The counts of the ``cooccur`` macro, from a sparse
-    matrix product in blocks of ``COOCCUR_BLOCK`` columns (each block's product is at
+    matrix product in blocks of ``COOCCUR_BLOCK`` columns, each against the columns
+    before it and itself only (i < j: half of ``A.T @ A``; each block's product is at
     most n_latents x COOCCUR_BLOCK non-zeros)."""
     A = sparse.csc_matrix(A, dtype=np.int32)
     A.data[:] = 1
@@ -244,7 +245,9 @@ def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = 
     At = A[:, cols].T.tocsr()
     parts_i, parts_j, parts_n = [], [], []
     for start in range(0, len(cols), COOCCUR_BLOCK):
-        block = (At @ A[:, cols[start:start + COOCCUR_BLOCK]]).tocoo()  # (n_cols, block)
+        stop = min(start + COOCCUR_BLOCK, len(cols))
+        # only the rows i < stop can pair with a column j of the block as i < j: half the work
+        block = (At[:stop] @ A[:, cols[start:stop]]).tocoo()  # (stop, block)
         j = block.col + start
         ok = (block.row < j) & (block.data >= min_support)
         parts_i.append(cols[block.row[ok]])

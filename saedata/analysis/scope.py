@@ -182,9 +182,7 @@ def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None)
     length_of = dict(zip(lengths["doc_id"].to_list(), lengths["n_tokens"].to_list()))
     n_tokens = np.fromiter((length_of.get(int(d), 0) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
     acts = store.activations_of(scope.sae_id, scope.dataset_ids)
-    row_of = {int(d): i for i, d in enumerate(doc_ids)}
-    rows = np.fromiter((row_of.get(int(d), -1) for d in acts["doc_id"].to_numpy()), dtype=np.int64,
-                       count=acts.height)
+    rows = _positions_in(doc_ids, acts["doc_id"].to_numpy())  # each activation's row, -1 when not asked for
     keep = rows >= 0
     where = (rows[keep], acts["latent"].to_numpy()[keep])
     X = sparse.csr_matrix((acts["value"].to_numpy()[keep].astype(np.float32), where), shape=(len(doc_ids), d_sae))
@@ -194,6 +192,17 @@ def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None)
         tokens = sparse.csr_matrix((acts["tokens"].to_numpy()[keep].astype(np.float64), where),
                                    shape=(len(doc_ids), d_sae))
     return LatentMatrix(doc_ids, X, scope.sae_id, d_sae, tokens, n_tokens)
+
+
+def _positions_in(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each of ``values``, its index in ``ids`` (distinct), or -1 when absent: a
+    sorted search, not a Python lookup per value (a store holds millions of activations)."""
+    if len(ids) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    pos = np.minimum(np.searchsorted(ordered, values), len(ids) - 1)
+    return np.where(ordered[pos] == values, order[pos], -1).astype(np.int64)
 
 
 def documents_frame(store: Store, scope: Scope, fields: list[str] | None = None) -> pl.DataFrame:
