@@ -181,8 +181,9 @@ def _core(f: _Finding, P: sparse.csr_matrix, in_b: np.ndarray, n_a: float, n_b: 
     two-proportion z of "is one of them" between the sides is largest (in the finding's
     direction): purer than the lead's documents, never wider. A finding of one latent
     keeps its lead's documents."""
-    pos = [int(np.searchsorted(lat, m)) for m, fewer in f.members if not fewer]
-    pos = [i for i in pos if i < len(lat)]
+    # members that are columns of P (merged near-duplicates are not: they are in no row)
+    wanted = [m for m, fewer in f.members if not fewer]
+    pos = [i for m, i in zip(wanted, np.searchsorted(lat, wanted).tolist()) if i < len(lat) and lat[i] == m]
     if len(pos) < 2:
         return f.mask
     score = np.where(f.mask, np.asarray(P[pos].sum(0)).ravel(), 0).astype(np.int64)
