@@ -43,9 +43,10 @@ class Models(Protocol):
     """What an analysis may ask of the models behind a store. Analyses never load a reader
     or an SAE themselves: the API passes :class:`saedata.embed.models.StoreModels`."""
 
-    def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(latents (nnz,) int64, values (nnz,) float32): ``text``'s pooled codes, computed as
-        SAE ``sae_id``'s documents were embedded."""
+    def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(latents (nnz,) int64, values (nnz,) float32, tokens (nnz,) int64, n_tokens):
+        ``text``'s pooled codes, how many of its tokens each latent fired on, and its
+        length in reader tokens, computed as SAE ``sae_id``'s documents were embedded."""
         ...
 
     def text_vectors(self, texts: list[str]) -> np.ndarray:
@@ -176,12 +177,13 @@ def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None)
     (or in ``doc_ids`` order when given, which may name a subset)."""
     d_sae = store.sae_info(scope.sae_id)["d_sae"]
     lengths = store.doc_lengths(scope.dataset_ids)
+    subset = doc_ids
     if doc_ids is None:
         doc_ids = lengths["doc_id"].to_numpy()
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
     length_of = dict(zip(lengths["doc_id"].to_list(), lengths["n_tokens"].to_list()))
     n_tokens = np.fromiter((length_of.get(int(d), 0) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
-    acts = store.activations_of(scope.sae_id, scope.dataset_ids)
+    acts = store.activations_of(scope.sae_id, scope.dataset_ids, None if subset is None else doc_ids)
     rows = _positions_in(doc_ids, acts["doc_id"].to_numpy())  # each activation's row, -1 when not asked for
     keep = rows >= 0
     where = (rows[keep], acts["latent"].to_numpy()[keep])

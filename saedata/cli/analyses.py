@@ -306,6 +306,9 @@ def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_
               help="Value of --eval-field that counts as relevant [default: true, for boolean fields].")
 @click.option("--query-latents", type=COUNT, default=128, show_default=True,
               help="Latents kept from the query's own activations (label matches come on top).")
+@click.option("--feedback", type=click.IntRange(0, 10_000), default=20, show_default=True,
+              help="Best documents of a first round whose shared latents expand the query, when they form a group "
+                   "(at most 1 per 100 documents searched; under 5 scores once).")
 @click.option("--include-weak", is_flag=True,
               help="Keep query latents whose labels are weak (punctuation, function words) though the query "
                    "does not contain them.")
@@ -314,26 +317,32 @@ def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_
 @format_option
 @quiet_option
 @click.pass_context
-def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, include_weak, sae_id,
-           device, fmt):
+def search(ctx, query, db, latent_ids, dataset, top, eval_field, eval_value, query_latents, feedback, include_weak,
+           sae_id, device, fmt):
     """Find the documents that show a property described by QUERY, best first.
 
-    QUERY is read by the SAE's reader and mapped to latents (weighted by rarity, plus
-    latents whose labels share its words); documents are scored from the stored
-    activations alone. Phrase it as an example: "Why did the dog do that?".
+    QUERY is read by the SAE's reader and coded as documents were; documents are scored
+    from their stored codes alone, by similarity over latents (weighted by rarity, plus
+    latents whose labels share the query's words) and of the codes decoded, then again
+    with the best documents' codes added to the query (--feedback). Each result names
+    the latents that added most to its score. Phrase QUERY as a topic or an example:
+    "text editors", "Why did the dog do that?".
     """
     if not (query and query.strip()) and not latent_ids:
         raise click.UsageError("give a QUERY or --latents")
     result = saedata.search(db, query, latents=latent_ids, dataset=dataset, top=top, eval_field=eval_field,
                             eval_value=eval_value, reader_cfg=ReaderConfig(device=device), sae_id=sae_id,
-                            query_latents=query_latents, include_weak=include_weak)
+                            query_latents=query_latents, feedback=feedback, include_weak=include_weak)
     say = log(ctx)
     n = result.query_latents.height
-    say(f"{n} latents ({'by-latent index' if result.used_index else 'full scan'}), heaviest first:")
+    how = ("by-latent index" if result.used_index else "full scan") if latent_ids else "query vector"
+    say(f"{n} latents ({how}), heaviest first:")
     for row in result.query_latents.head(10).iter_rows(named=True):
         say(f"  {row['latent']:>6}  {row['weight']:6.3f}  {row['source']:<11}  {row['label'] or ''}")
     if n > 10:
         say(f"  ... and {n - 10} more")
+    if result.feedback_note:
+        say(result.feedback_note)
     emit(result.docs, fmt)
     if result.precision is not None:
         click.echo(f"precision@{result.docs.height}: {result.precision:.2f} "

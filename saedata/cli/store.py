@@ -157,10 +157,11 @@ def label(ctx, db, sae_id, llm, latent_ids):
 @quiet_option
 @click.pass_context
 def index(ctx, db):
-    """Build the by-latent copy of the activations that makes `saedata search` fast on large stores.
+    """Build the by-latent copy of the activations that makes `saedata search --latents` fast on large stores.
 
-    Rebuild it after embedding more documents: until then search notices it is stale
-    and scans the activations instead.
+    A search by chosen latents reads only their rows from it (a query text is compared
+    with every document's codes, so it does not use it). Rebuild it after embedding more
+    documents: until then search notices it is stale and scans the activations instead.
     """
     n = saedata.build_index(db)
     log(ctx)(f"indexed {n} activations by latent in {db}")

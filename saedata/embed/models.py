@@ -120,12 +120,14 @@ class StoreModels:
         cfg = self.reader_cfg.replace(model=info["reader"], layer=info["layer"])
         return _cached(self._path(sae_id), cfg, images)
 
-    def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(latents, values) of ``text`` pooled as SAE ``sae_id``'s documents were embedded."""
+    def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(latents, values, tokens, n_tokens) of ``text`` pooled as SAE ``sae_id``'s
+        documents were embedded: a document's stored row, and its length in reader tokens."""
         loaded = self._loaded(sae_id)
         embed_cfg = EmbedConfig.from_dict(self.store.embed_settings(sae_id))
-        codes = document_codes(loaded.sae, loaded.reader.read([text]), embed_cfg)
-        return codes.latent.astype(np.int64), codes.value
+        batch = loaded.reader.read([text])
+        codes = document_codes(loaded.sae, batch, embed_cfg)
+        return codes.latent.astype(np.int64), codes.value, codes.tokens.astype(np.int64), int(batch.n_tokens[0])
 
     def document_vectors(self, sae_id: int, texts: list[str]) -> np.ndarray:
         """(n_texts, d_model) mean reader activation at the SAE's layer (images when the

@@ -385,14 +385,21 @@ class Store:
             [list(dataset_ids)],
         )
 
-    def activations_of(self, sae_id: int, dataset_ids: Sequence[int]) -> pl.DataFrame:
+    def activations_of(self, sae_id: int, dataset_ids: Sequence[int],
+                       doc_ids: Sequence[int] | None = None) -> pl.DataFrame:
         """(doc_id, latent, value, tokens) of SAE ``sae_id`` in the documents of
-        ``dataset_ids`` (tokens NULL in a store from before token counts)."""
-        return self.sql(
-            "SELECT a.doc_id, a.latent, a.value, a.tokens FROM activations AS a JOIN documents AS d USING (doc_id) "
-            "WHERE a.sae_id = ? AND d.dataset_id IN (SELECT unnest(?::INTEGER[]))",
-            [sae_id, list(dataset_ids)],
-        )
+        ``dataset_ids`` (tokens NULL in a store from before token counts); only those of
+        ``doc_ids`` when given (read by their id range, so a block of neighbouring
+        documents costs a block's rows)."""
+        sql = ("SELECT a.doc_id, a.latent, a.value, a.tokens FROM activations AS a JOIN documents AS d USING (doc_id) "
+               "WHERE a.sae_id = ? AND d.dataset_id IN (SELECT unnest(?::INTEGER[]))")
+        if doc_ids is None:
+            return self.sql(sql, [sae_id, list(dataset_ids)])
+        ids = [int(x) for x in doc_ids]
+        if not ids:
+            return self.sql(sql + " AND false", [sae_id, list(dataset_ids)])
+        return self.sql(sql + " AND a.doc_id BETWEEN ? AND ? AND a.doc_id IN (SELECT unnest(?::BIGINT[]))",
+                        [sae_id, list(dataset_ids), min(ids), max(ids), ids])
 
     # -- lookups -----------------------------------------------------------------------
 
