@@ -101,3 +101,29 @@ JOIN documents AS d USING (doc_id)
 LEFT JOIN latents AS l ON l.sae_id = a.sae_id AND l.latent = a.latent
 WHERE a.doc_id = doc
 ORDER BY abs(a.value) DESC, a.latent;
+
+-- peak_windows(sae, latent_ids, n := 8, width := 120): for each latent of `latent_ids`,
+-- the `width` characters of text around its peak in each of its `n` strongest
+-- documents: what the latent fires on, in the words of the corpus (axes compare it with
+-- the axis text).
+--   SELECT * FROM peak_windows(1, [42, 7], n := 3);
+CREATE OR REPLACE MACRO peak_windows(sae, latent_ids, n := 8, width := 120) AS TABLE
+SELECT latent, doc_id, snippet FROM (
+    SELECT a.latent, a.doc_id, substr(d.text, greatest(1, a.peak + 1 - width // 2), width) AS snippet,
+           row_number() OVER (PARTITION BY a.latent ORDER BY a.value DESC, a.doc_id) AS r
+    FROM activations AS a
+    JOIN documents AS d USING (doc_id)
+    WHERE a.sae_id = sae AND a.latent IN (SELECT unnest(latent_ids)) AND a.peak IS NOT NULL
+)
+WHERE r <= n
+ORDER BY latent, r;
+
+-- text_windows(n := 64, width := 120): the first `width` characters of `n` documents
+-- chosen by a hash of their id (the same ones every time): text in general, to compare
+-- a latent's peak windows against.
+--   SELECT * FROM text_windows(n := 5);
+CREATE OR REPLACE MACRO text_windows(n := 64, width := 120) AS TABLE
+SELECT doc_id, substr(text, 1, width) AS snippet
+FROM documents
+ORDER BY hash(doc_id), doc_id
+LIMIT n;

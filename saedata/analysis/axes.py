@@ -10,12 +10,26 @@ Three ways to name latents, combined as a union (each row says why it was picked
       :mod:`saedata.analysis.words`), or
    b. *semantically*: its label, embedded by ``embed_texts`` (the API passes the
       default reader, all-MiniLM-L6-v2, its last layer's token activations mean-pooled:
-      :func:`saedata.embed.encode.text_vectors`), has cosine similarity to the
+      :func:`saedata.embed.models.text_vectors`), has cosine similarity to the
       embedded axis text of at least ``min_score`` *and* at least ``min_z`` standard
       deviations above the mean similarity of all candidate labels (so an axis that is
-      loosely similar to everything picks nothing). The string "sentiment" never
-      occurs in a label like "hated / miserable / was terrible", but the embeddings
-      place them close, which is what (b) is for; without ``embed_texts`` only (a) runs.
+      loosely similar to everything picks nothing), *and* what the latent fires on
+      agrees: the text around its peak in its ``CONTEXT_DOCS`` strongest documents,
+      embedded the same way, is more similar to the axis than text in general (the
+      start of ``CONTEXT_DOCS x 8`` documents) by at least ``CONTEXT_MARGIN`` and by at
+      least ``CONTEXT_SHARE`` of the margin of the candidate whose peaks are most like
+      the axis. The string "sentiment" never occurs in a label like "hated / miserable
+      / was terrible", but the embeddings place them close, which is what (b) is for;
+      the activation evidence drops latents whose label happens to hold an axis-like
+      word but which fire on something else (on Debian, "game / version / strategy"
+      for "games": its peaks are 0.08 similar to "games", text in general 0.02, "game"
+      itself 0.50; on the demo, "happy / photographed / miserable" for "sentiment":
+      0.06, text in general 0.07).
+      Semantic matching needs a word the reader knows: an axis whose every content
+      word ``word_pieces`` splits into fragments (under ``MIN_PIECE_CHARS`` characters
+      a piece, or a first piece of one letter: "xyzzyqq" is x, ##y, ##zzy, ##q, ##q)
+      has no meaning to embed, only letters, and is matched lexically alone. Without
+      ``embed_texts`` only (a) runs.
    Candidates for the axis are latents active in at least ``min_freq`` of the
    documents, with a label that is not weak (``frequent-words`` labels, punctuation
    and function words such as "." or "the" describe no content). Lexical matches come
@@ -37,7 +51,7 @@ import numpy as np
 import polars as pl
 
 from saedata.analysis.scope import latent_labels
-from saedata.analysis.words import matching_forms, words
+from saedata.analysis.words import content_words, matching_forms, words
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import Store, label_matches
 
@@ -49,6 +63,24 @@ LEXICAL_MATCH = "label word matches"
 
 TextVectors = Callable[[list[str]], np.ndarray]
 """texts -> (n_texts, d) unit vectors: how axis texts and labels are embedded."""
+
+WordPieces = Callable[[str], list[str]]
+"""text -> the word pieces the reader of ``TextVectors`` splits it into."""
+
+CONTEXT_DOCS = 8
+"""Strongest documents of a latent whose text around its peak is compared with the axis."""
+
+CONTEXT_WIDTH = 120
+"""Characters around the peak read from each of them."""
+
+CONTEXT_MARGIN = 0.05
+"""How much more similar to the axis than text in general a latent's peaks must be, at least."""
+
+CONTEXT_SHARE = 1 / 3
+"""... and at least this share of the margin of the candidate whose peaks are most like the axis."""
+
+MIN_PIECE_CHARS = 2.5
+"""Characters per word piece below which the reader does not know a word (fragments)."""
 
 
 def select_latents(
@@ -62,6 +94,7 @@ def select_latents(
     min_score: float = 0.3,
     min_z: float = 3.0,
     embed_texts: TextVectors | None = None,
+    word_pieces: WordPieces | None = None,
 ) -> pl.DataFrame:
     """The latents named by ``latents``, ``label_pattern`` and/or ``axis`` (see the module doc).
 
@@ -84,8 +117,8 @@ def select_latents(
         values = [v.strip() for v in axis.split(",") if v.strip()] if "," in axis else [axis]
         share = max(1, top // max(len(values), 1))
         for value in values:
-            parts.append(_by_axis(table, value, share if len(values) > 1 else top, min_freq, min_score, min_z,
-                                  embed_texts))
+            parts.append(_by_axis(store, sae_id, table, value, share if len(values) > 1 else top, min_freq,
+                                  min_score, min_z, embed_texts, word_pieces))
     picked = pl.concat(parts, how="vertical_relaxed")
     return (
         picked.group_by("latent", maintain_order=True)
@@ -121,8 +154,9 @@ def _by_pattern(table: pl.DataFrame, pattern: str, min_freq: float) -> pl.DataFr
                       pl.lit(f"label matches {pattern!r}").alias("why"))
 
 
-def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_score: float, min_z: float,
-             embed_texts: TextVectors | None) -> pl.DataFrame:
+def _by_axis(store: Store, sae_id: int, table: pl.DataFrame, axis: str, top: int, min_freq: float,
+             min_score: float, min_z: float, embed_texts: TextVectors | None,
+             word_pieces: WordPieces | None) -> pl.DataFrame:
     if not axis.strip():
         raise ConfigError("--axis is empty; describe the axis in a few words, e.g. --axis sentiment")
     cands = table.filter((pl.col("freq") >= min_freq) & pl.col("label").is_not_null() & ~pl.col("weak"))
@@ -134,27 +168,78 @@ def _by_axis(table: pl.DataFrame, axis: str, top: int, min_freq: float, min_scor
     labels = cands["label"].to_list()
     forms = matching_forms(axis)
     lexical = np.array([bool(forms & set(words(lab))) for lab in labels])
-    if embed_texts is not None:
+    fragments = _fragments(axis, word_pieces)
+    sims, context = np.zeros(len(labels)), np.full(len(labels), np.nan)
+    if embed_texts is not None and not fragments:
         vecs = embed_texts([axis, *labels])
         sims = vecs[1:] @ vecs[0]
-    else:
-        sims = np.zeros(len(labels))
     z = (sims - sims.mean()) / (sims.std() + 1e-12)
-    semantic = (sims >= min_score) & (z >= min_z)
+    semantic = (sims >= min_score) & (z >= min_z) & ~lexical
+    if semantic.any():
+        assert embed_texts is not None
+        ids = cands["latent"].to_numpy()
+        tried = np.flatnonzero(semantic)[np.argsort(-sims[semantic])][: 3 * top]  # the most similar labels
+        context[tried], general = _context_similarity(store, sae_id, ids[tried], axis, embed_texts)
+        gain = context - general
+        semantic &= gain >= max(CONTEXT_MARGIN, CONTEXT_SHARE * float(np.nanmax(gain)))  # nan (not tried): False
     order = np.lexsort((-sims, ~lexical))  # lexical matches first, then by similarity
     keep = [i for i in order if lexical[i] or semantic[i]][:top]
     if not keep:
-        nearest = "; ".join(f"{cands['latent'][int(i)]} {labels[int(i)]!r} (cos {sims[int(i)]:.2f})"
-                            for i in np.argsort(-sims)[:5]) if embed_texts is not None else "none (no label embedding)"
+        if fragments:
+            nearest = (f"none: the reader knows no word of it (it reads {', '.join(fragments)}), "
+                       "so only a label holding its very word could match")
+        elif embed_texts is None:
+            nearest = "none (no label embedding)"
+        else:
+            nearest = "; ".join(
+                f"{cands['latent'][int(i)]} {labels[int(i)]!r} (cos {sims[int(i)]:.2f}"
+                + (f", its peaks {context[int(i)]:.2f}" if np.isfinite(context[int(i)]) else "") + ")"
+                for i in np.argsort(-sims)[:5])
         raise NotFoundError(
             f"no latent matches --axis {axis!r}: no label shares a word with it, and none is similar enough "
-            f"(cos >= {min_score} and {min_z:g} standard deviations above the average label); nearest: {nearest}; "
+            f"(cos >= {min_score} and {min_z:g} standard deviations above the average label, with peaks on text "
+            f"like it); nearest: {nearest}; "
             "try other words, example values (\"love, politics, computers\"), --label REGEX or --latents"
         )
     why = [
-        f"{LEXICAL_MATCH} {axis!r}" if lexical[i] else f"label similar to {axis!r} (cos {sims[i]:.2f})"
+        f"{LEXICAL_MATCH} {axis!r}" if lexical[i]
+        else f"label similar to {axis!r} (cos {sims[i]:.2f}; its peaks {context[i]:.2f})"
         for i in keep
     ]
     return cands[keep].select("latent", "label", "freq").with_columns(
         pl.Series("score", sims[keep].astype(np.float64)), pl.Series("why", why)
     )
+
+
+def _fragments(axis: str, word_pieces: WordPieces | None) -> list[str]:
+    """The reader's pieces of ``axis`` when it knows none of its content words (each
+    splits into fragments), else []."""
+    if word_pieces is None:
+        return []
+    pieces_of = {w: word_pieces(w) for w in content_words(axis) or words(axis)}
+    if not pieces_of:
+        return []
+    known = [w for w, p in pieces_of.items()
+             if len(p) == 1 or (len(w) / max(len(p), 1) >= MIN_PIECE_CHARS and len(p[0].lstrip("#")) > 1)]
+    return [] if known else [p for ps in pieces_of.values() for p in ps]
+
+
+def _context_similarity(store: Store, sae_id: int, latents: np.ndarray, axis: str,
+                        embed_texts: TextVectors) -> tuple[np.ndarray, float]:
+    """(len(latents),) cosine similarity of the axis to the mean embedding of each latent's
+    peak windows (nan for a latent without any), and the axis's mean similarity to text
+    in general."""
+    peaks = store.macro("peak_windows", int(sae_id), [int(x) for x in latents], n=CONTEXT_DOCS,
+                        width=CONTEXT_WIDTH)
+    general = store.macro("text_windows", n=CONTEXT_DOCS * 8, width=CONTEXT_WIDTH)["snippet"].to_list()
+    texts = peaks["snippet"].to_list()
+    vecs = embed_texts([axis, *texts, *general])
+    axis_vec, peak_vecs, general_vecs = vecs[0], vecs[1 : 1 + len(texts)], vecs[1 + len(texts):]
+    out = np.full(len(latents), np.nan)
+    owner = peaks["latent"].to_numpy()
+    for k, lat in enumerate(latents):
+        mine = peak_vecs[owner == lat]
+        if len(mine):
+            centre = mine.mean(axis=0)
+            out[k] = float(centre @ axis_vec / (np.linalg.norm(centre) + 1e-12))
+    return out, float((general_vecs @ axis_vec).mean()) if len(general) else 0.0

@@ -193,7 +193,8 @@ def cluster(
             used = _all_latents(labels, support, min_support, n)
         else:
             used = select_latents(store, scope.sae_id, axis=axis, latents=latents, label_pattern=label_pattern,
-                                  top=top, embed_texts=models.text_vectors if models is not None else None)
+                                  top=top, embed_texts=models.text_vectors if models is not None else None,
+                                  word_pieces=models.text_pieces if models is not None else None)
         cols = used["latent"].to_numpy().astype(np.int64)
         F = features(lm, cols, scale)
         n_empty = int((F.getnnz(axis=1) == 0).sum())

@@ -53,6 +53,10 @@ class Models(Protocol):
         """(n_texts, d) unit vectors of short texts (labels, an axis) from the default reader."""
         ...
 
+    def text_pieces(self, text: str) -> list[str]:
+        """The word pieces the reader of :meth:`text_vectors` splits ``text`` into."""
+        ...
+
     def document_vectors(self, sae_id: int, texts: list[str]) -> np.ndarray:
         """(n_texts, d_model) dense embeddings: the mean reader activation at SAE ``sae_id``'s layer."""
         ...

@@ -139,6 +139,10 @@ class StoreModels:
         """(n_texts, d_model) unit vectors of short texts from the default reader's last layer."""
         return text_vectors(texts, self.reader_cfg.device)
 
+    def text_pieces(self, text: str) -> list[str]:
+        """The word pieces the default reader splits ``text`` into."""
+        return text_pieces(text, self.reader_cfg.device)
+
     def sae(self, sae_id: int) -> SparseAutoencoder:
         """SAE ``sae_id`` on the configured device, in eval mode."""
         from saedata.reader import resolve_device
@@ -151,18 +155,29 @@ _TEXT_READERS: dict[str, Any] = {}
 _TEXT_VECTORS: dict[tuple[str, str], np.ndarray] = {}
 
 
+def text_pieces(text: str, device: str = "auto") -> list[str]:
+    """The word pieces the default reader (the one :func:`text_vectors` embeds with)
+    splits ``text`` into: what it knows of a word ("sentiment" is one piece, "xyzzyqq"
+    five fragments)."""
+    return list(_text_reader(device).tokenizer.tokenize(text))
+
+
+def _text_reader(device: str) -> Any:
+    if device not in _TEXT_READERS:
+        from saedata.reader import Reader
+
+        # labels are a few words: big batches of short inputs
+        _TEXT_READERS[device] = Reader(ReaderConfig(layer=-1, batch_size=128, max_tokens=32, device=device))
+    return _TEXT_READERS[device]
+
+
 def text_vectors(texts: list[str], device: str = "auto") -> np.ndarray:
     """(n_texts, d_model) unit vectors of short texts (labels, an axis): the default
     reader's last-layer activations, mean-pooled. The reader and every text's vector are
     cached for the process, so many axes over one SAE's labels embed each label once."""
     todo = list(dict.fromkeys(t for t in texts if (device, t) not in _TEXT_VECTORS))
     if todo:
-        from saedata.reader import Reader
-
-        if device not in _TEXT_READERS:
-            # labels are a few words: big batches of short inputs
-            _TEXT_READERS[device] = Reader(ReaderConfig(layer=-1, batch_size=128, max_tokens=32, device=device))
-        means = mean_activations(_TEXT_READERS[device], todo).astype(np.float64)
+        means = mean_activations(_text_reader(device), todo).astype(np.float64)
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
         for text, v in zip(todo, means, strict=True):
             _TEXT_VECTORS[(device, text)] = v

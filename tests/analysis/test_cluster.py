@@ -133,11 +133,22 @@ def test_an_axis_by_example_values_represents_each_value(db):
     assert "kitten" in labels and "storm" in labels
 
 
-def test_an_axis_most_documents_lack_is_refused(db):
+def test_an_axis_most_documents_lack_is_refused(db, monkeypatch):
     """A weak match is an error naming what was picked, not a clustering of empty rows."""
+    from saedata.analysis import axes
+
+    # a string the reader knows no word of has no meaning to match labels by
+    with pytest.raises(NotFoundError, match=r"no latent matches --axis 'xyzzyqq'.*the reader knows no word of it "
+                                            r"\(it reads x, ##y, ##zzy, ##q, ##q\)"):
+        saedata.cluster(db, axis="xyzzyqq", k=2, map=False)
+    # were its fragments taken for words, and any peaks taken as evidence, the labels most
+    # like them would be picked: their latents leave most documents empty, so it is refused
+    monkeypatch.setattr(axes, "_fragments", lambda axis, word_pieces: [])
+    monkeypatch.setattr(axes, "CONTEXT_MARGIN", -2.0)
     with pytest.raises(ConfigError, match=r"by label similarity alone, fire in only \d+ of .* a weak match.*"
                                           r"picked: \d+ "):
         saedata.cluster(db, axis="xyzzyqq", k=2, map=False)
+    monkeypatch.undo()
     # a narrow axis that labels name is kept, with a warning for the documents it leaves empty
     narrow = saedata.cluster(db, axis="leash", top=3, k=2, map=False)
     assert any("have none of the selected latents" in w for w in narrow.warnings)
@@ -154,6 +165,25 @@ def test_select_latents_by_list_pattern_and_axis(db):
         with pytest.raises(NotFoundError, match="SAE 1 has no latent 99999"):
             select_latents(store, 1, latents=[99999])
     assert {"pet", "pets"} <= matching_forms("pets") and "the" not in matching_forms("the stories")
+
+
+def test_axis_latents_are_matched_by_their_label_and_what_they_fire_on(db, monkeypatch):
+    from saedata.analysis import axes
+
+    with saedata.open(db) as store:
+        models = StoreModels(store)
+        picked = select_latents(store, 1, axis="sentiment", embed_texts=models.text_vectors,
+                                word_pieces=models.text_pieces)
+        by_similarity = picked.filter(pl.col("why").str.starts_with("label similar"))
+        assert by_similarity.height > 0
+        # each says how like the axis its label is and how like the axis the text around its peaks is
+        assert by_similarity["why"].str.contains(r"\(cos 0\.\d\d; its peaks 0\.\d\d\)").all()
+        assert by_similarity["label"].str.contains("(?i)happy|hated|miserable|loved|thrilled|awful|terrible").all()
+        # when no latent's peaks are far enough above text in general, nothing is picked by label alone
+        monkeypatch.setattr(axes, "CONTEXT_MARGIN", 1.5)  # above any similarity
+        with pytest.raises(NotFoundError, match=r"nearest: \d+ '[^']+' \(cos 0\.\d\d, its peaks -?0\.\d\d\)"):
+            select_latents(store, 1, axis="sentiment", embed_texts=models.text_vectors,
+                           word_pieces=models.text_pieces)
     assert "story" in matching_forms("the stories")
 
 

@@ -89,6 +89,12 @@ def test_latents(con):
     assert rows(con, "SELECT doc_id, dataset, value, at_word FROM top_docs(1, 0, n := 2)") == \
         [(0, "a", 2.0, "dog"), (2, "a", 1.5, "dogs")]
     assert rows(con, "SELECT latent, value, at_word FROM doc_concepts(1)") == [(2, 3.0, "york"), (1, 0.5, ".")]
+    # the characters around each peak, strongest documents first
+    assert rows(con, "SELECT * FROM peak_windows(1, [0, 2], n := 2, width := 6)") == \
+        [(0, 0, "he dog"), (0, 2, "Dogs a"), (2, 1, "w York")]
+    some = rows(con, "SELECT * FROM text_windows(n := 3, width := 4)")
+    assert len({d for d, _ in some}) == 3 and all(w == TEXTS[d][:4] for d, w in some)
+    assert rows(con, "SELECT * FROM text_windows(n := 3, width := 4)") == some
 
 
 def test_presence(con):
