@@ -89,6 +89,10 @@ MATCHES_SHOWN = 5
 """Latents listed per result: those that contributed most to its score."""
 
 
+WEIGHTS_SCHEMA = {"latent": pl.Int32, "label": pl.String, "weight": pl.Float64, "source": pl.String}
+"""The query-latents frame: (latent, label, weight, source)."""
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """The outcome of a property search."""
@@ -297,7 +301,7 @@ def _with_frame(q: QueryVectors, vec: np.ndarray, source: np.ndarray) -> QueryVe
     frame = pl.DataFrame(
         {"latent": chosen.astype(np.int32), "label": [q.labels.get(int(i)) for i in chosen],
          "weight": vec[chosen].astype(np.float64), "source": [str(x) for x in source[chosen]]},
-        schema={"latent": pl.Int32, "label": pl.String, "weight": pl.Float64, "source": pl.String},
+        schema=WEIGHTS_SCHEMA,
     ).sort(["weight", "latent"], descending=[True, False])
     return QueryVectors(frame, vec, q.decoded, q.idf, q.left_out, q.decoder, q.labels)
 
@@ -327,7 +331,7 @@ def explicit_latents(store: Store, sae_id: int, latents: list[int]) -> pl.DataFr
     return pl.DataFrame(
         {"latent": ids, "label": [label_of.get(i) for i in ids], "weight": [1.0] * len(ids),
          "source": ["explicit"] * len(ids)},
-        schema={"latent": pl.Int32, "label": pl.String, "weight": pl.Float64, "source": pl.String},
+        schema=WEIGHTS_SCHEMA,
     )
 
 
@@ -444,7 +448,8 @@ class _Vectors:
     means: sparse.csr_matrix
     """(n_docs, d_sae) each latent's mean over the document's tokens, value x tokens / n_tokens."""
     decoded: np.ndarray | None
-    """(n_docs, d_in) float32 unit rows: ``means @ W_dec + b_dec`` normalised."""
+    """(n_docs, d_in) float32 unit rows: ``means @ W_dec + b_dec`` normalised (None when
+    the query has no decoder, and so no ``decoded`` vector)."""
     decoded_norm: np.ndarray | None
     """(n_docs,) the norm ``decoded`` was divided by."""
 
@@ -467,7 +472,7 @@ def _vectors(lm: LatentMatrix, q: QueryVectors) -> _Vectors:
 
 def _similarities(v: _Vectors, q: QueryVectors) -> tuple[np.ndarray, np.ndarray | None]:
     over_latents = np.asarray(v.latents @ q.latents).ravel()
-    decoded = None if v.decoded is None or q.decoded is None else v.decoded @ q.decoded
+    decoded = None if v.decoded is None else v.decoded @ q.decoded
     return over_latents, decoded
 
 
@@ -545,10 +550,9 @@ def rank_by_concepts(store: Store, scope: Scope, q: QueryVectors, *, top: int = 
         vec = q.latents + FEEDBACK_WEIGHT * _unit(centroid)
         source = np.full(len(vec), "", dtype=object)
         source[centroid > 0] = "feedback"
-        for row in q.frame.iter_rows(named=True):
-            source[row["latent"]] = row["source"]
+        source[q.frame["latent"].to_numpy()] = q.frame["source"].to_numpy()
         decoded = None
-        if v.decoded is not None and q.decoded is not None:
+        if v.decoded is not None:
             decoded = q.decoded + FEEDBACK_WEIGHT * _unit(v.decoded.mean(axis=0))
         q = _with_frame(QueryVectors(q.frame, vec, decoded, q.idf, q.left_out, q.decoder, q.labels), vec, source)
         score, spread = scores(q)
@@ -572,7 +576,7 @@ def _concept_matches(store: Store, scope: Scope, doc_ids: np.ndarray, q: QueryVe
     lm = latent_matrix(store, scope, doc_ids=doc_ids)
     v = _vectors(lm, q)
     part = v.latents.multiply(q.latents[None, :] / spread[0])
-    if v.decoded is not None and q.decoded is not None and q.decoder is not None:
+    if v.decoded is not None:
         along = q.decoder[0] @ q.decoded / spread[1]
         part = part + sparse.diags(1.0 / np.maximum(v.decoded_norm, 1e-12)) @ v.means.multiply(along[None, :])
     part = sparse.coo_matrix(part)

@@ -185,8 +185,8 @@ def latent_matrix(store: Store, scope: Scope, doc_ids: np.ndarray | None = None)
     if doc_ids is None:
         doc_ids = lengths["doc_id"].to_numpy()
     doc_ids = np.asarray(doc_ids, dtype=np.int64)
-    length_of = dict(zip(lengths["doc_id"].to_list(), lengths["n_tokens"].to_list()))
-    n_tokens = np.fromiter((length_of.get(int(d), 0) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+    at = _positions_in(lengths["doc_id"].to_numpy(), doc_ids)  # each document's row in lengths, -1 when absent
+    n_tokens = np.where(at >= 0, lengths["n_tokens"].to_numpy()[np.maximum(at, 0)], 0).astype(np.int64)
     acts = store.activations_of(scope.sae_id, scope.dataset_ids, None if subset is None else doc_ids)
     rows = _positions_in(doc_ids, acts["doc_id"].to_numpy())  # each activation's row, -1 when not asked for
     keep = rows >= 0

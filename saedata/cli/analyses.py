@@ -307,8 +307,8 @@ def cluster(ctx, db, datasets, axis, pattern, latent_ids, method, k, max_k, min_
 @click.option("--query-latents", type=COUNT, default=128, show_default=True,
               help="Latents kept from the query's own activations (label matches come on top).")
 @click.option("--feedback", type=click.IntRange(0, 10_000), default=20, show_default=True,
-              help="Best documents of a first round whose shared latents expand the query, when they form a group "
-                   "(at most 1 per 100 documents searched; under 5 scores once).")
+              help="Best documents of a first round whose shared latents expand the query (at most 1 per 100 "
+                   "documents searched; under 5 scores once).")
 @click.option("--include-weak", is_flag=True,
               help="Keep query latents whose labels are weak (punctuation, function words) though the query "
                    "does not contain them.")
