@@ -110,8 +110,13 @@ def bench_first_result(corpus: Path, work: Path, batch_size: int, id_field: str 
     bare = time.perf_counter() - t0
     messages: list[str] = []
     t0 = time.perf_counter()
+
+    def log(message: str) -> None:  # each step's message with the seconds since the start
+        messages.append(message)
+        print(f"  {time.perf_counter() - t0:7.1f} s  {message}", flush=True)
+
     embed(str(corpus), work / "first.duckdb", input_cfg=input_cfg, reader_cfg=reader_cfg, embed_cfg=embed_cfg,
-          train_cfg=TrainConfig(device="cpu"), log=messages.append)
+          train_cfg=TrainConfig(device="cpu"), log=log)
     full = time.perf_counter() - t0
     metrics = json.loads((work / "first.sae" / "metrics.json").read_text())
     return {

@@ -87,11 +87,16 @@ class TrainConfig(_Serialisable):
     k: int = 32
     """k of an SAE built from the reader width (TopK family)."""
     lr: float | None = None
-    """Adam learning rate; None scales 2e-4 / sqrt(d_sae / 16384) as in Gao et al. (2024)."""
+    """Adam learning rate; None scales 2e-4 / sqrt(d_sae / 16384) as in Gao et al. (2024),
+    times ``CORPUS_LR_SCALE`` when training on a corpus (:mod:`saedata.embed.train`)."""
     batch_size: int = 4096
     """Tokens per optimisation step."""
     max_tokens: int = 2_000_000
-    """Training tokens in total (the activation stream is cycled when shorter)."""
+    """Training tokens in total (the activation stream is cycled when shorter); when
+    training on a corpus, the most tokens (see ``passes``)."""
+    passes: float = 1.5
+    """When training on a corpus: passes over its tokens, at least ``MIN_CORPUS_TOKENS``
+    (small corpora are cycled more, up to ``max_epochs``), at most ``max_tokens``."""
     max_epochs: int = 25
     """When training on a corpus, stop after this many passes over its tokens if sooner."""
     buffer_tokens: int = 262_144
@@ -115,8 +120,8 @@ class TrainConfig(_Serialisable):
     (a gather with a sparse backward) instead of a dense (n, d_sae) gradient."""
     stop_tolerance: float = 0.01
     """With held-out activations (as when training on a corpus), their FVU is measured
-    every 5% of the budget and training stops once it improved by less than this
-    fraction over the last two measurements (0: never stop early)."""
+    every 10% of the budget and training stops once it improved by less than this
+    fraction since the measurement before (0: never stop early)."""
     checkpoint_every: int = 100
     """Save a resumable checkpoint every N steps when training into a directory (0: never);
     rerunning an interrupted training with the same configs resumes from it."""
@@ -128,6 +133,8 @@ class TrainConfig(_Serialisable):
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_tokens <= 0:
             raise ConfigError("batch_size and max_tokens must be positive")
+        if not self.passes > 0:
+            raise ConfigError(f"passes must be positive, got {self.passes}")
         if not 0 <= self.stop_tolerance < 1:
             raise ConfigError(f"stop_tolerance must be in [0, 1), got {self.stop_tolerance}")
         if self.expansion <= 0:

@@ -177,8 +177,11 @@ train_options = _stack(
     click.option("--k", type=COUNT, default=32, show_default=True, help="Active latents per token (TopK family)."),
     click.option("--expansion", type=click.IntRange(1, 1024), default=8, show_default=True,
                  help="d_sae = expansion x reader width."),
+    click.option("--train-passes", type=click.FloatRange(0, 25, min_open=True), default=1.5, show_default=True,
+                 help="Passes over the corpus's tokens to train the SAE on (at least 500,000 tokens: a small "
+                      "corpus is cycled, at most 25 times)."),
     click.option("--train-tokens", type=COUNT, default=2_000_000, show_default=True,
-                 help="Most tokens to train the SAE on (the corpus is cycled when shorter, at most 25 times)."),
+                 help="Most tokens to train the SAE on."),
     click.option("--stop-tolerance", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
                  help="Stop training once the FVU of held-out tokens improved by less than this fraction over "
                       "the last 10%% of the budget (0: train the whole budget)."),
@@ -197,7 +200,8 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"input_cfg": input_cfg, "reader_cfg": reader_cfg}
     if "activation" in kw:
         out["train_cfg"] = TrainConfig(activation=kw.pop("activation"), k=kw.pop("k"), expansion=kw.pop("expansion"),
-                                       max_tokens=kw.pop("train_tokens"), stop_tolerance=kw.pop("stop_tolerance"),
+                                       max_tokens=kw.pop("train_tokens"), passes=kw.pop("train_passes"),
+                                       stop_tolerance=kw.pop("stop_tolerance"),
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
         out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"))

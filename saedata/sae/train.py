@@ -14,8 +14,8 @@ The loop follows Gao et al. (2024) and SAELens/sparsify:
 * each step: Adam on the objective of ``SparseAutoencoder.forward`` with the gradient
   parallel to each decoder row removed, then decoder rows renormalised; a latent that has
   not fired for ``dead_tokens`` tokens is dead and feeds AuxK;
-* with held-out activations, their FVU every 5% of the budget; training stops when it
-  improved by less than ``stop_tolerance`` (relative) over the last two measurements;
+* with held-out activations, their FVU every 10% of the budget; training stops when it
+  improved by less than ``stop_tolerance`` (relative) since the measurement before;
 * checkpoints every ``checkpoint_every`` steps in ``out_dir/checkpoint`` (the SAE plus
   ``trainer_state.pt``); ``fit`` with the same configs and ``out_dir`` resumes from it and
   ends with the same weights as an uninterrupted run. The final SAE is saved to
@@ -55,9 +55,10 @@ STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.json"
 EVAL_TOKENS = 16_384
 """Rows of the first buffer used for the final FVU / L0 evaluation (and most held-out rows used)."""
-HELDOUT_EVALS = 20
-"""Held-out FVU measurements over the budget (every 5%)..."""
-MIN_EVALS = 4
+HELDOUT_EVALS = 10
+"""Held-out FVU measurements over the budget (every 10%; each is a forward pass over up
+to EVAL_TOKENS rows, about three training steps' time at the default batch)..."""
+MIN_EVALS = 3
 """...of which at least this many come before training may stop early."""
 _RESUME_IGNORED = ("checkpoint_every", "device")
 """TrainConfig fields that may change between an interrupted run and its resumption."""
@@ -280,7 +281,7 @@ class SAETrainer:
     def fit(self, source: Tensor | Iterable[Any], heldout: Tensor | None = None) -> TrainResult:
         """Train on ``source``: a float tensor (n_tokens, d_in) or an iterable of such chunks.
 
-        ``heldout``: (n, d_in) activations not trained on; their FVU is measured every 5%
+        ``heldout``: (n, d_in) activations not trained on; their FVU is measured every 10%
         of the budget, and training stops early when it levels off (``stop_tolerance``)."""
         sc, tc = self.sae_cfg, self.train_cfg
         device = resolve_device(tc.device)
@@ -401,12 +402,12 @@ class SAETrainer:
         return err_sq / max(var, 1e-12)
 
     def _levelled_off(self, evals: list[list[float]]) -> bool:
-        """Whether the held-out FVU improved by less than ``stop_tolerance`` over the last
-        two measurements (after at least MIN_EVALS)."""
+        """Whether the held-out FVU improved by less than ``stop_tolerance`` since the
+        measurement before (after at least MIN_EVALS)."""
         tol = self.train_cfg.stop_tolerance
         if tol <= 0 or len(evals) < MIN_EVALS:
             return False
-        before, now = evals[-3][1], evals[-1][1]
+        before, now = evals[-2][1], evals[-1][1]
         return before - now < tol * before
 
     def _report(self, pbar, step: int, total: int, tokens: int, fvu: float, last: dict[str, float],

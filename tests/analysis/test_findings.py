@@ -73,7 +73,9 @@ def test_a_strong_difference_does_not_hide_a_weaker_one(language_and_theme):
     # the German finding gathers many latents, English function words among its "fewer"
     german = result.findings.row(top.index("german"), named=True)
     assert german["more_in"] == "b" and german["n_latents"] >= 5
-    assert german["freq_b"] > 0.15 and german["freq_a"] < 0.02
+    # observed: 0.00 in A when the SAE trained at Gao et al.'s rate, 0.03 at twice it (the
+    # default for this batch size): its latents fire on 6 of 200 English documents
+    assert german["freq_b"] > 0.15 and german["freq_a"] < 0.05
     assert result.findings.height < result.significant().height
 
 

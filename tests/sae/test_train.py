@@ -197,12 +197,12 @@ def test_training_stops_when_heldout_fvu_levels_off(data):
     full = SAETrainer(sc, tc.replace(stop_tolerance=0.0), progress=False).fit(train, held)
     e, f = early.metrics, full.metrics
     assert e["stopped_early"] and not f["stopped_early"]
-    assert f["steps"] == 800 and e["steps"] < 720 and e["steps"] % 40 == 0  # measured every 5% of 800 steps
+    assert f["steps"] == 800 and e["steps"] < 720 and e["steps"] % 80 == 0  # measured every 10% of 800 steps
     # observed: held-out FVU 0.341 when it stopped, 0.309 after 800 steps
     assert e["heldout_fvu"] < f["heldout_fvu"] + 0.04
     assert all("held-out FVU" in line and "tokens" in line for line in lines)
     assert "ETA" in lines[0] and lines[-1].endswith("stopping: it levelled off")
-    assert len(lines) == e["steps"] // 40
+    assert len(lines) == e["steps"] // 80
 
 
 def test_resume_with_heldout_stops_where_an_uninterrupted_run_stops(data, tmp_path):
