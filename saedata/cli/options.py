@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from saedata.config import ACTIVATIONS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+from saedata.config import ACTIVATIONS, HOOKS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 
 FORMATS = ("table", "json", "csv")
 DEVICES = ("auto", "cpu", "cuda")
@@ -161,8 +161,14 @@ reader_options = _stack(
                  help="Reader: Hugging Face model id or local directory "
                       "[default: the SAE's reader, else all-MiniLM-L6-v2, shipped offline]."),
     click.option("--layer", type=click.IntRange(-1000, 1000), default=None,
-                 help="Block whose residual-stream output is read; negative counts from the end "
-                      "[default: the SAE's layer, else the last]."),
+                 help="Block read; negative counts from the end [default: the SAE's layer, else the last]."),
+    click.option("--hook", type=click.Choice(HOOKS), default=None,
+                 help="Hook point read in that block, as TransformerLens names it: resid_post (the block's "
+                      "output), resid_pre (its input), attn_out / mlp_out (what attention / the MLP adds to the "
+                      "residual stream), z (attention heads before the output projection), mlp_post (MLP "
+                      "hidden units) [default: the SAE's, else resid_post]."),
+    click.option("--head", type=click.IntRange(0, None), default=None,
+                 help="With --hook z: read one attention head [default: the SAE's, else every head]."),
     click.option("--max-tokens", type=click.IntRange(2, 1_000_000), default=256, show_default=True,
                  help="Truncate documents longer than this many tokens (counted in the output)."),
     click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Documents per forward pass."),
@@ -195,7 +201,8 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
     input_cfg = InputConfig(text_field=kw.pop("text_field"), id_field=kw.pop("id_field"),
                             format=kw.pop("input_format"))
     device = kw.pop("device")
-    reader_cfg = ReaderConfig(model=kw.pop("model"), layer=kw.pop("layer"), max_tokens=kw.pop("max_tokens"),
+    reader_cfg = ReaderConfig(model=kw.pop("model"), layer=kw.pop("layer"), hook=kw.pop("hook"), head=kw.pop("head"),
+                              max_tokens=kw.pop("max_tokens"),
                               batch_size=kw.pop("batch_size"), device=device, dtype=kw.pop("dtype"))
     out: dict[str, Any] = {"input_cfg": input_cfg, "reader_cfg": reader_cfg}
     if "activation" in kw:
@@ -204,7 +211,7 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
                                        stop_tolerance=kw.pop("stop_tolerance"),
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
-        out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"))
+        out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None))
     return out
 
 

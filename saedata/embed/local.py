@@ -144,7 +144,7 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
                                        reader_cfg=reader_cfg, train_cfg=train_cfg, progress=progress, log=log,
                                        read_docs=embed_cfg.commit_docs, keep=reads)
         t0 = time.perf_counter()  # embedding time, without SAE training
-        reader, model, reader_cfg = load_models(sae_path, reader_cfg, images=images)
+        reader, model, reader_cfg = load_models(sae_path, reader_cfg, images=images, sae_dtype=embed_cfg.sae_dtype)
         if len(reads):  # the documents were read to train the SAE: embed from what was read
             reader = CachedReader(reader, reads)
         # Read (and so validate) the first documents before writing anything: a corpus
@@ -159,7 +159,7 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
             chunks = itertools.chain([first], chunks)
         sae_id = store.register_sae(
             name=Path(sae_path).name, cfg={**model.cfg.to_dict(), "reader": reader_cfg.model,
-                                           "layer": reader.layer},
+                                           "layer": reader.layer, "hook": reader.hook, "head": reader.head},
             path=str(Path(sae_path).resolve()), fingerprint=sae_fingerprint(sae_path),
             also_known_as=[sae_fingerprint(sae_path, legacy=True)],
         )

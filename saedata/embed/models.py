@@ -25,7 +25,7 @@ from saedata.config import EmbedConfig, InputConfig, ReaderConfig, SAEConfig, Tr
 from saedata.console import Log, silent
 from saedata.corpus import IMAGE_EXTENSIONS
 from saedata.embed.encode import document_codes, mean_activations
-from saedata.errors import SAEFormatError
+from saedata.errors import ConfigError, SAEFormatError
 
 if TYPE_CHECKING:
     from saedata.reader import ReadCache, Reader, VisionReader
@@ -44,22 +44,35 @@ class Loaded(NamedTuple):
 
 
 def reader_for_sae(reader_cfg: ReaderConfig, sae_cfg: SAEConfig) -> ReaderConfig:
-    """Fill an unset reader model/layer from the SAE's own metadata."""
+    """Fill an unset reader model, layer, hook point and head from the SAE's own metadata;
+    ConfigError when the hook point asked for is not the one the SAE reads."""
     changes: dict[str, Any] = {}
     if reader_cfg.model is None and sae_cfg.reader:
         changes["model"] = sae_cfg.reader
     if reader_cfg.layer is None and sae_cfg.layer is not None:
         changes["layer"] = sae_cfg.layer
-    return reader_cfg.replace(**changes) if changes else reader_cfg
+    asked = (reader_cfg.hook or sae_cfg.hook, sae_cfg.head if reader_cfg.head is None else reader_cfg.head)
+    if asked[1] is not None and asked[0] != "z":
+        raise ConfigError(f"--head {asked[1]} picks an attention head of hook z, but the SAE reads {asked[0]}")
+    if asked != (sae_cfg.hook, sae_cfg.head):
+        def name(hook: str, head: int | None) -> str:
+            return hook if head is None else f"{hook} head {head}"
+
+        raise ConfigError(f"--hook {name(*asked)} is not what the SAE reads ({name(sae_cfg.hook, sae_cfg.head)}); "
+                          "leave --hook/--head out to read the SAE's own hook point")
+    changes.update(hook=sae_cfg.hook, head=sae_cfg.head)
+    return reader_cfg.replace(**changes)
 
 
-def load_models(sae_path: str | os.PathLike, reader_cfg: ReaderConfig, images: bool = False) -> Loaded:
-    """The SAE at ``sae_path`` and the reader it reads (text, or a vision encoder for
-    ``images``); DimensionMismatchError when the SAE's d_in is not the reader's width."""
+def load_models(sae_path: str | os.PathLike, reader_cfg: ReaderConfig, images: bool = False,
+                sae_dtype: str | None = None) -> Loaded:
+    """The SAE at ``sae_path`` (computing in ``sae_dtype``, by default its own) and the
+    reader it reads (text, or a vision encoder for ``images``); DimensionMismatchError
+    when the SAE's d_in is not the reader's width."""
     from saedata.reader import open_reader
     from saedata.sae import check_d_in, load_sae
 
-    sae = load_sae(sae_path, device="cpu")
+    sae = load_sae(sae_path, device="cpu", dtype=sae_dtype)
     reader_cfg = reader_for_sae(reader_cfg, sae.cfg)
     reader = open_reader(reader_cfg, images=images)
     check_d_in(sae, reader.d_model, reader.describe())
@@ -90,8 +103,8 @@ def sae_to_use(sae: str | os.PathLike | None, trained_dir: str | os.PathLike, so
 
 
 @functools.lru_cache(maxsize=2)
-def _cached(sae_path: str, reader_cfg: ReaderConfig, images: bool) -> Loaded:
-    return load_models(sae_path, reader_cfg, images=images)
+def _cached(sae_path: str, reader_cfg: ReaderConfig, images: bool, sae_dtype: str | None) -> Loaded:
+    return load_models(sae_path, reader_cfg, images=images, sae_dtype=sae_dtype)
 
 
 class StoreModels:
@@ -117,8 +130,10 @@ class StoreModels:
 
     def _loaded(self, sae_id: int, images: bool = False) -> Loaded:
         info = self.store.sae_info(sae_id)
-        cfg = self.reader_cfg.replace(model=info["reader"], layer=info["layer"])
-        return _cached(self._path(sae_id), cfg, images)
+        cfg = self.reader_cfg.replace(model=info["reader"], layer=info["layer"],
+                                      hook=info["cfg"].get("hook"), head=info["cfg"].get("head"))
+        sae_dtype = EmbedConfig.from_dict(self.store.embed_settings(sae_id)).sae_dtype
+        return _cached(self._path(sae_id), cfg, images, sae_dtype)
 
     def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(latents, values, tokens, n_tokens) of ``text`` pooled as SAE ``sae_id``'s
@@ -148,7 +163,8 @@ class StoreModels:
         from saedata.reader import resolve_device
         from saedata.sae import load_sae
 
-        return load_sae(self._path(sae_id), device=resolve_device(self.reader_cfg.device)).eval()
+        sae_dtype = EmbedConfig.from_dict(self.store.embed_settings(sae_id)).sae_dtype
+        return load_sae(self._path(sae_id), device=resolve_device(self.reader_cfg.device), dtype=sae_dtype).eval()
 
 
 _TEXT_READERS: dict[str, Any] = {}

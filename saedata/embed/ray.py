@@ -41,7 +41,7 @@ from saedata.console import Log, progress_bar, silent
 from saedata.corpus import Document, count_documents, dataset_name, open_corpus, source_fingerprint
 from saedata.embed.encode import embed_chunk
 from saedata.embed.finish import finish_run
-from saedata.embed.models import load_models, sae_to_use
+from saedata.embed.models import load_models, reader_for_sae, sae_to_use
 from saedata.errors import ConfigError, InputError, SaedataError
 from saedata.sae.formats import sae_fingerprint
 from saedata.store import shards
@@ -235,8 +235,7 @@ def _start_manifest(out: Path, sae_path: Path, reader_cfg: ReaderConfig, embed_c
     from saedata.sae import load_sae
 
     cfg = load_sae(sae_path, device="cpu").cfg  # also checks the SAE loads before any worker starts
-    reader = {**reader_cfg.to_dict(), "model": reader_cfg.model or cfg.reader,
-              "layer": reader_cfg.layer if reader_cfg.layer is not None else cfg.layer}
+    reader = reader_for_sae(reader_cfg, cfg).to_dict()  # and reads at its hook point
     fingerprint = sae_fingerprint(sae_path)
     if (out / shards.MANIFEST).exists():
         manifest = shards.read_manifest(out)
@@ -461,7 +460,8 @@ class PartWorker:
         self.out = Path(out)
         self.embed_cfg = EmbedConfig.from_dict(embed)
         self.sae_id = sae_id
-        self.reader, self.model, _ = load_models(sae_path, ReaderConfig.from_dict(reader))
+        self.reader, self.model, _ = load_models(sae_path, ReaderConfig.from_dict(reader),
+                                                 sae_dtype=self.embed_cfg.sae_dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out: dict[str, list] = {k: [] for k in ("dataset", "index", "n_docs", "n_activations", "n_truncated",

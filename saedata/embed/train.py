@@ -159,6 +159,8 @@ def train(
         k=train_cfg.k,
         reader=reader.cfg.model,
         layer=reader.layer,
+        hook=reader.hook,
+        head=reader.head,
     )
     acts, heldout = split_heldout(chunks, train_cfg.seed)
     del chunks

@@ -50,6 +50,16 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _saved_dtype(declared: Any, tensor: Tensor) -> str:
+    """The dtype an SAE was saved in: its config's ``dtype`` ("bfloat16", "torch.bfloat16")
+    when it names one saedata computes in, else its encoder's tensor dtype (float32 for
+    any other)."""
+    if isinstance(declared, str) and declared.removeprefix("torch.") in _TORCH_DTYPES:
+        return declared.removeprefix("torch.")
+    return next((name for name, t in _TORCH_DTYPES.items() if t == tensor.dtype), "float32")
 
 
 # ---------------------------------------------------------------------- saving
@@ -253,11 +263,37 @@ def _load_native(path: Path, cfg_dict: dict[str, Any]) -> SparseAutoencoder:
     )
 
 
-def _layer_from_hook(hook_name: Any) -> int | None:
-    if not isinstance(hook_name, str):
-        return None
-    m = re.search(r"(?:blocks|layers|layer|h)[._](\d+)", hook_name)
-    return int(m.group(1)) if m else None
+_TL_HOOKS = {"hook_resid_pre": "resid_pre", "hook_resid_post": "resid_post", "hook_attn_out": "attn_out",
+             "hook_mlp_out": "mlp_out", "attn.hook_z": "z", "mlp.hook_post": "mlp_post"}
+"""TransformerLens hook names in block N (``blocks.N.<name>``) and saedata's hook points."""
+_MODULE_HOOKS = {None: "resid_post", "mlp": "mlp_out", "self_attn": "attn_out", "attn": "attn_out"}
+"""What a module path's output is (``layers.N``, ``layers.N.mlp``: sparsify's hookpoints;
+in Gemma the MLP module's output comes before the post-norm that ``mlp_out`` includes)."""
+_MODULE_PATH = re.compile(r"(?:[\w.]*\.)?(?:layers|layer|h|blocks)\.(\d+)(?:\.(\w+))?")
+
+
+def hook_point(name: str) -> tuple[int, str] | None:
+    """(layer, hook) that a hook name refers to: TransformerLens's ``blocks.N.hook_resid_pre``
+    and kin, or a module path (``model.layers.N``, ``layers.N.mlp``); None when it is neither."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    if m and m.group(2) in _TL_HOOKS:
+        return int(m.group(1)), _TL_HOOKS[m.group(2)]
+    m = _MODULE_PATH.fullmatch(name)
+    if m and m.group(2) in _MODULE_HOOKS:
+        return int(m.group(1)), _MODULE_HOOKS[m.group(2)]
+    return None
+
+
+def _saelens_hook(name: Any, layer: Any, file: Path) -> tuple[int | None, str]:
+    """(layer, hook) of an SAELens config's ``hook_name`` (and legacy ``hook_layer``)."""
+    if not isinstance(name, str):
+        return (layer if isinstance(layer, int) and not isinstance(layer, bool) else None), "resid_post"
+    point = hook_point(name)
+    if point is None:
+        raise SAEFormatError(
+            f"{file}: hook_name {name!r} is a hook point saedata cannot read (it reads blocks.N.hook_resid_pre, "
+            "hook_resid_post, hook_attn_out, hook_mlp_out, attn.hook_z and mlp.hook_post, or a module's output)")
+    return point
 
 
 def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
@@ -275,10 +311,10 @@ def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     act_str = cfg.get("activation_fn_str") or cfg.get("activation_fn") or ("topk" if arch == "topk" else "relu")
     kwargs = cfg.get("activation_fn_kwargs") or {}
     k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
-    if arch == "topk" or (arch == "standard" and act_str == "topk"):
-        activation = "topk"
+    if arch in ("topk", "abstopk") or (arch == "standard" and act_str == "topk"):
+        activation = "abstopk" if arch == "abstopk" else "topk"
         if isinstance(k, bool) or not isinstance(k, int):
-            raise SAEFormatError(f"{cfg_file}: topk SAE without an integer 'k' (or activation_fn_kwargs.k)")
+            raise SAEFormatError(f"{cfg_file}: {activation} SAE without an integer 'k' (or activation_fn_kwargs.k)")
     elif arch == "jumprelu":
         activation = "jumprelu"
     elif arch == "standard" and act_str == "relu":
@@ -286,16 +322,18 @@ def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     else:
         raise SAEFormatError(
             f"{cfg_file}: unsupported SAELens architecture {arch!r} with activation {act_str!r} "
-            "(supported: standard/relu, standard/topk, topk, jumprelu)"
+            "(supported: standard/relu, standard/topk, topk, abstopk, jumprelu)"
         )
     norm = cfg.get("normalize_activations") or "none"
     if norm not in ("none", "expected_average_only_in"):
-        raise SAEFormatError(
-            f"{cfg_file}: normalize_activations={norm!r} rescales each token separately, which saedata does not support"
-        )
+        what = ("normalises each token separately" if norm in ("constant_norm_rescale", "layer_norm")
+                else "transforms the input in a way")
+        raise SAEFormatError(f"{cfg_file}: normalize_activations={norm!r} {what} that saedata does not implement "
+                             "(it reads SAEs with none or expected_average_only_in)")
 
     file = path / SAELENS_WEIGHTS_FILE
     t = read_safetensors(file)
+    dtype = _saved_dtype(cfg.get("dtype"), t.get("W_enc", torch.zeros(0)))
     W_enc = _take(t, "W_enc", (d, h), file)
     W_dec = _take(t, "W_dec", (h, d), file)
     b_enc = _take(t, "b_enc", (h,), file)
@@ -308,27 +346,39 @@ def _load_saelens(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
             threshold = _take(t, "log_threshold", (h,), file).exp()
         else:
             raise SAEFormatError(f"{file}: missing tensor 'threshold' (or 'log_threshold') of a jumprelu SAE")
-    if cfg.get("finetuning_scaling_factor"):
+    finetuning = bool(cfg.get("finetuning_scaling_factor"))
+    if "scaling_factor" in t:  # older SAELens files: all ones unless finetuned, as SAELens loads them
+        legacy = _take(t, "scaling_factor", (h,), file)
+        if bool(torch.all(legacy == 1)):
+            finetuning = False
+        elif finetuning:
+            t["finetuning_scaling_factor"] = legacy
+        else:
+            raise SAEFormatError(f"{file}: tensor 'scaling_factor' is not all ones, but {CFG_FILE} says "
+                                 "finetuning_scaling_factor is false")
+    if finetuning:
         # x^ = (z * s_ft) W_dec + b_dec  ==  z (s_ft[:, None] W_dec) + b_dec
         W_dec = W_dec * _take(t, "finetuning_scaling_factor", (h,), file)[:, None]
     if cfg.get("apply_b_dec_to_input", True) is False:
         # x W_enc + b_enc == (x - b_dec) W_enc + (b_enc + b_dec W_enc)
         b_enc = b_enc + b_dec @ W_enc
-    if activation == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+    if activation in ("topk", "abstopk") and cfg.get("rescale_acts_by_decoder_norm"):
         # topk on pre * ||d_j||, decode with d_j / ||d_j||: fold the norms into the encoder
         norms = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / norms[:, None]
-    hook_name = meta_get("hook_name")
-    layer = meta_get("hook_layer")
+    layer, hook = _saelens_hook(meta_get("hook_name"), meta_get("hook_layer"), cfg_file)
+    head = meta_get("hook_head_index")
     sae_cfg = _make_config(
         cfg_file,
         d_in=d,
         d_sae=h,
         activation=activation,
-        k=k if activation == "topk" else SAEConfig.k,
+        k=k if activation in ("topk", "abstopk") else SAEConfig.k,
         reader=meta_get("model_name"),
-        layer=layer if isinstance(layer, int) and not isinstance(layer, bool) else _layer_from_hook(hook_name),
-        hook=hook_name if isinstance(hook_name, str) else "residual",
+        layer=layer,
+        hook=hook,
+        head=head if hook == "z" and isinstance(head, int) and not isinstance(head, bool) else None,
+        dtype=dtype,
     )
     return _build(sae_cfg, W_enc, b_enc, W_dec, b_dec, 1.0, threshold)
 
@@ -353,7 +403,10 @@ def _load_sparsify(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     if "W_skip" in t:
         raise SAEFormatError(f"{file}: sparsify skip connections (W_skip) are not supported")
     enc_w = _take(t, "encoder.weight", (h, d), file)
-    sae_cfg = _make_config(cfg_file, d_in=d, d_sae=h, activation="topk", k=k)
+    # sparsify saves one folder per hookpoint, named after the module read (``layers.6``)
+    layer, hook = hook_point(path.resolve().name) or (None, "resid_post")
+    sae_cfg = _make_config(cfg_file, d_in=d, d_sae=h, activation="topk", k=k, layer=layer, hook=hook,
+                           dtype=_saved_dtype(None, t["encoder.weight"]))
     return _build(
         sae_cfg,
         enc_w.T.contiguous(),
@@ -407,11 +460,13 @@ def _detect(path: Path, cfg: dict[str, Any]) -> str:
     )
 
 
-def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+def load_sae(path: str | Path, device: str | torch.device = "cpu", dtype: str | None = None) -> SparseAutoencoder:
     """Load an SAE directory of any supported format (auto-detected) onto ``device``.
 
-    ``device`` may be ``"auto"`` (cuda when available). The returned SAE is in eval mode
-    and remembers where it came from (``source_path``, ``source_format``).
+    ``device`` may be ``"auto"`` (cuda when available). The SAE computes in ``dtype``
+    (float32, float16, bfloat16), by default the one it was saved in (``cfg.dtype``). The
+    returned SAE is in eval mode and remembers where it came from (``source_path``,
+    ``source_format``).
     """
     path = Path(path)
     _check_dir(path)
@@ -421,7 +476,9 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseAuto
     sae = loader(path, cfg)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    sae = sae.to(device).eval()
+    if dtype is not None:
+        sae.cfg = sae.cfg.replace(dtype=dtype)
+    sae = sae.to(device=device, dtype=_TORCH_DTYPES[sae.cfg.dtype]).eval()
     sae.source_path = str(path)
     sae.source_format = fmt
     for name, p in sae.named_parameters():

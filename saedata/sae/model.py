@@ -126,6 +126,7 @@ class SparseAutoencoder(nn.Module):
     # ----------------------------------------------------------------- encode
     def pre_acts(self, x: Tensor) -> Tensor:
         """(n, d_in) original units -> (n, d_sae) pre-activations ``(x s - b_dec) W_enc + b_enc``."""
+        x = x.to(self.W_enc.dtype)  # an SAE saved in bf16 / fp16 computes in it, as its own library does
         return torch.addmm(self.b_enc, x * self.input_scale - self.b_dec, self.W_enc)
 
     def _afa_target(self, x: Tensor) -> Tensor:

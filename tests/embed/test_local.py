@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import saedata
-from saedata.config import EmbedConfig, ReaderConfig, SAEConfig, TrainConfig
+from saedata.config import EmbedConfig, InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.demo import make_corpus, write_jsonl
 from saedata.embed.encode import pool_codes
 from saedata.embed.local import embed
@@ -372,3 +372,33 @@ def test_round_significant_keeps_relative_error_small():
     nz = v != 0
     assert np.all(np.abs(r[nz] - v[nz]) <= 5e-4 * np.abs(v[nz]))
     assert np.array_equal(round_significant(v, None), v)
+
+
+def test_an_sae_is_read_at_the_hook_point_it_records(tmp_path, tiny_gpt2):
+    """An SAE of blocks.1.hook_resid_pre reads the input of block 1 (hidden_states[1]),
+    which the store records; its query codes come from the same tensor."""
+    from saedata.embed.models import StoreModels
+    from saedata.reader import Reader
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=32, d_sae=96, k=8, reader=tiny_gpt2, layer=1, hook="resid_pre"))
+    sae_path = save_sae(sae, tmp_path / "sae")
+    texts = ["The dog chased the ball.", "Our lab measured the data carefully?"]
+    path = write_jsonl([{"id": f"d{i}", "text": t} for i, t in enumerate(texts)], tmp_path / "c.jsonl")
+    db = tmp_path / "run.duckdb"
+    embed(str(path), db, str(sae_path), input_cfg=InputConfig(id_field="id"), reader_cfg=ReaderConfig(device="cpu"))
+    reader = Reader(ReaderConfig(model=tiny_gpt2, layer=-1, device="cpu"))
+    enc = reader.tokenizer(texts[0], return_tensors="pt")
+    with torch.no_grad():
+        block_input = reader.model(**enc, output_hidden_states=True).hidden_states[1][0]
+    expected = sae.encode(block_input).amax(0).detach()  # max pooling over the document's tokens
+    with saedata.open(db) as s:
+        info = s.sae_info(1)
+        assert (info["layer"], info["cfg"]["hook"], info["cfg"]["head"]) == (1, "resid_pre", None)
+        stored = s.sql("SELECT latent, value FROM activations JOIN documents USING (doc_id) "
+                       "WHERE ext_id = 'd0' ORDER BY latent")
+        latents, values, _, _ = StoreModels(s, ReaderConfig(device="cpu")).query_codes(1, texts[0])
+    assert stored["latent"].to_list() == torch.nonzero(expected).flatten().tolist() == sorted(latents.tolist())
+    np.testing.assert_allclose(stored["value"].to_numpy(), expected[expected != 0].numpy(), rtol=1e-3)
+    with pytest.raises(ConfigError, match="--hook mlp_out is not what the SAE reads \\(resid_pre\\)"):
+        embed(str(path), tmp_path / "other.duckdb", str(sae_path), reader_cfg=ReaderConfig(hook="mlp_out", device="cpu"))

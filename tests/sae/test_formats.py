@@ -129,7 +129,7 @@ def test_saelens_standard_relu_new_style(tmp_path):
     path = _write(tmp_path / "sl", cfg, t, "sae_weights.safetensors")
     sae = load_sae(path)
     assert detect_format(path) == "saelens" and sae.cfg.activation == "relu"
-    assert sae.cfg.reader == "gpt2" and sae.cfg.layer == 5 and sae.cfg.hook == "blocks.5.hook_resid_post"
+    assert sae.cfg.reader == "gpt2" and sae.cfg.layer == 5 and sae.cfg.hook == "resid_post"
     x = _x()
     _check(sae, x, *_saelens_ref(t, x, "relu"))
 
@@ -142,7 +142,7 @@ def test_saelens_old_style_topk_with_kwargs_and_no_b_dec_on_input(tmp_path):
            "hook_layer": 3, "model_name": "pythia-70m", "context_size": 128}
     path = _write(tmp_path / "old", cfg, t, "sae_weights.safetensors")
     sae = load_sae(path)
-    assert sae.cfg.activation == "topk" and sae.cfg.k == 5 and sae.cfg.layer == 3
+    assert sae.cfg.activation == "topk" and sae.cfg.k == 5 and (sae.cfg.layer, sae.cfg.hook) == (3, "resid_pre")
     x = _x()
     _check(sae, x, *_saelens_ref(t, x, "topk", k=5, apply_b_dec=False))
 
@@ -374,3 +374,105 @@ def test_a_full_disk_while_saving_leaves_the_old_sae_whole(tmp_path, monkeypatch
         save_sae(SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2)), tmp_path / "sae")
     assert {f.name: f.read_bytes() for f in (tmp_path / "sae").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["sae"]  # no temporary folder left behind
+
+
+# ------------------------------------------------------------- hook points, newer SAELens
+@pytest.mark.parametrize(("hook_name", "layer", "hook"), [
+    ("blocks.3.hook_resid_pre", 3, "resid_pre"),  # the input of block 3: hidden_states[3], not [4]
+    ("blocks.3.hook_resid_post", 3, "resid_post"),
+    ("blocks.7.hook_mlp_out", 7, "mlp_out"),
+    ("blocks.7.hook_attn_out", 7, "attn_out"),
+    ("blocks.2.mlp.hook_post", 2, "mlp_post"),
+    ("model.layers.12", 12, "resid_post"),
+    ("layers.4.mlp", 4, "mlp_out"),
+])
+def test_saelens_hook_names_map_to_the_hook_and_layer_they_name(tmp_path, hook_name, layer, hook):
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "metadata": {"hook_name": hook_name}}
+    sae = load_sae(_write(tmp_path / "sl", cfg, _saelens_tensors(), "sae_weights.safetensors"))
+    assert (sae.cfg.layer, sae.cfg.hook, sae.cfg.head) == (layer, hook, None)
+
+
+def test_saelens_attention_z_sae_keeps_its_head(tmp_path):
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "hook_name": "blocks.5.attn.hook_z",
+           "hook_head_index": 2}
+    sae = load_sae(_write(tmp_path / "z", cfg, _saelens_tensors(), "sae_weights.safetensors"))
+    assert (sae.cfg.layer, sae.cfg.hook, sae.cfg.head) == (5, "z", 2)
+
+
+@pytest.mark.parametrize("hook_name", ["blocks.3.hook_resid_mid", "blocks.0.attn.hook_q", "hook_embed"])
+def test_a_hook_point_saedata_cannot_read_is_refused_by_name(tmp_path, hook_name):
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "hook_name": hook_name}
+    msg = _one_line_error(_write(tmp_path / "h", cfg, _saelens_tensors(), "sae_weights.safetensors"), hook_name)
+    assert "cannot read" in msg
+
+
+def test_sparsify_hookpoint_folder_names_give_layer_and_hook(tmp_path):
+    cfg = {"num_latents": D_SAE, "k": 4, "d_in": D_IN}
+    sae = load_sae(_write(tmp_path / "run" / "layers.6.mlp", cfg, _sparsify_tensors(), "sae.safetensors"))
+    assert (sae.cfg.layer, sae.cfg.hook) == (6, "mlp_out")
+    sae = load_sae(_write(tmp_path / "run" / "layers.2", cfg, _sparsify_tensors(), "sae.safetensors"))
+    assert (sae.cfg.layer, sae.cfg.hook) == (2, "resid_post")
+
+
+def test_saelens_abstopk_matches_its_formula(tmp_path):
+    t = _saelens_tensors(seed=30)
+    cfg = {"architecture": "abstopk", "d_in": D_IN, "d_sae": D_SAE, "k": 4, "apply_b_dec_to_input": True}
+    sae = load_sae(_write(tmp_path / "abs", cfg, t, "sae_weights.safetensors"))
+    assert sae.cfg.activation == "abstopk" and sae.cfg.k == 4
+    x = _x()
+    hidden = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]  # AbsTopK: top k by |pre|, signs kept
+    idx = hidden.abs().topk(4, dim=-1).indices
+    z = torch.zeros_like(hidden).scatter(-1, idx, hidden.gather(-1, idx))
+    assert bool((z < 0).any())
+    _check(sae, x, z, z @ t["W_dec"] + t["b_dec"])
+
+
+def test_saelens_legacy_scaling_factor_is_loaded_as_saelens_loads_it(tmp_path):
+    t = dict(_saelens_tensors(seed=40), scaling_factor=torch.ones(D_SAE))
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "finetuning_scaling_factor": True}
+    sae = load_sae(_write(tmp_path / "ones", cfg, t, "sae_weights.safetensors"))  # all ones: no scaling
+    x = _x()
+    _check(sae, x, *_saelens_ref(t, x, "relu"))
+    t["scaling_factor"] = _rand(D_SAE, seed=41).abs() + 0.5  # finetuned: the legacy name of the factor
+    sae = load_sae(_write(tmp_path / "ft", cfg, t, "sae_weights.safetensors"))
+    _check(sae, x, *_saelens_ref(t, x, "relu", ft=t["scaling_factor"]))
+    cfg["finetuning_scaling_factor"] = False
+    _one_line_error(_write(tmp_path / "bad", cfg, t, "sae_weights.safetensors"), "scaling_factor")
+
+
+@pytest.mark.parametrize(("norm", "reason"), [("constant_norm_rescale", "each token separately"),
+                                              ("covariance_whitening", "transforms the input")])
+def test_unsupported_input_normalisations_say_what_they_do(tmp_path, norm, reason):
+    cfg = {"architecture": "standard", "d_in": D_IN, "d_sae": D_SAE, "normalize_activations": norm}
+    _one_line_error(_write(tmp_path / "n", cfg, _saelens_tensors(), "sae_weights.safetensors"), reason)
+
+
+# ------------------------------------------------------------------------ dtype
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_an_sae_saved_in_half_precision_computes_in_it(tmp_path, dtype):
+    half = getattr(torch, dtype)
+    t = {k: v.to(half) for k, v in _saelens_tensors(seed=60).items()}
+    cfg = {"architecture": "topk", "d_in": D_IN, "d_sae": D_SAE, "k": 4, "dtype": dtype}
+    path = _write(tmp_path / "half", cfg, t, "sae_weights.safetensors")
+    sae = load_sae(path)
+    assert sae.cfg.dtype == dtype and sae.W_enc.dtype == half
+    x = _x(512)
+    hidden = (x.to(half) - t["b_dec"]) @ t["W_enc"] + t["b_enc"]  # SAELens's formula, in the saved dtype
+    v, i = hidden.topk(4, dim=-1)
+    z_ref = torch.zeros_like(hidden).scatter(-1, i, torch.relu(v))
+    z = sae.encode(x)
+    assert z.dtype == half
+    same = ((z != 0) == (z_ref != 0)).all(dim=-1)
+    assert float(same.float().mean()) > 0.97  # rounding may reorder near-ties
+    torch.testing.assert_close(z[same], z_ref[same])
+    as_float = load_sae(path, dtype="float32")
+    assert as_float.cfg.dtype == "float32" and as_float.W_enc.dtype == torch.float32
+    assert as_float.encode(x).dtype == torch.float32
+
+
+def test_a_native_sae_records_and_keeps_its_dtype(tmp_path):
+    sae = _trained_like("topk")
+    out = save_sae(sae, tmp_path / "sae")
+    assert load_sae(out).cfg.dtype == "float32"
+    half = load_sae(out, dtype="bfloat16")
+    assert half.W_dec.dtype == torch.bfloat16 and half.encode(_x()).dtype == torch.bfloat16
