@@ -45,6 +45,7 @@ __all__ = [
     "diff_files",
     "embed",
     "embed_ray",
+    "export_sae",
     "import_shards",
     "load_sae",
     "open",
@@ -71,6 +72,7 @@ _LAZY = {
     "read_documents": ("saedata.corpus", "read_documents"),
     "open_corpus": ("saedata.corpus", "open_corpus"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
+    "export_sae": ("saedata.sae.formats", "export_sae"),
     "diff": ("saedata.analysis.diff", "diff"),
     "associate": ("saedata.analysis.associate", "associate"),
     "correlate": ("saedata.analysis.correlate", "correlate"),
@@ -93,7 +95,7 @@ if TYPE_CHECKING:
     from saedata.embed.ray import embed_ray
     from saedata.embed.train import train
     from saedata.reports import write_report
-    from saedata.sae.formats import load_sae
+    from saedata.sae.formats import export_sae, load_sae
     from saedata.store import Store, open
     from saedata.vae.report import fit_on_data as vae_fit
     from saedata.vae.report import probe_on_data as vae_probe

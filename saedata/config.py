@@ -27,6 +27,8 @@ HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "z", "mlp_post")
 :mod:`saedata.reader`)."""
 LEGACY_HOOKS = {"residual": "resid_post"}
 """Hook names older saedata versions wrote, and what they were."""
+EXPORT_FORMATS = ("saelens", "sparsify")
+"""Libraries ``saedata sae export`` writes SAEs for."""
 DEFAULT_READER = "sentence-transformers/all-MiniLM-L6-v2"
 
 

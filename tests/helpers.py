@@ -31,3 +31,21 @@ def write_digit_images(root, classes=(0, 1, 7), per_class: int = 12, seed: int =
             img = (digits.images[i] / 16.0 * 255).astype(np.uint8)
             Image.fromarray(img, mode="L").save(root / str(c) / f"digit{i:04d}.png")
     return root
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def offline_hub_snapshot(monkeypatch, root: Path, repo_id: str) -> Path:
+    """The snapshot folder (at commit HUB_COMMIT, the repo's main) of ``repo_id`` in a
+    Hugging Face cache under ``root``, laid out as huggingface_hub lays it out; the
+    caller writes files into it. The hub is switched offline for the test."""
+    from huggingface_hub import constants
+
+    repo = Path(root) / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    (repo / "snapshots" / HUB_COMMIT).mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(root) / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return repo / "snapshots" / HUB_COMMIT

@@ -44,8 +44,9 @@ from saedata.config import ReaderConfig
 @click.argument("a", required=False)
 @click.argument("b", required=False)
 @db_option
-@click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="SAE directory for embedding files [default: the store's SAE, else train one on both].")
+@click.option("--sae", "sae_path", type=str, default=None,
+              help="SAE for embedding files: a directory, a Goodfire .pth file or hf://OWNER/REPO[/PATH] "
+                   "[default: the store's SAE, else train one on both].")
 @sae_id_option
 @presence_option
 @threshold_option

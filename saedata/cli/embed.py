@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import saedata
-from saedata.cli.app import main
+from saedata.cli.app import Group, main
 from saedata.cli.options import (
     COUNT,
     Real,
@@ -19,7 +19,7 @@ from saedata.cli.options import (
     replace_option,
     train_options,
 )
-from saedata.config import POOLINGS
+from saedata.config import EXPORT_FORMATS, POOLINGS
 
 
 @main.command(epilog=example("saedata train a.jsonl --out sae/ --train-tokens 20000"))
@@ -49,8 +49,10 @@ def train(ctx, corpus, out, **kw):
     "saedata embed a.jsonl b.jsonl --sae run.sae --id-field id --engine ray --out shards/ --num-workers 2",
 ))
 @click.argument("corpus", nargs=-1, required=True)
-@click.option("--sae", "sae_path", type=click.Path(exists=True, file_okay=False), default=None,
-              help="SAE directory (saedata, SAELens or sparsify). Default: the store's SAE, else train one.")
+@click.option("--sae", "sae_path", type=str, default=None,
+              help="SAE: a directory (saedata, SAELens or sparsify), a Goodfire .pth file, or "
+                   "hf://OWNER/REPO[/PATH][@REVISION] from the Hugging Face Hub. Default: the store's SAE, "
+                   "else train one.")
 @db_option
 @click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
@@ -147,3 +149,34 @@ def import_cmd(ctx, shards, db, datasets):
     result = saedata.import_shards(shards, db, datasets or None, log=log(ctx))
     click.echo(f"{', '.join(result.datasets)}: {result.n_docs} documents, {result.n_activations} activations "
                f"imported into {db} (SAE {result.sae_id})")
+
+
+@main.group(cls=Group, epilog=example("saedata sae export run.sae for-saelens/ --to saelens"))
+def sae() -> None:
+    """Work with SAE directories: export one for SAELens or EleutherAI sparsify.
+
+    \b
+    saedata sae export run.sae for-saelens/ --to saelens    # SAE.load_from_disk("for-saelens")
+    saedata sae export run.sae layers.5 --to sparsify       # SparseCoder.load_from_disk("layers.5")
+    """
+
+
+@sae.command("export", epilog=example("saedata sae export run.sae for-saelens/ --to saelens"))
+@click.argument("sae_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--to", "fmt", type=click.Choice(EXPORT_FORMATS), required=True, help="The library to write for.")
+def sae_export(sae_dir, out, fmt):
+    """Write the SAE at SAE_DIR to OUT in SAELens's or sparsify's own layout.
+
+    saedata's input scale is folded into the weights, so the library computes the same
+    codes from the reader's activations; the reader, layer and hook point are written
+    as that library names them. sparsify takes TopK SAEs only; neither takes TopAFA.
+    """
+    cfg = saedata.load_sae(sae_dir).cfg
+    path, where = saedata.export_sae(sae_dir, out, to=fmt)
+    note = ""
+    if fmt == "sparsify" and where != path.name:
+        note = (f"; sparsify (and saedata) take the hookpoint from the folder name: call it {where}" if where
+                else "; sparsify has no hookpoint name for it")
+    click.echo(f"wrote {path} for {fmt}: {cfg.activation} SAE, {cfg.d_in} -> {cfg.d_sae}, reads "
+               f"{where or f'layer {cfg.layer} {cfg.hook}'}{note}")

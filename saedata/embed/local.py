@@ -40,7 +40,7 @@ from saedata.embed.finish import finish_datasets
 from saedata.embed.models import load_models, sae_to_use
 from saedata.errors import ConfigError, InputError, SAEFormatError
 from saedata.reader import CachedReader, ReadCache
-from saedata.sae.formats import sae_fingerprint
+from saedata.sae.formats import resolve_sae, sae_fingerprint
 from saedata.store import DatasetState, Store
 
 
@@ -194,7 +194,7 @@ def _store_sae(store: Store, sae: str | os.PathLike | None, existing, reader_cfg
     """The SAE directory given, the one a resumed dataset was started with, or the
     store's SAE for this reader; None when the store has none."""
     if sae is not None:
-        return Path(sae)
+        return resolve_sae(sae)
     if existing is not None and existing.sae_id is not None:
         return _existing_sae_dir(store.sae_info(existing.sae_id)["path"], existing.sae_id)
     for row in store.saes().iter_rows(named=True):

@@ -88,7 +88,9 @@ def sae_to_use(sae: str | os.PathLike | None, trained_dir: str | os.PathLike, so
     saved there, reading them ``read_docs`` documents at a time and keeping what it read
     in ``keep`` (see :func:`saedata.embed.train.train`)."""
     if sae is not None:
-        return Path(sae), False
+        from saedata.sae.formats import resolve_sae
+
+        return resolve_sae(sae), False
     out = Path(trained_dir)
     if (out / "cfg.json").exists():
         log(f"no --sae given: using the SAE trained earlier at {out}/")

@@ -35,12 +35,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from saedata.config import SAEConfig
+from saedata.config import EXPORT_FORMATS, SAEConfig
 from saedata.errors import ConfigError, DimensionMismatchError, SAEFormatError
 from saedata.sae.model import SparseAutoencoder
 
@@ -133,7 +133,8 @@ def sae_fingerprint(path: str | os.PathLike, legacy: bool = False) -> str:
     root = Path(path)
     h = hashlib.sha256()
     configs = sorted(root.glob("*.json")) if legacy else [root / CFG_FILE]
-    for f in [c for c in configs if c.is_file()] + sorted(root.glob("*.safetensors")):
+    files = [root] if root.is_file() else [c for c in configs if c.is_file()] + sorted(root.glob("*.safetensors"))
+    for f in files:  # a Goodfire SAE is one file
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -416,6 +417,67 @@ def _load_sparsify(path: Path, cfg: dict[str, Any]) -> SparseAutoencoder:
     )
 
 
+GOODFIRE_SUFFIXES = (".pth", ".pt")
+
+
+def _load_goodfire(path: Path) -> SparseAutoencoder:
+    """A Goodfire SAE: one torch file of ``encoder_linear`` / ``decoder_linear`` weights and
+    biases, ``z = relu(x W_e^T + b_e)``, ``x^ = z W_d^T + b_d``, read with
+    ``torch.load(weights_only=True)`` (plain tensors only: nothing else is unpickled); the
+    layer comes from the file name (``...-SAE-l19.pth``), the hook is the block's output."""
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, ...
+        lines = str(e).strip().splitlines()
+        raise SAEFormatError(f"{path}: not a weights-only torch file of SAE tensors "
+                             f"({lines[0][:160] if lines else type(e).__name__})") from None
+    names = ("encoder_linear.weight", "encoder_linear.bias", "decoder_linear.weight", "decoder_linear.bias")
+    if not isinstance(t, dict) or not all(isinstance(t.get(n), Tensor) for n in names):
+        raise SAEFormatError(f"{path}: not a Goodfire SAE (it needs tensors {', '.join(names)})")
+    if t["encoder_linear.weight"].ndim != 2:
+        raise SAEFormatError(f"{path}: tensor 'encoder_linear.weight' must be 2-D (d_sae, d_in)")
+    h, d = t["encoder_linear.weight"].shape
+    W_enc = _take(t, "encoder_linear.weight", (h, d), path).T.contiguous()
+    b_dec = _take(t, "decoder_linear.bias", (d,), path)
+    # no decoder bias on the input: (x - b_dec) W_enc + (b_enc + b_dec W_enc) == x W_enc + b_enc
+    b_enc = _take(t, "encoder_linear.bias", (h,), path) + b_dec @ W_enc
+    W_dec = _take(t, "decoder_linear.weight", (d, h), path).T.contiguous()
+    m = re.search(r"-l(\d+)$", path.stem)
+    cfg = _make_config(path, d_in=d, d_sae=h, activation="relu", layer=int(m.group(1)) if m else None,
+                       hook="resid_post", dtype=_saved_dtype(None, t["encoder_linear.weight"]))
+    return _build(cfg, W_enc, b_enc, W_dec, b_dec)
+
+
+HF_PREFIX = "hf://"
+
+
+def resolve_sae(source: str | os.PathLike) -> Path:
+    """The local SAE directory (or Goodfire file) ``source`` names: a path as given, or
+    ``hf://OWNER/REPO[/PATH][@REVISION]`` fetched through ``huggingface_hub`` (only PATH's
+    files; its cache, token and ``HF_HUB_OFFLINE`` are honoured)."""
+    text = os.fspath(source)
+    if not text.startswith(HF_PREFIX):
+        return Path(text)
+    spec, _, revision = text[len(HF_PREFIX):].partition("@")
+    parts = spec.strip("/").split("/")
+    if len(parts) < 2 or not all(parts) or "@" in revision:
+        raise SAEFormatError(f"{text}: expected hf://OWNER/REPO[/PATH][@REVISION]")
+    repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+
+    try:
+        root = Path(snapshot_download(repo_id, revision=revision or None,
+                                      allow_patterns=[sub, f"{sub}/*"] if sub else None))
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds (offline, not found, auth, HTTP)
+        lines = str(e).strip().splitlines()
+        raise SAEFormatError(f"{text}: cannot get it from the Hugging Face Hub "
+                             f"({type(e).__name__}: {lines[0][:200] if lines else ''})") from None
+    path = root / sub
+    if not path.exists():
+        raise SAEFormatError(f"{text}: {repo_id} has no {sub!r} at that revision")
+    return path
+
+
 def detect_format(path: str | Path) -> str:
     """``"saedata"``, ``"saelens"`` or ``"sparsify"`` for the SAE directory ``path``."""
     path = Path(path)
@@ -469,11 +531,14 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", dtype: str | 
     ``source_format``).
     """
     path = Path(path)
-    _check_dir(path)
-    cfg = read_json(path / CFG_FILE)
-    fmt = _detect(path, cfg)
-    loader = {"saedata": _load_native, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
-    sae = loader(path, cfg)
+    if path.suffix in GOODFIRE_SUFFIXES and path.is_file():
+        sae, fmt = _load_goodfire(path), "goodfire"
+    else:
+        _check_dir(path)
+        cfg = read_json(path / CFG_FILE)
+        fmt = _detect(path, cfg)
+        loader = {"saedata": _load_native, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
+        sae = loader(path, cfg)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is not None:
@@ -499,3 +564,88 @@ def check_d_in(sae: SparseAutoencoder, d_model: int, reader_desc: str) -> None:
         raise DimensionMismatchError(
             f"SAE at {where} expects d_in={sae.d_in}, but reader {reader_desc} has width {d_model}"
         )
+
+
+# ---------------------------------------------------------------------- export
+_SAELENS_ARCH = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu", "topk": "topk",
+                 "abstopk": "abstopk"}
+"""SAELens architecture computing each activation at inference (a BatchTopK SAE runs as
+JumpReLU with its learned threshold, as SAELens saves its own)."""
+_SPARSIFY_HOOKPOINT = {"resid_post": "layers.{layer}", "mlp_out": "layers.{layer}.mlp"}
+
+
+def folded_tensors(sae: SparseAutoencoder) -> dict[str, Tensor]:
+    """W_enc, b_enc, W_dec, b_dec (and the threshold) with saedata's input scale ``s``
+    folded in, float32 on CPU: ``(x - b_dec/s)(s W_enc) + b_enc`` is the pre-activation
+    ``(x s - b_dec) W_enc + b_enc`` and ``z (W_dec/s) + b_dec/s`` the reconstruction, in
+    the reader's units, so a library with no input scale computes the same codes."""
+    s = sae.input_scale.detach().float().cpu()
+    t = native_tensors(sae)
+    out = {"W_enc": t["W_enc"] * s, "b_enc": t["b_enc"], "W_dec": t["W_dec"] / s, "b_dec": t["b_dec"] / s}
+    if sae.cfg.activation in ("jumprelu", "batchtopk"):
+        out["threshold"] = t["threshold"].expand(sae.d_sae).clone()
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+class Exported(NamedTuple):
+    """Where ``export_sae`` wrote an SAE, and what the library calls its hook point."""
+
+    path: Path
+    hook_name: str | None
+    """SAELens's ``blocks.5.hook_resid_post``, sparsify's hookpoint folder name ``layers.5``
+    (None where sparsify has no name for the hook)."""
+
+
+def export_sae(sae: SparseAutoencoder | str | os.PathLike, path: str | os.PathLike, to: str) -> Exported:
+    """Write ``sae`` (an SAE or a directory to load one from) to the directory ``path`` in SAELens's (``to="saelens"``) or
+    sparsify's (``"sparsify"``) own layout, input scale folded into the weights, float32,
+    with its reader, layer and hook point as that library names them. SAEFormatError when
+    the format cannot express the SAE (sparsify: TopK only; neither computes TopAFA)."""
+    from safetensors.torch import save_file
+
+    if to not in EXPORT_FORMATS:
+        raise ConfigError(f"cannot export to {to!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if not isinstance(sae, SparseAutoencoder):
+        sae = load_sae(sae)
+    cfg = sae.cfg
+    if cfg.layer is None:
+        raise SAEFormatError(f"{path}: the SAE records no reader layer, which {to} needs; "
+                             "load it with --layer and save it again")
+    t = folded_tensors(sae)
+    if to == "saelens":
+        if cfg.activation not in _SAELENS_ARCH:
+            raise SAEFormatError(f"{path}: SAELens has no architecture that computes {cfg.activation}")
+        meta = {"model_name": cfg.reader, "hook_name": exported_hook_name(cfg, to), "hook_head_index": cfg.head,
+                "model_class_name": "HookedTransformer", "prepend_bos": True, "sae_lens_training_version": None}
+        out: dict[str, Any] = {
+            "architecture": _SAELENS_ARCH[cfg.activation], "d_in": cfg.d_in, "d_sae": cfg.d_sae,
+            "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+            "reshape_activations": "hook_z" if cfg.hook == "z" and cfg.head is None else "none", "metadata": meta,
+        }
+        if cfg.activation in ("topk", "abstopk"):
+            out.update(k=cfg.k, rescale_acts_by_decoder_norm=False)
+        weights, tensors = SAELENS_WEIGHTS_FILE, t
+    else:
+        if cfg.activation != "topk":
+            raise SAEFormatError(f"{path}: sparsify computes TopK SAEs only, not {cfg.activation}")
+        out = {"activation": "topk", "expansion_factor": max(1, cfg.d_sae // cfg.d_in), "normalize_decoder": False,
+               "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": False,
+               "transcode": False, "d_in": cfg.d_in}
+        weights = SPARSIFY_WEIGHTS_FILE
+        tensors = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"], "W_dec": t["W_dec"],
+                   "b_dec": t["b_dec"]}
+    with atomic_directory(path, (weights, CFG_FILE), what=f"a {to} SAE") as tmp:
+        (tmp / CFG_FILE).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / weights))
+    return Exported(Path(path), exported_hook_name(cfg, to))
+
+
+def exported_hook_name(cfg: SAEConfig, to: str) -> str | None:
+    """What ``to`` calls the hook point an SAE reads: SAELens's ``blocks.6.hook_mlp_out``,
+    sparsify's hookpoint folder name ``layers.6.mlp`` (None where it has none)."""
+    if cfg.layer is None:
+        return None
+    if to == "saelens":
+        return f"blocks.{cfg.layer}." + next(name for name, kind in _TL_HOOKS.items() if kind == cfg.hook)
+    pattern = _SPARSIFY_HOOKPOINT.get(cfg.hook)
+    return None if pattern is None else pattern.format(layer=cfg.layer)

@@ -126,8 +126,10 @@ class SparseAutoencoder(nn.Module):
     # ----------------------------------------------------------------- encode
     def pre_acts(self, x: Tensor) -> Tensor:
         """(n, d_in) original units -> (n, d_sae) pre-activations ``(x s - b_dec) W_enc + b_enc``."""
-        x = x.to(self.W_enc.dtype)  # an SAE saved in bf16 / fp16 computes in it, as its own library does
-        return torch.addmm(self.b_enc, x * self.input_scale - self.b_dec, self.W_enc)
+        centred = x.to(self.W_enc.dtype) * self.input_scale - self.b_dec  # an SAE saved in bf16 / fp16 computes in it
+        if self.W_enc.dtype == torch.float32:
+            return torch.addmm(self.b_enc, centred, self.W_enc)
+        return centred @ self.W_enc + self.b_enc  # rounded in SAELens's order: its codes exactly
 
     def _afa_target(self, x: Tensor) -> Tensor:
         # ||z|| of the paper: the norm of the centred, scaled input x s - b_dec, (n,)

@@ -223,3 +223,17 @@ def test_train_command_reports_metrics(runner, tmp_path, corpus, tiny_bert):
     assert re.search(r"fvu=0\.\d+ +l0=4\.0 +dead=", result.stdout)
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["d_sae"] == 64 and cfg["k"] == 4 and cfg["reader"] == tiny_bert
+
+def test_sae_export_writes_saelens_and_refuses_an_sae_without_a_layer(runner, tmp_path, sae_dir):
+    bare = runner.invoke(main, ["sae", "export", sae_dir, str(tmp_path / "out"), "--to", "saelens"])
+    assert bare.exit_code == 1 and "records no reader layer" in bare.stderr and "Traceback" not in bare.stderr
+    torch.manual_seed(0)
+    save_sae(SparseAutoencoder(SAEConfig(d_in=32, d_sae=96, k=8, reader="gpt2", layer=3, hook="mlp_out")),
+             tmp_path / "sae3")
+    result = runner.invoke(main, ["sae", "export", str(tmp_path / "sae3"), str(tmp_path / "sl"), "--to", "saelens"])
+    assert result.exit_code == 0, result.stderr
+    assert "blocks.3.hook_mlp_out" in result.stdout
+    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.3.hook_mlp_out" and cfg["k"] == 8
+    result = runner.invoke(main, ["sae", "export", str(tmp_path / "sae3"), str(tmp_path / "sp"), "--to", "sparsify"])
+    assert result.exit_code == 0 and "layers.3.mlp" in result.stdout

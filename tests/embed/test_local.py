@@ -18,6 +18,7 @@ from saedata.embed.encode import pool_codes
 from saedata.embed.local import embed
 from saedata.errors import ConfigError, DimensionMismatchError, InputError
 from saedata.sae import SparseAutoencoder, save_sae
+from tests.helpers import offline_hub_snapshot
 
 
 def _random_sae(path, d_in=32, d_sae=96, activation="topk", k=8, seed=0):
@@ -402,3 +403,11 @@ def test_an_sae_is_read_at_the_hook_point_it_records(tmp_path, tiny_gpt2):
     np.testing.assert_allclose(stored["value"].to_numpy(), expected[expected != 0].numpy(), rtol=1e-3)
     with pytest.raises(ConfigError, match="--hook mlp_out is not what the SAE reads \\(resid_pre\\)"):
         embed(str(path), tmp_path / "other.duckdb", str(sae_path), reader_cfg=ReaderConfig(hook="mlp_out", device="cpu"))
+
+
+def test_embed_with_an_sae_from_the_hub(tmp_path, monkeypatch, tiny_bert):
+    snapshot = offline_hub_snapshot(monkeypatch, tmp_path, "acme/saes")
+    _random_sae(snapshot / "tiny-bert")
+    path = write_jsonl(make_corpus(10, seed=4), tmp_path / "c.jsonl")
+    result = embed(str(path), tmp_path / "run.duckdb", "hf://acme/saes/tiny-bert", reader_cfg=_reader(tiny_bert))
+    assert result.n_docs == 10 and result.n_activations > 0 and result.sae_path == str(snapshot / "tiny-bert")

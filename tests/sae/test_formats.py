@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import saedata
 from saedata.config import SAEConfig
 from saedata.errors import DimensionMismatchError, SAEFormatError
 from saedata.sae import SparseAutoencoder, load_sae, save_sae
 from saedata.sae.formats import check_d_in, detect_format
+from tests.helpers import HUB_COMMIT, offline_hub_snapshot
 
 D_IN, D_SAE = 6, 20
 
@@ -476,3 +478,113 @@ def test_a_native_sae_records_and_keeps_its_dtype(tmp_path):
     assert load_sae(out).cfg.dtype == "float32"
     half = load_sae(out, dtype="bfloat16")
     assert half.W_dec.dtype == torch.bfloat16 and half.encode(_x()).dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------ export
+def _raw(path: Path, weights: str) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    return json.loads((path / "cfg.json").read_text()), load_file(str(path / weights))
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk", "batchtopk", "abstopk"])
+def test_export_to_saelens_computes_the_same_codes_by_saelens_formula(tmp_path, activation):
+    sae = _trained_like(activation)  # input_scale 0.37, non-zero biases: the fold is exercised
+    out = saedata.export_sae(sae, tmp_path / "sl", to="saelens").path
+    cfg, t = _raw(out, "sae_weights.safetensors")
+    arch = {"relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}.get(activation, activation)
+    assert cfg["architecture"] == arch and (cfg["d_in"], cfg["d_sae"]) == (D_IN, D_SAE)
+    assert cfg["dtype"] == "float32" and cfg["apply_b_dec_to_input"] is True
+    assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    x = _x()
+    hidden = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]  # SAELens's encode, from the files alone
+    if activation == "relu":
+        z_ref = torch.relu(hidden)
+    elif activation in ("jumprelu", "batchtopk"):
+        z_ref = torch.relu(hidden) * (hidden > t["threshold"])
+    elif activation == "topk":
+        v, i = hidden.topk(4, dim=-1)
+        z_ref = torch.zeros_like(hidden).scatter(-1, i, torch.relu(v))
+    else:
+        i = hidden.abs().topk(4, dim=-1).indices
+        z_ref = torch.zeros_like(hidden).scatter(-1, i, hidden.gather(-1, i))
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), z_ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), z_ref @ t["W_dec"] + t["b_dec"], atol=1e-4, rtol=1e-4)
+        back = load_sae(out)  # and saedata reads it back to the same codes
+        torch.testing.assert_close(back.encode(x), sae.encode(x), atol=1e-4, rtol=1e-4)
+
+
+def test_export_to_sparsify_computes_the_same_codes_by_sparsify_formula(tmp_path):
+    sae = _trained_like("topk")
+    out = saedata.export_sae(sae, tmp_path / "layers.2", to="sparsify").path
+    cfg, t = _raw(out, "sae.safetensors")
+    assert (cfg["d_in"], cfg["num_latents"], cfg["k"], cfg["activation"]) == (D_IN, D_SAE, 4, "topk")
+    x = _x()
+    z_ref, recon_ref = _sparsify_ref(t, x, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), z_ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(sae.decode(sae.encode(x)), recon_ref, atol=1e-4, rtol=1e-4)
+    assert (load_sae(out).cfg.layer, load_sae(out).cfg.hook) == (2, "resid_post")
+
+
+def test_export_refuses_what_a_format_cannot_express(tmp_path):
+    with pytest.raises(SAEFormatError, match="sparsify computes TopK SAEs only"):
+        saedata.export_sae(_trained_like("jumprelu"), tmp_path / "s", to="sparsify")
+    with pytest.raises(SAEFormatError, match="SAELens has no architecture that computes topafa"):
+        saedata.export_sae(_trained_like("topafa"), tmp_path / "t", to="saelens")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------ SAE sources: hub, Goodfire
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache holding repo acme/saes with an SAE in layer_3/; the hub is offline."""
+    return save_sae(_trained_like("topk"), offline_hub_snapshot(monkeypatch, tmp_path, "acme/saes") / "layer_3")
+
+
+def test_an_sae_from_the_hub_cache(hub_cache):
+    from saedata.sae.formats import resolve_sae
+
+    for source in ("hf://acme/saes/layer_3", f"hf://acme/saes/layer_3@{HUB_COMMIT}"):
+        path = resolve_sae(source)
+        assert path == hub_cache and load_sae(path).cfg == _trained_like("topk").cfg
+    assert resolve_sae("plain/dir") == Path("plain/dir")
+    for source, match in [("hf://acme/saes/layer_9", "has no 'layer_9'"), ("hf://acme/other/x", "cannot get it"),
+                          ("hf://acme", "expected hf://OWNER/REPO"), ("hf://acme/saes/layer_3@v2", "cannot get it")]:
+        with pytest.raises(SAEFormatError) as e:
+            resolve_sae(source)
+        assert source in str(e.value) and match in str(e.value) and "\n" not in str(e.value)
+
+
+def _goodfire_tensors(d: int = D_IN, h: int = D_SAE) -> dict[str, torch.Tensor]:
+    return {"encoder_linear.weight": _rand(h, d, seed=70), "encoder_linear.bias": _rand(h, seed=71) * 0.1,
+            "decoder_linear.weight": _rand(d, h, seed=72), "decoder_linear.bias": _rand(d, seed=73) * 0.3}
+
+
+def test_goodfire_pth_matches_its_formula(tmp_path):
+    t = _goodfire_tensors()
+    path = tmp_path / "Llama-3.1-8B-Instruct-SAE-l19.pth"
+    torch.save(t, path)
+    sae = load_sae(path)
+    assert (sae.cfg.activation, sae.cfg.layer, sae.cfg.hook, sae.d_sae) == ("relu", 19, "resid_post", D_SAE)
+    x = _x()
+    z = torch.relu(x @ t["encoder_linear.weight"].T + t["encoder_linear.bias"])  # Goodfire's encode
+    _check(sae, x, z, z @ t["decoder_linear.weight"].T + t["decoder_linear.bias"])
+    other = tmp_path / "other-l19.pth"
+    torch.save({k: v * 2 for k, v in t.items()}, other)
+    from saedata.sae.formats import sae_fingerprint
+
+    assert sae_fingerprint(path) != sae_fingerprint(other)
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_torch_file_with_code_in_it_is_refused_unloaded(tmp_path):
+    path = tmp_path / "evil-l1.pth"
+    torch.save({**_goodfire_tensors(), "extra": _NotATensor()}, path)
+    _one_line_error(path, "not a weights-only torch file")
+    torch.save({"encoder_linear.weight": torch.zeros(3, 2)}, path)
+    _one_line_error(path, "not a Goodfire SAE")
