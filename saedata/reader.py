@@ -31,7 +31,8 @@ import torch
 from saedata.config import DEFAULT_READER, ReaderConfig
 from saedata.errors import ReaderError
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""The torch dtype of each ``DType`` name (the reader's weights, an SAE's computation)."""
 CHARS_PER_TOKEN = 32
 """Characters of a text read per token of ``max_tokens``: far more than any tokenizer's
 longest token, so cutting there never changes the tokens a text is truncated to (but for
@@ -258,7 +259,7 @@ class Reader(_LayerReader):
             raise ReaderError(f"{cfg.model!r} is a vision model; text documents need a text model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-            self.model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
+            self.model = AutoModel.from_pretrained(source, dtype=TORCH_DTYPES[cfg.dtype])
         except Exception as e:
             raise ReaderError(f"cannot load reader model {cfg.model!r}{_offline_hint(source)}: {_short(e)}") from e
         if not getattr(self.tokenizer, "is_fast", False):
@@ -358,7 +359,7 @@ class VisionReader(_LayerReader):
                               f"{getattr(hf_cfg, 'model_type', '?')!r}); images need an image encoder")
         try:
             self.processor = AutoImageProcessor.from_pretrained(source)
-            model = AutoModel.from_pretrained(source, dtype=_DTYPES[cfg.dtype])
+            model = AutoModel.from_pretrained(source, dtype=TORCH_DTYPES[cfg.dtype])
         except Exception as e:
             raise ReaderError(f"cannot load vision model {cfg.model!r}{_offline_hint(source)}: {_short(e)}") from e
         # CLIP / SigLIP checkpoints hold a text tower too; read the vision tower only.

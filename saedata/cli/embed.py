@@ -19,7 +19,7 @@ from saedata.cli.options import (
     replace_option,
     train_options,
 )
-from saedata.config import EXPORT_FORMATS, POOLINGS
+from saedata.config import DTYPES, EXPORT_FORMATS, POOLINGS
 
 
 @main.command(epilog=example("saedata train a.jsonl --out sae/ --train-tokens 20000"))
@@ -57,7 +57,7 @@ def train(ctx, corpus, out, **kw):
 @click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
-@click.option("--sae-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+@click.option("--sae-dtype", type=click.Choice(DTYPES), default=None,
               help="dtype the SAE computes in [default: the one it was saved in].")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
 @replace_option
@@ -172,8 +172,9 @@ def sae_export(sae_dir, out, fmt):
     codes from the reader's activations; the reader, layer and hook point are written
     as that library names them. sparsify takes TopK SAEs only; neither takes TopAFA.
     """
-    cfg = saedata.load_sae(sae_dir).cfg
-    path, where = saedata.export_sae(sae_dir, out, to=fmt)
+    sae = saedata.load_sae(sae_dir)
+    cfg = sae.cfg
+    path, where = saedata.export_sae(sae, out, to=fmt)
     note = ""
     if fmt == "sparsify" and where != path.name:
         note = (f"; sparsify (and saedata) take the hookpoint from the folder name: call it {where}" if where

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from saedata.config import ACTIVATIONS, HOOKS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+from saedata.config import ACTIVATIONS, DTYPES, HOOKS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 
 FORMATS = ("table", "json", "csv")
 DEVICES = ("auto", "cpu", "cuda")
@@ -173,7 +173,7 @@ reader_options = _stack(
                  help="Truncate documents longer than this many tokens (counted in the output)."),
     click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Documents per forward pass."),
     device_option(),
-    click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+    click.option("--dtype", type=click.Choice(DTYPES), default="float32",
                  show_default=True, help="Reader weights' dtype."),
 )
 

@@ -130,12 +130,15 @@ class StoreModels:
             )
         return str(path)
 
+    def _sae_dtype(self, sae_id: int) -> str | None:
+        """The dtype SAE ``sae_id``'s documents were encoded in (None: its own)."""
+        return EmbedConfig.from_dict(self.store.embed_settings(sae_id)).sae_dtype
+
     def _loaded(self, sae_id: int, images: bool = False) -> Loaded:
         info = self.store.sae_info(sae_id)
         cfg = self.reader_cfg.replace(model=info["reader"], layer=info["layer"],
                                       hook=info["cfg"].get("hook"), head=info["cfg"].get("head"))
-        sae_dtype = EmbedConfig.from_dict(self.store.embed_settings(sae_id)).sae_dtype
-        return _cached(self._path(sae_id), cfg, images, sae_dtype)
+        return _cached(self._path(sae_id), cfg, images, self._sae_dtype(sae_id))
 
     def query_codes(self, sae_id: int, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(latents, values, tokens, n_tokens) of ``text`` pooled as SAE ``sae_id``'s
@@ -165,8 +168,8 @@ class StoreModels:
         from saedata.reader import resolve_device
         from saedata.sae import load_sae
 
-        sae_dtype = EmbedConfig.from_dict(self.store.embed_settings(sae_id)).sae_dtype
-        return load_sae(self._path(sae_id), device=resolve_device(self.reader_cfg.device), dtype=sae_dtype).eval()
+        return load_sae(self._path(sae_id), device=resolve_device(self.reader_cfg.device),
+                        dtype=self._sae_dtype(sae_id)).eval()
 
 
 _TEXT_READERS: dict[str, Any] = {}

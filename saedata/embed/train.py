@@ -5,9 +5,8 @@ activations are kept in memory, up to ``max_cached_tokens``, a few held out, and
 trainer cycles over the rest: ``train_cfg.passes`` passes, at least ``MIN_CORPUS_TOKENS``
 tokens (at most ``max_epochs`` passes) and at most ``train_cfg.max_tokens``, at
 ``CORPUS_LR_SCALE`` x Gao et al.'s learning rate, stopping early when the held-out FVU
-levels off. When the
-corpora hold more tokens than that, documents are sampled evenly across them (not just
-their head). When they fit, the corpora are read as embedding reads them, and what was
+levels off. When the corpora hold more tokens than that, documents are sampled evenly
+across them (not just their head). When they fit, the corpora are read as embedding reads them, and what was
 read can be kept (a :class:`~saedata.reader.ReadCache`) so that embedding them right
 after does not read them a second time."""
 

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from saedata.config import EXPORT_FORMATS, SAEConfig
 from saedata.errors import ConfigError, DimensionMismatchError, SAEFormatError
+from saedata.reader import TORCH_DTYPES
 from saedata.sae.model import SparseAutoencoder
 
 FORMAT_NAME = "saedata"
@@ -50,16 +51,15 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
 SAELENS_WEIGHTS_FILE = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS_FILE = "sae.safetensors"
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _saved_dtype(declared: Any, tensor: Tensor) -> str:
     """The dtype an SAE was saved in: its config's ``dtype`` ("bfloat16", "torch.bfloat16")
     when it names one saedata computes in, else its encoder's tensor dtype (float32 for
     any other)."""
-    if isinstance(declared, str) and declared.removeprefix("torch.") in _TORCH_DTYPES:
+    if isinstance(declared, str) and declared.removeprefix("torch.") in TORCH_DTYPES:
         return declared.removeprefix("torch.")
-    return next((name for name, t in _TORCH_DTYPES.items() if t == tensor.dtype), "float32")
+    return next((name for name, t in TORCH_DTYPES.items() if t == tensor.dtype), "float32")
 
 
 # ---------------------------------------------------------------------- saving
@@ -543,7 +543,7 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu", dtype: str | 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is not None:
         sae.cfg = sae.cfg.replace(dtype=dtype)
-    sae = sae.to(device=device, dtype=_TORCH_DTYPES[sae.cfg.dtype]).eval()
+    sae = sae.to(device=device, dtype=TORCH_DTYPES[sae.cfg.dtype]).eval()
     sae.source_path = str(path)
     sae.source_format = fmt
     for name, p in sae.named_parameters():
@@ -597,9 +597,10 @@ class Exported(NamedTuple):
 
 
 def export_sae(sae: SparseAutoencoder | str | os.PathLike, path: str | os.PathLike, to: str) -> Exported:
-    """Write ``sae`` (an SAE or a directory to load one from) to the directory ``path`` in SAELens's (``to="saelens"``) or
-    sparsify's (``"sparsify"``) own layout, input scale folded into the weights, float32,
-    with its reader, layer and hook point as that library names them. SAEFormatError when
+    """Write ``sae`` (an SAE, or a directory to load one from) to the directory ``path``
+    in SAELens's (``to="saelens"``) or sparsify's (``"sparsify"``) own layout, input scale
+    folded into the weights, float32, with its reader, layer and hook point as that
+    library names them. SAEFormatError when
     the format cannot express the SAE (sparsify: TopK only; neither computes TopAFA)."""
     from safetensors.torch import save_file
 
