@@ -12,9 +12,10 @@ The corpus: Debian package descriptions labelled by archive section
    under each reading (mean over sections): does presence keep the signal?
 4. associate ``--target section=S`` (at most 10 latents) vs a dense logistic
    regression, cross-validated AUC, for ``--targets`` sections. Target: within 0.03.
-5. cluster NMI against the sections at k = number of sections: saedata's default
-   features ("tokens" tf-idf) and pooled values vs k-means on the dense embedding
-   (target: >=), and what saedata picks when k is left to it.
+5. cluster NMI against the sections at k = number of sections, mean over
+   ``--cluster-seeds`` seeds (one seed moves NMI by +-0.015 on this corpus): saedata's
+   default features ("tokens" tf-idf) and pooled values vs k-means on the dense
+   embedding (target: >=), and what saedata picks when k is left to it.
 6. correlate end to end vs scipy ``P.T @ P`` on the same presence matrix (target <= 1.5x).
 
     python benchmarks/corpora.py debian deb.jsonl --per-section 200
@@ -58,7 +59,8 @@ def main() -> None:
     ap.add_argument("--sae", default=None, help="SAE folder [default: train one on the corpus]")
     ap.add_argument("--field", default="section")
     ap.add_argument("--targets", type=int, default=6, help="Sections to run associate on (the largest).")
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--cluster-seeds", type=int, default=5, help="Clustering seeds to average NMI over.")
+    ap.add_argument("--workdir", default=None, help="Reuse the store (and dense.npy) a previous run left here.")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_real_"))
     db = work / "run.duckdb"
@@ -100,7 +102,9 @@ def main() -> None:
 
     # -- 4. associate vs dense logistic regression -------------------------------------
     t0 = time.perf_counter()
-    dense = dense_embeddings(docs["text"].to_list(), layer)
+    cached = work / "dense.npy"
+    dense = np.load(cached) if cached.exists() else dense_embeddings(docs["text"].to_list(), layer)
+    np.save(cached, dense)
     _print("dense_embed_seconds", time.perf_counter() - t0)
     counts = {s: int((labels == s).sum()) for s in sections}
     chosen = sorted(sections, key=lambda s: (-counts[s], s))[: args.targets]
@@ -125,17 +129,23 @@ def main() -> None:
     from sklearn.metrics import normalized_mutual_info_score
 
     k = len(sections)
+    seeds = range(args.cluster_seeds)
     t0 = time.perf_counter()
-    dense_nmi = float(normalized_mutual_info_score(labels, KMeans(k, n_init=10, random_state=0).fit_predict(dense)))
-    _print("dense_kmeans_seconds", time.perf_counter() - t0)
+    dense_runs = [float(normalized_mutual_info_score(labels, KMeans(k, n_init=10, random_state=s).fit_predict(dense)))
+                  for s in seeds]
+    _print("dense_kmeans_seconds_per_seed", (time.perf_counter() - t0) / len(seeds))
+    dense_nmi = statistics.mean(dense_runs)
     nmis = {}
     for scale in ("tokens", "values"):
         t0 = time.perf_counter()
-        r = saedata.cluster(db, k=k, eval_field=args.field, scale=scale, map=False)
-        nmis[scale] = float(r.comparison["nmi"][0])
-        _print(f"cluster_{scale}_nmi_at_k{k}", nmis[scale])
-        _print(f"cluster_{scale}_seconds", time.perf_counter() - t0)
-    _print(f"dense_kmeans_nmi_at_k{k}", dense_nmi)
+        runs = [float(saedata.cluster(db, k=k, eval_field=args.field, scale=scale, map=False, seed=s)
+                      .comparison["nmi"][0]) for s in seeds]
+        nmis[scale] = statistics.mean(runs)
+        _print(f"cluster_{scale}_seconds_per_seed", (time.perf_counter() - t0) / len(seeds))
+        _print(f"cluster_{scale}_nmi_at_k{k}_mean", nmis[scale])
+        print(f"  seeds: {' '.join(f'{v:.3f}' for v in runs)}", flush=True)
+    _print(f"dense_kmeans_nmi_at_k{k}_mean", dense_nmi)
+    print(f"  seeds: {' '.join(f'{v:.3f}' for v in dense_runs)}", flush=True)
     auto = saedata.cluster(db, eval_field=args.field, map=False)
     _print("cluster_default_k", auto.k)
     _print("cluster_default_nmi", float(auto.comparison["nmi"][0]))
@@ -157,7 +167,7 @@ def main() -> None:
     _target("associate CV AUC within 0.03 of dense LR (mean over sections)", statistics.mean(gaps) <= 0.03)
     length = {k: float(stats.spearmanr(np.asarray(X.sum(1)).ravel(), n_tokens)[0]) for k, X in readings.items()}
     _target("presence tracks length less than firing at all", length["present"] < length["fires_at_all"])
-    _target(f"cluster NMI at k = {k} >= dense k-means", nmis["tokens"] >= dense_nmi)
+    _target(f"cluster NMI at k = {k} >= dense k-means (mean of {len(seeds)} seeds)", nmis["tokens"] >= dense_nmi)
     _target("correlate <= 1.5x a scipy X.T @ X over the same documents", t_corr / t_mm <= 1.5)
 
 

@@ -168,16 +168,14 @@ def independence_pvalues(a: np.ndarray, n1: np.ndarray, n2: np.ndarray, N: np.nd
     exact test (hypergeometric tail in the observed direction, doubled, at most 1).
     """
     a, n1, n2, N = (np.asarray(x, dtype=np.float64) for x in (a, n1, n2, N))
-    e = np.stack([n1 * n2, n1 * (N - n2), (N - n1) * n2, (N - n1) * (N - n2)]) / N
-    small = e.min(axis=0) < 5
-    p = np.ones_like(a)
-    big = ~small
-    if big.any():
-        d = N[big] * a[big] - n1[big] * n2[big]
-        den = n1[big] * n2[big] * (N[big] - n1[big]) * (N[big] - n2[big])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stat = np.where(den > 0, N[big] * d * d / den, 0.0)
-        p[big] = special.erfc(np.sqrt(stat / 2))  # chi-square survival function with 1 df
+    N = np.broadcast_to(N, a.shape)
+    # the smallest of the four expected counts (row total x column total / N)
+    small = np.minimum(n1, N - n1) * np.minimum(n2, N - n2) < 5 * N
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = N * a - n1 * n2
+        den = n1 * n2 * (N - n1) * (N - n2)
+        stat = np.where(den > 0, N * d * d / den, 0.0)
+    p = special.erfc(np.sqrt(stat / 2))  # chi-square survival function with 1 df
     if small.any():
         k, M, n, m = a[small], N[small], n1[small], n2[small]
         upper = k >= n * m / M
