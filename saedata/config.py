@@ -18,6 +18,8 @@ Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa
 ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa")
 Pooling = Literal["max", "mean", "sum"]
 POOLINGS: tuple[str, ...] = ("max", "mean", "sum")
+ChatTokens = Literal["assistant", "all"]
+CHAT_TOKENS: tuple[str, ...] = ("assistant", "all")
 Device = Literal["cpu", "cuda", "auto"]
 DType = Literal["float32", "float16", "bfloat16"]
 DTYPES = ("float32", "float16", "bfloat16")
@@ -219,8 +221,14 @@ class EmbedConfig(_Serialisable):
     """Tokens per SAE encode call (bounds the (tokens, d_sae) pre-activation buffer)."""
     sae_dtype: DType | None = None
     """The dtype the SAE computes in; None: the one it was saved in. Codes are stored as float32."""
+    chat_tokens: ChatTokens = "assistant"
+    """Which tokens of a chat transcript are pooled: the assistant messages' contents
+    (the model's answers, as in the paper's diffs of model responses) or all of it
+    (template markup, special tokens and prompts too)."""
 
     def __post_init__(self) -> None:
+        if self.chat_tokens not in CHAT_TOKENS:
+            raise ConfigError(f"unknown chat_tokens {self.chat_tokens!r}; choose one of {', '.join(CHAT_TOKENS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
         if self.min_value < 0:

@@ -23,7 +23,10 @@ class InputError(SaedataError):
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
+        elif line is not None:
+            where = f"line {line}: "
         super().__init__(where + message)
+        self.message = message
         self.path = path
         self.line = line
 

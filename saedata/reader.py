@@ -273,6 +273,47 @@ class Reader(_LayerReader):
         max_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
         self.max_tokens = min(cfg.max_tokens, int(max_pos)) if max_pos else cfg.max_tokens
 
+    def render(self, messages: tuple[tuple[str, str], ...], plain: str) -> tuple[str, list[tuple[int, int]]]:
+        """A chat transcript as the model reads it, and the character spans of its
+        assistant messages' contents in that text.
+
+        With a chat template (the tokenizer's ``chat_template``) the text is
+        ``apply_chat_template`` of the messages, less a leading BOS that tokenizing adds
+        again; without one, ``plain`` (the corpus's own rendering). Raises ReaderError when the template rejects the
+        messages or rewrites an assistant message past finding in its output."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if template:
+            try:
+                text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages],
+                                                          tokenize=False)
+            except Exception as e:
+                raise ReaderError(f"the chat template of {self.cfg.model!r} rejects this transcript: {_short(e)}") from e
+            bos = self.tokenizer.bos_token
+            if bos and text.startswith(bos) and self._adds_bos():
+                text = text[len(bos):]
+        else:
+            text = plain
+        spans: list[tuple[int, int]] = []
+        at = 0
+        for role, content in messages:
+            body = content.strip()
+            if not body:
+                continue
+            start = text.find(body, at)
+            if start < 0:
+                raise ReaderError(f"the chat template of {self.cfg.model!r} changes the {role} message "
+                                  f"{body[:40]!r}; cannot find which tokens are its")
+            at = start + len(body)
+            if role == "assistant":
+                spans.append((start, at))
+        return text, spans
+
+    def _adds_bos(self) -> bool:
+        if not hasattr(self, "_bos_added"):
+            ids = self.tokenizer("a")["input_ids"]
+            self._bos_added = bool(ids) and ids[0] == self.tokenizer.bos_token_id
+        return self._bos_added
+
     def tokenize(self, texts: list[str]) -> dict:
         return self.tokenizer(
             texts,

@@ -19,7 +19,7 @@ from saedata.cli.options import (
     replace_option,
     train_options,
 )
-from saedata.config import DTYPES, EXPORT_FORMATS, POOLINGS
+from saedata.config import CHAT_TOKENS, DTYPES, EXPORT_FORMATS, POOLINGS
 
 
 @main.command(epilog=example("saedata train a.jsonl --out sae/ --train-tokens 20000"))
@@ -57,6 +57,9 @@ def train(ctx, corpus, out, **kw):
 @click.option("--name", default=None, help="Dataset name [default: the file name without extension].")
 @click.option("--pooling", type=click.Choice(POOLINGS), default="max", show_default=True,
               help="How token codes become a document vector.")
+@click.option("--chat-tokens", type=click.Choice(CHAT_TOKENS), default="assistant", show_default=True,
+              help="Chat transcripts (a text field holding [{role, content}, ...]): pool the assistant "
+                   "messages' tokens, or all tokens (template and prompts too).")
 @click.option("--sae-dtype", type=click.Choice(DTYPES), default=None,
               help="dtype the SAE computes in [default: the one it was saved in].")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")

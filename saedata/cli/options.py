@@ -148,7 +148,8 @@ def latents_option(help: str) -> Decorator:  # noqa: A002
 
 input_options = _stack(
     click.option("--text-field", default="text", show_default=True,
-                 help="Field (JSONL/Parquet) or column (CSV) holding the text."),
+                 help="Field (JSONL/Parquet) or column (CSV) holding the text, or a chat transcript: "
+                      "a list of {role, content} messages."),
     click.option("--id-field", default=None,
                  help="Field holding a unique document id [default: the line/row number]."),
     click.option("--input-format", type=click.Choice(["jsonl", "csv", "parquet", "txt", "images"]), default=None,
@@ -211,7 +212,8 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
                                        stop_tolerance=kw.pop("stop_tolerance"),
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
-        out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None))
+        out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None),
+                                       chat_tokens=kw.pop("chat_tokens", "assistant"))
     return out
 
 

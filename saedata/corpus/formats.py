@@ -51,6 +51,17 @@ class Document:
     whatever the other lines hold)."""
     line: int
     """1-based line (JSONL, text) or data row (CSV: header excluded; Parquet) it came from."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A chat transcript's (role, content) pairs, in order, when the text field held a list
+    of ``{"role", "content"}`` messages (the OpenAI / Hugging Face chat format); ``text`` is
+    then their plain rendering (:func:`plain_transcript`), which a reader with a chat
+    template replaces with its own (:meth:`saedata.reader.Reader.render`)."""
+
+
+def plain_transcript(messages: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+    """A transcript as plain text, one ``role: content`` paragraph per message: how a
+    reader without a chat template reads it."""
+    return "\n\n".join(f"{role}: {content}" for role, content in messages)
 
 
 def detect_format(path: str | os.PathLike, explicit: str | None) -> str:

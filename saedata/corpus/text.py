@@ -68,7 +68,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 import polars as pl
 
 from saedata.config import InputConfig
-from saedata.corpus.formats import STDIN, Document, detect_format
+from saedata.corpus.formats import STDIN, Document, detect_format, plain_transcript
 from saedata.errors import ConfigError, InputError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -325,10 +325,15 @@ class CorpusReader:
                     raise self._error(msg, line)
                 self.n_empty += 1
                 continue
+            messages = None
+            if isinstance(text, tuple):
+                messages, text = text, plain_transcript(text)
+                if all(not c or c.isspace() for _, c in messages):
+                    text = ""
             if not text or text.isspace():
                 self.n_empty += 1
                 continue
-            append(Document(ext, text, metas[i] if metas is not None else {}, line))
+            append(Document(ext, text, metas[i] if metas is not None else {}, line, messages))
         return docs
 
     def _frame_docs(
@@ -344,7 +349,7 @@ class CorpusReader:
         bad: dict[int, str] = {}
         n = df.height
         if tf in df.columns:
-            texts = _column_values(df.get_column(tf), tf, bad)
+            texts = _column_values(df.get_column(tf), tf, bad, transcript=True)
         else:
             texts = [None] * n
         ids = None
@@ -444,7 +449,7 @@ class CorpusReader:
                 if problem is None:
                     problem = self._jsonl_problem(obj, raw)
                 if problem is None:
-                    texts.append(_text_value(_spelled(obj[tf], raw, tf), tf, bad, i))
+                    texts.append(_text_value(_spelled(obj[tf], raw, tf), tf, bad, i, transcript=True))
                     ids.append(_text_value(_spelled(obj[idf], raw, idf), idf, bad, i) if idf is not None else None)
                     metas.append({k: c for k, v in obj.items()
                                   if k != tf and k != idf and (c := _clean(v, _MAX_DEPTH - 1)) is not None})
@@ -816,10 +821,19 @@ def _lone_surrogate(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def _text_value(value: Any, field: str, bad: dict[int, str], row: int) -> str | None:
-    """A text or id field's value as a string (numbers via str()), or None; odd types go to ``bad``."""
+def _text_value(value: Any, field: str, bad: dict[int, str], row: int,
+                transcript: bool = False) -> str | tuple[tuple[str, str], ...] | None:
+    """A text or id field's value as a string (numbers via str()), or None; odd types go to
+    ``bad``. With ``transcript`` (the text field) a list of chat messages is read as a
+    transcript: a tuple of (role, content) pairs."""
     if value is None or isinstance(value, str):
         return value
+    if transcript and isinstance(value, (list, tuple)):
+        messages = _transcript(value)
+        if isinstance(messages, str):
+            bad.setdefault(row, f"field {field!r} holds an array that is not a chat transcript ({messages})")
+            return None
+        return messages
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, decimal.Decimal)):
@@ -838,12 +852,39 @@ def _text_value(value: Any, field: str, bad: dict[int, str], row: int) -> str | 
     return str(value)
 
 
-def _column_values(series: pl.Series, field: str, bad: dict[int, str]) -> list[str | None]:
-    """A text or id column as Python strings (or None); rows of unusable values go to ``bad``."""
+def _column_values(series: pl.Series, field: str, bad: dict[int, str], transcript: bool = False) -> list[Any]:
+    """A text or id column as Python strings (or None; transcripts as in :func:`_text_value`);
+    rows of unusable values go to ``bad``."""
     values = series.to_list()
     if series.dtype == pl.String or series.dtype == pl.Null:
         return values
-    return [_text_value(v, field, bad, i) for i, v in enumerate(values)]
+    return [_text_value(v, field, bad, i, transcript) for i, v in enumerate(values)]
+
+
+def _transcript(value: list[Any] | tuple[Any, ...]) -> tuple[tuple[str, str], ...] | str:
+    """A list of chat messages as (role, content) pairs, or what is wrong with it. A message is
+    an object with a string ``role`` and a ``content`` that is a string or a list of parts
+    (``{"type": "text", "text": ...}``; the text parts are joined, other parts skipped)."""
+    if not value:
+        return "no messages"
+    out = []
+    for n, message in enumerate(value, start=1):
+        if not isinstance(message, dict):
+            return f"message {n} is {_kind(message)}, not an object with role and content"
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            return f"message {n} has no 'role' string"
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(p, str) for p in parts):
+                return f"message {n} has a text part without a 'text' string"
+            content = "".join(parts)  # type: ignore[arg-type]
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            return f"message {n} has a 'content' that is {_kind(content)}, not text"
+        out.append((role, content))
+    return tuple(out)
 
 
 def _frame_meta(df: pl.DataFrame, drop_nulls: bool) -> list[dict[str, Any]]:

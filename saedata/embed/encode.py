@@ -17,6 +17,7 @@ import polars as pl
 
 from saedata.config import EmbedConfig
 from saedata.corpus import Document
+from saedata.errors import InputError, ReaderError
 from saedata.label import word_document_frequency
 
 if TYPE_CHECKING:
@@ -160,13 +161,67 @@ class EmbeddedChunk(NamedTuple):
     n_truncated: int
 
 
+def reader_texts(docs: list[Document], reader: Reader | VisionReader) -> tuple[list[str], list[list | None]]:
+    """The text the reader reads for each document -- a chat transcript rendered with the
+    reader's chat template (:meth:`~saedata.reader.Reader.render`) -- and, for each
+    transcript, the character spans of its assistant messages (None for other documents)."""
+    texts: list[str] = []
+    spans: list[list | None] = []
+    for d in docs:
+        if d.messages is None:
+            texts.append(d.text)
+            spans.append(None)
+        else:
+            try:
+                text, answer = reader.render(d.messages, d.text)  # type: ignore[union-attr]
+            except ReaderError as e:
+                raise InputError(str(e), line=d.line) from e
+            texts.append(text)
+            spans.append(answer)
+    return texts, spans
+
+
+def keep_spans(batch: TokenBatch, docs: list[Document], spans: list[list | None]) -> TokenBatch:
+    """``batch`` less the tokens of each transcript outside its assistant spans (a token is
+    kept when its characters lie inside one); other documents keep every token.
+
+    Raises InputError (naming the line) for a transcript with no assistant message to pool."""
+    import torch
+
+    keep = np.ones(len(batch.offsets), dtype=bool)
+    doc_index = batch.doc_index.cpu().numpy()
+    for i, answer in enumerate(spans):
+        if answer is None:
+            continue
+        if not answer:
+            raise InputError("the transcript has no assistant message to pool; --chat-tokens all reads "
+                             "every message", line=docs[i].line)
+        rows = np.flatnonzero(doc_index == i)
+        start, end = batch.offsets[rows, 0], batch.offsets[rows, 1]
+        inside = np.zeros(len(rows), dtype=bool)
+        for s, e in answer:
+            inside |= (start >= s) & (end <= e)
+        keep[rows] = inside
+    if keep.all():
+        return batch
+    mask = torch.as_tensor(keep, device=batch.acts.device)
+    kept_index = batch.doc_index[mask]
+    return batch._replace(acts=batch.acts[mask], doc_index=kept_index, token_ids=batch.token_ids[keep],
+                          offsets=batch.offsets[keep],
+                          n_tokens=np.bincount(doc_index[keep], minlength=len(spans)).astype(np.int64))
+
+
 def embed_chunk(docs: list[Document], first_id: int, reader: Reader | VisionReader, model: SparseAutoencoder,
                 sae_id: int, dataset_id: int, embed_cfg: EmbedConfig, images: bool = False) -> EmbeddedChunk:
     """Read, encode and pool ``docs`` (doc ids ``first_id``, ``first_id + 1``, ...): the
-    unit of work that the single-process run and each distributed worker share."""
+    unit of work that the single-process run and each distributed worker share. A chat
+    transcript is stored as the reader read it (its chat template applied) and pooled over
+    its assistant messages unless ``embed_cfg.chat_tokens`` is "all"."""
     ids = np.arange(first_id, first_id + len(docs), dtype=np.int64)
-    texts = [d.text for d in docs]
+    texts, spans = reader_texts(docs, reader)
     batch = reader.read(texts)
+    if embed_cfg.chat_tokens == "assistant" and any(s is not None for s in spans):
+        batch = keep_spans(batch, docs, spans)
     codes = document_codes(model, batch, embed_cfg)
     if images:
         peak = pl.Series("peak", [None] * len(codes.doc), dtype=pl.Int32)  # no text position

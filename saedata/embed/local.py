@@ -330,6 +330,8 @@ def _run(store, chunks, corpus, reader, model, sae_id, state, embed_cfg, progres
         raise
     except InputError as e:
         bar.close()
+        if e.path is None and e.line is not None:  # raised past the corpus reader: name the file
+            e.args = (f"{corpus.source}:{e.line}: {e.message}",)
         e.args = (f"{e.args[0]} ({state.n_docs + n_new} documents of {state.name!r} are stored; "
                   "fix the input and rerun the same command to resume)",)
         raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import json
 import logging
 import os
 import re
@@ -319,8 +320,10 @@ def _write_input_parts(corpus, folder: Path, part_docs: int, next_id: int, bar) 
         pl.DataFrame(
             {"doc_id": np.arange(next_id, next_id + len(docs), dtype=np.int64),
              "ext_id": [x.ext_id for x in docs], "text": [x.text for x in docs],
-             "meta": [_json(x.meta) for x in docs]},
-            schema={"doc_id": pl.Int64, "ext_id": pl.String, "text": pl.String, "meta": pl.String},
+             "meta": [_json(x.meta) for x in docs], "line": [x.line for x in docs],
+             "messages": [None if x.messages is None else json.dumps(x.messages, ensure_ascii=False) for x in docs]},
+            schema={"doc_id": pl.Int64, "ext_id": pl.String, "text": pl.String, "meta": pl.String,
+                    "line": pl.Int64, "messages": pl.String},
         ).write_parquet(folder / f"part-{n_parts:05d}.parquet")
         n_parts, next_id = n_parts + 1, next_id + len(docs)
 
@@ -336,8 +339,6 @@ def _write_input_parts(corpus, folder: Path, part_docs: int, next_id: int, bar) 
 
 
 def _json(meta: dict) -> str | None:
-    import json
-
     return json.dumps(meta, ensure_ascii=False) if meta else None
 
 
@@ -479,7 +480,10 @@ class PartWorker:
 
     def embed_part(self, dataset: str, dataset_id: int, index: int, path: str) -> dict[str, Any]:
         frame = pl.read_parquet(path)
-        docs = [Document(ext_id, text, {}, 0) for ext_id, text in zip(frame["ext_id"], frame["text"])]
+        lines = frame["line"] if "line" in frame.columns else [0] * frame.height
+        messages = frame["messages"] if "messages" in frame.columns else [None] * frame.height
+        docs = [Document(ext_id, text, {}, line, None if m is None else tuple(map(tuple, json.loads(m))))
+                for ext_id, text, line, m in zip(frame["ext_id"], frame["text"], lines, messages)]
         size = self.embed_cfg.commit_docs
         chunks = [embed_chunk(docs[s : s + size], int(frame["doc_id"][s]), self.reader, self.model, self.sae_id,
                               dataset_id, self.embed_cfg) for s in range(0, len(docs), size)]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
 from saedata.corpus import corpus_size, is_image_source, open_corpus, rechunk
+from saedata.embed.encode import reader_texts
 from saedata.errors import InputError
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def collect_activations(
     seen = 0
     bar = progress_bar(max_tokens, "read activations", progress, unit="tok")
     for docs in batches:
-        picked = [d.text for i, d in enumerate(docs, start=seen) if i % stride == 0]
+        picked, _ = reader_texts([d for i, d in enumerate(docs, start=seen) if i % stride == 0], reader)
         seen += len(docs)
         if not picked:
             continue

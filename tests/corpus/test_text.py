@@ -530,7 +530,7 @@ def test_text_field_holding_an_object(tmp_path):
     err = raises_at(write_jsonl(tmp_path / "corpus.jsonl", rows), 3)
     assert "field 'text' holds an object, not text" in str(err)
     err = raises_at(write_jsonl(tmp_path / "lists.jsonl", [{"text": ["a", "b"]}]), 1)
-    assert "field 'text' holds an array, not text" in str(err)
+    assert "field 'text' holds an array that is not a chat transcript (message 1 is a string" in str(err)
     docs = docs_of(read_documents(write_jsonl(tmp_path / "ok.jsonl", rows[:2] + [{"text": True}])))
     assert [d.text for d in docs] == ["[Verse 1] a song", "1.5", "true"]
 
