@@ -7,6 +7,11 @@ the largest code and reconstruction difference and the share of inputs whose act
 latents are identical; target: codes within 1e-4 and every active set identical,
 in float32 and (SAELens TopK) in bfloat16.
 
+The last check is ``--sae RELEASE:SAE_ID``: a real SAELens release with a
+``norm_scaling_factor`` (``gpt2-small-mlp-tm:blocks.0.hook_mlp_out``), its repository
+laid out in a Hugging Face cache this script builds (random weights in the release's own
+format; the hub is offline), loaded by ``SAE.from_pretrained`` and by saedata.
+
     python benchmarks/bench_sae_export.py          # seconds on a CPU
 """
 
@@ -43,6 +48,49 @@ def _compare(name: str, z_ours, z_theirs, r_ours, r_theirs) -> dict:
     same = ((z_ours != 0) == (z_theirs != 0)).all(dim=-1).float().mean().item()
     return {"check": name, "max_code_diff": (z_ours - z_theirs).abs().max().item(),
             "max_recon_diff": (r_ours - r_theirs).abs().max().item(), "same_active_set": same}
+
+
+RELEASE, SAE_ID = "gpt2-small-mlp-tm", "blocks.0.hook_mlp_out"
+
+
+def _release(x, args, tmp: Path) -> list[dict]:
+    """SAE.from_pretrained(RELEASE, SAE_ID) against saedata's resolve_sae("RELEASE:SAE_ID"),
+    from a hub cache holding random weights in the release's layout."""
+    import json
+    import os
+
+    from huggingface_hub import constants
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    import saedata
+    from saedata.sae.formats import resolve_sae
+
+    lookup = get_pretrained_saes_directory()[RELEASE]
+    factor = lookup.norm_scaling_factor[SAE_ID]
+    commit = "0" * 40
+    repo = tmp / "hub" / f"models--{lookup.repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    folder = repo / "snapshots" / commit / lookup.saes_map[SAE_ID]
+    raw = _sae("relu", args.d_in, args.d_sae, args.k, seed=7)
+    raw.input_scale.fill_(1.0)  # the release's files carry no scale: SAELens folds the factor in on loading
+    saedata.export_sae(raw, folder, to="saelens")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(normalize_activations="expected_average_only_in", model_name=lookup.model,
+               hook_name=SAE_ID, metadata={**cfg.get("metadata", {}), "model_name": lookup.model, "hook_name": SAE_ID})
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    os.environ["SAEDATA_CACHE"] = str(tmp / "saedata-cache")
+    constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(tmp / "hub"), True
+    theirs = SAE.from_pretrained(RELEASE, SAE_ID, device="cpu")
+    ours = saedata.load_sae(resolve_sae(f"{RELEASE}:{SAE_ID}"))
+    unfolded = saedata.load_sae(folder)
+    zt = theirs.encode(x)
+    z = ours.encode(x)
+    print(f"release {RELEASE}:{SAE_ID}: norm_scaling_factor {factor:.4f}; saedata's hook "
+          f"{ours.cfg.hook} layer {ours.cfg.layer}; the folder read without the factor differs by "
+          f"{(unfolded.encode(x) - zt).abs().max().item():.3f}")
+    return [_compare(f"SAELens release id {RELEASE}:{SAE_ID}", z, zt, ours.decode(z), theirs.decode(zt))]
 
 
 def main() -> None:
@@ -87,6 +135,7 @@ def main() -> None:
                 zs = torch.zeros_like(z).scatter(-1, enc.top_indices, enc.top_acts)
                 rows.append(_compare("sparsify SparseCoder (topk)", z, zs, r,
                                      coder.decode(enc.top_acts, enc.top_indices)))
+        rows += _release(x, args, Path(tmp))
     print(f"{'check':<52} {'max |code diff|':>16} {'max |recon diff|':>17} {'same active set':>16}")
     for row in rows:
         print(f"{row['check']:<52} {row['max_code_diff']:>16.2e} {row['max_recon_diff']:>17.2e} "

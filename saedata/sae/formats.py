@@ -451,12 +451,29 @@ def _load_goodfire(path: Path) -> SparseAutoencoder:
 HF_PREFIX = "hf://"
 
 
+RELEASE_ID = re.compile(r"([^/\\:\s]{2,}):(\S+)")
+"""``RELEASE:SAE_ID`` as SAELens names a published SAE (``gpt2-small-res-jb:blocks.8.hook_resid_pre``,
+``gemma-scope-2b-pt-res-canonical:layer_12/width_16k/canonical``); the release has no slash."""
+
+
+def cache_dir() -> Path:
+    """Where saedata keeps what it converts for reuse: ``$SAEDATA_CACHE``, else
+    ``$XDG_CACHE_HOME/saedata``, else ``~/.cache/saedata``."""
+    if os.environ.get("SAEDATA_CACHE"):
+        return Path(os.environ["SAEDATA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "saedata"
+
+
 def resolve_sae(source: str | os.PathLike) -> Path:
-    """The local SAE directory (or Goodfire file) ``source`` names: a path as given, or
+    """The local SAE directory (or Goodfire file) ``source`` names: a path as given,
     ``hf://OWNER/REPO[/PATH][@REVISION]`` fetched through ``huggingface_hub`` (only PATH's
-    files; its cache, token and ``HF_HUB_OFFLINE`` are honoured)."""
+    files; its cache, token and ``HF_HUB_OFFLINE`` are honoured), or a SAELens release id
+    ``RELEASE:SAE_ID`` (:func:`saelens_release`) when no such path exists."""
     text = os.fspath(source)
     if not text.startswith(HF_PREFIX):
+        release = RELEASE_ID.fullmatch(text)
+        if release and not os.path.exists(text):
+            return saelens_release(release.group(1), release.group(2))
         return Path(text)
     spec, _, revision = text[len(HF_PREFIX):].partition("@")
     parts = spec.strip("/").split("/")
@@ -476,6 +493,44 @@ def resolve_sae(source: str | os.PathLike) -> Path:
     if not path.exists():
         raise SAEFormatError(f"{text}: {repo_id} has no {sub!r} at that revision")
     return path
+
+
+def saelens_release(release: str, sae_id: str) -> Path:
+    """A SAELens-format directory of the published SAE ``RELEASE:SAE_ID``, made once by the
+    optional ``sae-lens`` package and kept under :func:`cache_dir`.
+
+    SAELens resolves the release (its directory of published SAEs), downloads it through
+    the Hugging Face Hub, converts any release layout (Gemma Scope's ``params.npz``,
+    Llama Scope, ...) and folds the release's ``norm_scaling_factor`` into the weights, as
+    its ``SAE.from_pretrained`` does for its own users; the result is saved with
+    ``save_model`` (float32) and read like any SAELens directory."""
+    text = f"{release}:{sae_id}"
+    try:
+        from sae_lens import SAE
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError:
+        raise SAEFormatError(f"{text}: no such SAE directory, and reading it as a SAELens release id needs the "
+                             "sae-lens package (pip install sae-lens)") from None
+    lookup = get_pretrained_saes_directory().get(release)
+    if lookup is None:
+        raise SAEFormatError(f"{text}: no such SAE directory, nor a SAELens release {release!r} (see "
+                             "sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory())")
+    if sae_id not in lookup.saes_map:
+        ids = sorted(lookup.saes_map)
+        raise SAEFormatError(f"{text}: release {release!r} has no SAE {sae_id!r} (it has {len(ids)}: "
+                             f"{', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+    out = cache_dir() / "saelens" / release / re.sub(r"[^\w.\-]+", "__", sae_id)
+    if (out / CFG_FILE).is_file() and (out / SAELENS_WEIGHTS_FILE).is_file():
+        return out
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device="cpu")
+    except Exception as e:  # noqa: BLE001 - the hub and the converters raise many kinds
+        lines = str(e).strip().splitlines()
+        raise SAEFormatError(f"{text}: SAELens cannot load it ({type(e).__name__}: "
+                             f"{lines[0][:200] if lines else ''})") from None
+    with atomic_directory(out, (SAELENS_WEIGHTS_FILE, CFG_FILE), what="a SAELens release") as tmp:
+        sae.save_model(tmp)
+    return out
 
 
 def detect_format(path: str | Path) -> str:
