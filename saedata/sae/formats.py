@@ -542,6 +542,8 @@ def detect_format(path: str | Path) -> str:
 
 def _check_dir(path: Path) -> None:
     if not path.exists():
+        if path.suffix in GOODFIRE_SUFFIXES:
+            raise SAEFormatError(f"{path}: no such SAE file")
         raise SAEFormatError(f"{path}: no such SAE directory")
     if not path.is_dir():
         raise SAEFormatError(f"{path}: not a directory (an SAE is a directory with {CFG_FILE} and weights)")

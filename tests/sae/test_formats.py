@@ -254,6 +254,7 @@ def _one_line_error(path, match: str) -> str:
 
 def test_error_missing_directory_and_file_path(tmp_path):
     _one_line_error(tmp_path / "nope", "no such SAE directory")
+    _one_line_error(tmp_path / "Llama-SAE-l19.pth", "no such SAE file")
     f = tmp_path / "file.txt"
     f.write_text("x")
     _one_line_error(f, "not a directory")
