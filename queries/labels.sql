@@ -75,3 +75,15 @@ SELECT latent, term, c, n, score,
 FROM scored
 QUALIFY rk <= n_words AND (contrastive OR NOT bool_or(score > 0) OVER (PARTITION BY latent))
 ORDER BY latent, rk;
+
+-- top_texts(sae, latent_ids, n := 64, src := 'activations'): the texts of the `n`
+-- strongest documents of each latent of `latent_ids` (ties: the lower doc_id), to find the
+-- words that tell apart latents whose peak words are the same.
+--   SELECT latent, count(*) FROM top_texts(1, [4, 41]) GROUP BY latent;
+CREATE OR REPLACE MACRO top_texts(sae, latent_ids, n := 64, src := 'activations') AS TABLE
+SELECT a.latent, a.doc_id, d.text
+FROM query_table(src) AS a
+JOIN documents AS d USING (doc_id)
+WHERE a.sae_id = sae AND a.latent IN (SELECT unnest(latent_ids))
+QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= n
+ORDER BY a.latent, a.doc_id;

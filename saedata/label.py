@@ -18,6 +18,7 @@ is configured: see :func:`llm_labels`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import urllib.error
@@ -37,8 +38,54 @@ WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 """A word: letters/digits (with inner apostrophes), or one punctuation character (the
 words ``word_at`` finds in SQL, whose document frequencies labels contrast with)."""
 
-KEYWORD_SOURCES = ("keywords", "frequent-words")
+WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[?!]")
+"""A word of a label or a query: letters or digits with inner apostrophes, or a question
+or exclamation mark (:func:`words`; analyses use it through :mod:`saedata.analysis.words`)."""
+
+STOPWORDS = frozenset(
+    "a an the and or but of to in on at by for with from as is are was were be been being it its "
+    "this that these those there here which whom whose do does did done "
+    "has have had not no yes can could would should will shall may might must about into over under "
+    "than then so such very just also some any all each every more most other own same i me my we us "
+    "our you your he him his she her they them their written mentions mention text document documents "
+    "about like".split()
+)
+"""Words never matched (function words, and words about documents themselves)."""
+
+
+WEAK_SOURCE = "frequent-words"
+"""label_source of a keyword label made from words frequent everywhere (see saedata.label)."""
+
+
+def weak_label(label: str | None, source: str | None = None) -> bool:
+    """Whether a latent's label is weak: made from corpus-wide frequent words (``source``
+    "frequent-words"), or with no term holding a word that says anything: every word a
+    stopword, a single character or a number (". / my / our", "? / !", "of", "4 / 64";
+    "x11", "qt" and "cd" are not weak). Keyword labels are never made of such terms
+    (:func:`keyword_labels`); search and associate leave weak latents out unless asked.
+    A latent with no label at all is not weak: nothing is known about it."""
+    if not label:
+        return False
+    if source == WEAK_SOURCE:
+        return True
+    return all(_filler(w) for w in words(label))
+
+
+def _filler(word: str) -> bool:
+    return word in STOPWORDS or len(word) < 2 or word.isdigit()
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased, in order."""
+    return WORD.findall(text.lower())
+
+
+KEYWORD_SOURCES = ("keywords", WEAK_SOURCE)
 """label_source of offline keyword labels (strong, and weak); relabelling replaces these only."""
+
+CANDIDATE_TERMS = 4
+"""Terms fetched per latent for each term a label holds: the spares replace stopwords and
+punctuation and tell apart latents whose labels would be the same."""
 
 
 def word_document_frequency(texts: list[str]) -> pl.DataFrame:
@@ -56,6 +103,11 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
                    candidates: str = "activations") -> pl.DataFrame:
     """Contrastive keyword labels for every latent with evidence: (latent, label, label_source).
 
+    A ``keywords`` label holds no stopword, punctuation mark (but ``?`` and ``!``), single
+    character or number: such terms are dropped, and a latent left with none of its own
+    says what it fires on as a weak ``frequent-words`` label (". / ,"). No two latents
+    share a label (:func:`_distinct_labels`).
+
     A word's score is its share of the latent's evidence times the log ratio of that
     share to the word's document frequency in the corpus; the ``n_words`` best words
     make the label, each replaced by its most common two-word phrase when that phrase
@@ -69,23 +121,84 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     """
     if candidates not in ("activations", "label_candidates"):
         raise ValueError(f"candidates must be activations or label_candidates, not {candidates!r}")
-    rows = store.macro("keyword_terms", sae_id, top_docs=top_docs, n_words=n_words, src=candidates)
+    rows = store.macro("keyword_terms", sae_id, top_docs=top_docs, n_words=n_words * CANDIDATE_TERMS, src=candidates)
+    schema = {"latent": pl.Int32, "label": pl.String, "label_source": pl.String}
     if rows.height == 0:
-        return pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String, "label_source": pl.String})
-    return (
-        rows.group_by("latent", maintain_order=True)
-        .agg(
-            pl.col("term").unique(maintain_order=True).str.join(" / ").alias("label"),
-            pl.col("contrastive").any().alias("contrastive"),
-        )
-        .with_columns(
-            pl.when(pl.col("contrastive")).then(pl.lit("keywords")).otherwise(pl.lit("frequent-words"))
-            .alias("label_source"),
-            pl.col("latent").cast(pl.Int32),
-        )
-        .select("latent", "label", "label_source")
-        .sort("latent")
-    )
+        return pl.DataFrame(schema=schema)
+    chosen: dict[int, tuple[list[str], list[str], str]] = {}  # latent -> (label terms, spare terms, source)
+    for (latent,), group in rows.sort("latent", "rk").group_by("latent", maintain_order=True):
+        terms = list(dict.fromkeys(group["term"].to_list()))
+        contrastive = dict(zip(group["term"].to_list(), group["contrastive"].to_list()))
+        # a term is its peak word, maybe after the word before it ("new york"): the peak word decides;
+        # "?" and "!" are words here (a question is a property), if weak ones for topics (weak_label)
+        strong = [t for t in terms if contrastive[t] and (t.rsplit(" ", 1)[-1] in ("?", "!")
+                                                          or not weak_label(t.rsplit(" ", 1)[-1]))]
+        if strong:
+            chosen[int(latent)] = (strong[:n_words], strong[n_words:], "keywords")
+        else:  # nothing over-represented but stopwords, punctuation, digits: say what it fires on, as weak
+            chosen[int(latent)] = (terms[:n_words], terms[n_words:], WEAK_SOURCE)
+    first = Counter(" / ".join(terms) for terms, _, _ in chosen.values())
+    clashing = [lat for lat, (terms, _, _) in chosen.items() if first[" / ".join(terms)] > 1]
+    context = _context_words(store, sae_id, clashing, top_docs, candidates) if clashing else {}
+    labels = _distinct_labels({lat: (terms, spare + context.get(lat, [])) for lat, (terms, spare, _) in chosen.items()})
+    latents = sorted(chosen)
+    return pl.DataFrame({"latent": latents, "label": [labels[lat] for lat in latents],
+                         "label_source": [chosen[lat][2] for lat in latents]}, schema=schema)
+
+
+def _context_words(store: Store, sae_id: int, latents: list[int], top_docs: int, src: str,
+                   n: int = 8) -> dict[int, list[str]]:
+    """For each of ``latents``, the ``n`` words most over-represented in its strongest
+    documents as wholes (not only at the peak), scored as the label terms are (share of
+    those documents p against document frequency q: p ln(p / q)), filler words left out:
+    what tells apart latents whose peak words are the same ("font" in bitmap fonts, in
+    CJK fonts)."""
+    texts = store.macro("top_texts", sae_id, [int(lat) for lat in latents], n=top_docs, src=src)
+    if texts.height == 0:
+        return {}
+    df = dict(store.sql("SELECT word, sum(df)::BIGINT FROM word_counts WHERE sae_id = ? GROUP BY word", [sae_id]).rows())
+    (n_docs,) = store.one("SELECT count(*) FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = ?",
+                          [sae_id]) or (0,)
+    out: dict[int, list[str]] = {}
+    for (latent,), group in texts.group_by("latent"):
+        docs = group["text"].to_list()
+        counts = Counter(w for t in docs for w in {m.group(0).lower() for m in WORD_RE.finditer(t)})
+        scored = []
+        for w, c in counts.items():
+            if c < 2 or _filler(w) or not any(ch.isalnum() for ch in w):
+                continue
+            p, q = c / len(docs), (df.get(w, 0) + 1) / (n_docs + 1)
+            scored.append((p * math.log(p / q), w))
+        out[int(latent)] = [w for score, w in sorted(scored, key=lambda x: (-x[0], x[1])) if score > 0][:n]
+    return out
+
+
+def _distinct_labels(terms: dict[int, tuple[list[str], list[str]]], rounds: int = 3) -> dict[int, str]:
+    """``" / "``-joined labels, no two the same. Latents that would share one each take
+    their best spare term that none of the others holds ("font / fonts" -> "font / fonts /
+    typeface", "font / fonts / script"); a latent with no such term (its evidence is the
+    others', a near-duplicate latent), or still clashing after ``rounds`` additions, takes
+    its number ("help / helper / #94")."""
+    current = {lat: list(t) for lat, (t, _) in terms.items()}
+    spares = {lat: [w for w in s if w not in t] for lat, (t, s) in terms.items()}
+    for round_ in range(rounds + 1):
+        by_label: dict[str, list[int]] = {}
+        for lat, t in current.items():
+            by_label.setdefault(" / ".join(t), []).append(lat)
+        clashes = [lats for lats in by_label.values() if len(lats) > 1]
+        if not clashes:
+            break
+        for lats in clashes:
+            for lat in lats:
+                others = {w for o in lats if o != lat for w in current[o] + spares[o]}
+                pick = next((w for w in spares[lat] if w not in others), None)
+                if pick is None or round_ == rounds:
+                    current[lat].append(f"#{lat}")
+                    spares[lat] = []
+                else:
+                    current[lat].append(pick)
+                    spares[lat].remove(pick)
+    return {lat: " / ".join(t) for lat, t in current.items()}
 
 
 def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3) -> int:

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from saedata.errors import ConfigError
-from saedata.label import keyword_labels, label_latents, llm_labels, word_document_frequency
+from saedata.label import keyword_labels, label_latents, llm_labels, weak_label, word_document_frequency
 from saedata.store import Store
 
 
@@ -124,3 +124,56 @@ def test_llm_labeller_uses_an_openai_compatible_endpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("SAEDATA_LLM_BASE_URL", raising=False)
     with _store_with_peaks(tmp_path / "t.duckdb") as store, pytest.raises(ConfigError, match="SAEDATA_LLM_BASE_URL"):
         llm_labels(store, 1, [0])
+
+
+def _store_with(path, texts: list[str], fires: list[tuple[int, int, str]]) -> Store:
+    """A store of ``texts`` where latent L peaks on word W of document D for each (D, L, W)."""
+    store = Store(path, read_only=False)
+    sae_id = store.register_sae("toy", {"d_in": 2, "d_sae": 8, "activation": "topk"}, None, "fp")
+    ds = store.create_dataset("d", "d.jsonl", sae_id, {})
+    n = len(texts)
+    docs = pl.DataFrame({"doc_id": list(range(n)), "dataset_id": [ds.dataset_id] * n,
+                         "ext_id": [str(i) for i in range(n)], "text": texts, "meta": [None] * n,
+                         "n_tokens": [1] * n}, schema_overrides={"meta": pl.String})
+    rows = [(d, sae_id, lat, 10.0, texts[d].index(w) + len(w) - 1) for d, lat, w in fires]
+    acts = pl.DataFrame(rows, schema=["doc_id", "sae_id", "latent", "value", "peak"], orient="row")
+    store.append_batch(docs, acts, word_document_frequency(texts), sae_id)
+    return store
+
+
+def test_stopwords_punctuation_and_numbers_never_make_a_keyword_label(tmp_path):
+    texts = ([f"{i} of wood , planks x" for i in range(6)] + [f"cheap oak table {i} ; x" for i in range(6)]
+             + ["plain text here"] * 88)
+    fires = ([(d, 0, "of") for d in range(6)] + [(d, 0, "wood") for d in range(2)]       # "of" beats "wood"
+             + [(d, 1, ",") for d in range(6)] + [(d, 2, ";") for d in range(6, 12)]    # punctuation only
+             + [(d, 3, "x") for d in range(6)] + [(d, 3, str(d)) for d in range(6)])    # a letter, numbers
+    with _store_with(tmp_path / "s.duckdb", texts, fires) as store:
+        old = store.macro("keyword_terms", 1)
+        assert "of" in old.filter(pl.col("latent") == 0)["term"].to_list()  # the macro scores it as a keyword
+        labels = {r["latent"]: (r["label"], r["label_source"]) for r in keyword_labels(store, 1).iter_rows(named=True)}
+    assert labels[0][1] == "keywords" and "wood" in labels[0][0] and "of" not in labels[0][0].split(" / ")
+    assert labels[1][1] == labels[2][1] == labels[3][1] == "frequent-words"  # weak, and said so
+    assert labels[1][0].endswith(",")  # what it fires on, as a weak label
+    for label, source in labels.values():
+        assert source != "keywords" or not weak_label(label)
+
+
+def test_no_two_latents_share_a_label(tmp_path):
+    texts = ([f"font bitmap terminals {i}" for i in range(5)] + [f"font cjk glyphs {i}" for i in range(5)]
+             + [f"font {i}" for i in range(2)] + ["unrelated words"] * 88)
+    fires = ([(d, 0, "font") for d in range(5)] + [(d, 1, "font") for d in range(5, 10)]
+             + [(d, 2, "font") for d in range(10, 12)] + [(d, 3, "font") for d in range(10, 12)])
+    with _store_with(tmp_path / "s.duckdb", texts, fires) as store:
+        labels = dict(keyword_labels(store, 1).select("latent", "label").iter_rows())
+    assert len(set(labels.values())) == 4
+    assert labels[0] in ("font / bitmap", "font / terminals")   # the documents' own words tell them apart
+    assert labels[1] in ("font / cjk", "font / glyphs")
+    assert {labels[2], labels[3]} == {"font / #2", "font / #3"}  # the same evidence: told apart by number
+
+
+@pytest.mark.parametrize("label, weak", [
+    ("x11 / xorg", False), ("qt", False), ("cd / dvd", False), ("science", False),
+    (". / my / our", True), ("? / !", True), ("of", True), ("4 / 64", True), ("x / ,", True), ("", False),
+])
+def test_weak_label(label, weak):
+    assert weak_label(label) is weak

@@ -4,49 +4,17 @@ Analyses match free text a user types (a search query, a cluster axis) against l
 labels ("dog / puppies / vet"). A word is a run of letters or digits (with inner
 apostrophes), or ``?`` / ``!`` (a question is a property too); a *content* word has at
 least three characters (or is ``?``/``!``) and is not a function word. Singular and
-plural match through :func:`forms`. (Labels themselves are made by
-:mod:`saedata.label`, whose word rule follows the ``word_at`` SQL macro.)
+plural match through :func:`forms`. The word rule, the stopwords and what makes a label
+weak live in :mod:`saedata.label` (labels are made there, a layer below the analyses)
+and are re-exported here; the label *evidence* words follow the ``word_at`` SQL macro.
 """
 
 from __future__ import annotations
 
-import re
+from saedata.label import STOPWORDS, WEAK_SOURCE, WORD, weak_label, words
 
-WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|[?!]")
-"""A word: letters or digits with inner apostrophes, or a question or exclamation mark."""
-
-STOPWORDS = frozenset(
-    "a an the and or but of to in on at by for with from as is are was were be been being it its "
-    "this that these those there here which whom whose do does did done "
-    "has have had not no yes can could would should will shall may might must about into over under "
-    "than then so such very just also some any all each every more most other own same i me my we us "
-    "our you your he him his she her they them their written mentions mention text document documents "
-    "about like".split()
-)
-"""Words never matched (function words, and words about documents themselves)."""
-
-
-WEAK_SOURCE = "frequent-words"
-"""label_source of a keyword label made from words frequent everywhere (see saedata.label)."""
-
-
-def weak_label(label: str | None, source: str | None = None) -> bool:
-    """Whether a latent's label is weak: made from corpus-wide frequent words (``source``
-    "frequent-words"), or with no term holding a content word of letters (punctuation,
-    digits, function words: ". / my / our", "? / !", "of"). Search and associate leave
-    such latents out unless asked. A latent with no label at all is not weak: nothing
-    is known about it."""
-    if not label:
-        return False
-    if source == WEAK_SOURCE:
-        return True
-    return not any(len(w) >= 3 and w.isalpha() and w not in STOPWORDS for w in words(label))
-
-
-def words(text: str) -> list[str]:
-    """The words of ``text``, lower-cased, in order."""
-    return WORD.findall(text.lower())
-
+__all__ = ["STOPWORDS", "WEAK_SOURCE", "WORD", "content_words", "forms", "label_words", "matching_forms",
+           "weak_label", "words"]
 
 def content_words(text: str) -> set[str]:
     """The content words of ``text``: three characters or more (or ``?``/``!``), no stopwords."""

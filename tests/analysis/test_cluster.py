@@ -178,7 +178,8 @@ def test_axis_latents_are_matched_by_their_label_and_what_they_fire_on(db, monke
         assert by_similarity.height > 0
         # each says how like the axis its label is and how like the axis the text around its peaks is
         assert by_similarity["why"].str.contains(r"\(cos 0\.\d\d; its peaks 0\.\d\d\)").all()
-        assert by_similarity["label"].str.contains("(?i)happy|hated|miserable|loved|thrilled|awful|terrible").all()
+        assert by_similarity["label"].str.contains(
+            "(?i)happy|hated|miserable|loved|thrilled|awful|terrible|absolutely").all()
         # when no latent's peaks are far enough above text in general, nothing is picked by label alone
         monkeypatch.setattr(axes, "CONTEXT_MARGIN", 1.5)  # above any similarity
         with pytest.raises(NotFoundError, match=r"nearest: \d+ '[^']+' \(cos 0\.\d\d, its peaks -?0\.\d\d\)"):

@@ -224,9 +224,12 @@ def test_dataset_restricts_the_search(demo_store):
     r = saedata.search(demo_store["db"], "Why did the dog do that?", dataset="a", top=15, eval_field="is_question")
     assert set(r.docs["dataset"].to_list()) == {"a"}
     assert r.base_rate < 0.4  # a quarter of "a" are questions
-    # 0.53 measured vs 0.21: in "a" the query's topic (dogs) competes with its form (a
-    # question); scored by the query's latents alone, as before, it was 0.80
-    assert r.precision >= 2 * r.base_rate
+    # 0.40 measured vs 0.21: in "a" the query's topic (dogs) competes with its form (a
+    # question); scored by the query's latents alone, as before, it was 0.80. It was 0.47
+    # while six latents shared the label "why" (each matched the query's word whole); told
+    # apart ("why / storm", "why / rescue cat") they match it less (on the Debian search
+    # benchmark the distinct labels changed mean AP by +0.000 topic, +0.003 example)
+    assert r.precision >= 1.75 * r.base_rate
 
 
 def test_latent_index_gives_identical_results_and_is_dropped_when_stale(demo_store, store_copy):
