@@ -118,6 +118,16 @@ SELECT latent, doc_id, snippet FROM (
 WHERE r <= n
 ORDER BY latent, r;
 
+-- latent_evidence(sae, lat, doc_ids): where latent `lat` of SAE `sae` peaked in each of
+-- the documents `doc_ids`: (doc_id, peak, at_word), peak a character offset.
+--   SELECT * FROM latent_evidence(1, 42, [3, 17]);
+CREATE OR REPLACE MACRO latent_evidence(sae, lat, doc_ids) AS TABLE
+SELECT a.doc_id, a.peak, word_at(d.text, a.peak) AS at_word
+FROM activations AS a
+JOIN documents AS d USING (doc_id)
+WHERE a.sae_id = sae AND a.latent = lat AND a.doc_id IN (SELECT unnest(doc_ids))
+ORDER BY a.doc_id;
+
 -- text_windows(n := 64, width := 120): the first `width` characters of `n` documents
 -- chosen by a hash of their id (the same ones every time): text in general, to compare
 -- a latent's peak windows against.

@@ -47,6 +47,7 @@ __all__ = [
     "embed_ray",
     "export_sae",
     "import_shards",
+    "latent_page",
     "load_sae",
     "open",
     "open_corpus",
@@ -77,6 +78,7 @@ _LAZY = {
     "associate": ("saedata.analysis.associate", "associate"),
     "correlate": ("saedata.analysis.correlate", "correlate"),
     "correlate_metadata": ("saedata.analysis.correlate", "correlate_metadata"),
+    "latent_page": ("saedata.analysis.latent", "latent_page"),
     "write_report": ("saedata.reports", "write_report"),
     "vae_fit": ("saedata.vae.report", "fit_on_data"),
     "vae_probe": ("saedata.vae.report", "probe_on_data"),
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
     from saedata.analysis.cluster import ClusterResult
     from saedata.analysis.correlate import correlate, correlate_metadata
     from saedata.analysis.diff import DiffResult, diff
+    from saedata.analysis.latent import latent_page
     from saedata.analysis.probe import OODReport, ProbeReport
     from saedata.analysis.retrieve import SearchResult
     from saedata.corpus import open_corpus, read_documents

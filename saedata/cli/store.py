@@ -1,4 +1,4 @@
-"""Commands over the store itself: demo, datasets, latents, show, sql, export, label, index."""
+"""Commands over the store itself: demo, datasets, latents, latent, show, sql, export, label, index."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import saedata
 from saedata.cli.app import main
 from saedata.cli.options import (
     SEED,
+    datasets_option,
     db_option,
     emit,
     example,
@@ -18,6 +19,7 @@ from saedata.cli.options import (
     log,
     new_file,
     quiet_option,
+    report_option,
     sae_id_option,
     top_option,
 )
@@ -165,3 +167,56 @@ def index(ctx, db):
     """
     n = saedata.build_index(db)
     log(ctx)(f"indexed {n} activations by latent in {db}")
+
+
+@main.command(epilog=example("saedata latent 42 --top 5 --report latent.html"))
+@click.argument("latent", type=click.IntRange(0))
+@db_option
+@datasets_option
+@top_option(10, "Strongest documents to show.")
+@click.option("--samples", type=click.IntRange(0, 10_000), default=8, show_default=True,
+              help="Documents sampled across the latent's range of values (not only its top).")
+@report_option("Also write the page as an offline HTML report to this file.")
+@sae_id_option
+@format_option
+@quiet_option
+@click.pass_context
+def latent(ctx, latent, db, datasets, top, samples, report_path, sae_id, fmt):
+    """Show one latent: its label, how often and how strongly it fires per dataset, the
+    documents where it fires most and documents across its range of values (the word where
+    it peaked in [brackets]), and the latents present with it most.
+
+    --format json gives every part as one object; csv the strongest documents.
+    """
+    page = saedata.latent_page(db, latent, list(datasets) or None, sae_id=sae_id, top=max(top, 1),
+                               n_samples=samples)
+    if report_path:
+        log(ctx)(f"wrote {saedata.write_report(page, report_path)}")
+    if fmt == "json":
+        import json
+
+        parts = {k: getattr(page, k).to_dicts() for k in ("datasets", "quantiles", "top", "samples", "cooccurs")}
+        click.echo(json.dumps({"sae_id": page.sae_id, "latent": page.latent, "label": page.label,
+                               "label_source": page.label_source, "weak": page.weak, "n_docs": page.n_docs,
+                               "datasets_read": list(page.names), **parts}, ensure_ascii=False))
+        return
+    if fmt == "csv":
+        emit(page.top.drop("text"), fmt)
+        return
+    fires = int(page.datasets["n_fires"].sum())
+    click.echo(f"latent {page.latent} of SAE {page.sae_id}: {page.label or '(no label)'} "
+               f"({page.label_source or 'unlabelled'}{', weak: names no topic' if page.weak else ''}); "
+               f"fires in {fires} of {page.n_docs} documents")
+    emit(page.datasets, fmt)
+    q = page.quantiles.drop_nulls()
+    if q.height:
+        click.echo("pooled values where it fires: " + ", ".join(
+            f"{'max' if p == 1 else f'p{round(p * 100)}'} {v:.3g}" for p, v in q.iter_rows()))
+    for heading, docs in (("strongest documents", page.top.head(top)),
+                          ("across its range of values, weakest first", page.samples)):
+        if docs.height:
+            click.echo(f"\n{heading}:")
+            emit(docs.drop("text", "peak"), fmt)
+    if page.cooccurs.height:
+        click.echo("\npresent together with (NPMI):")
+        emit(page.cooccurs, fmt)

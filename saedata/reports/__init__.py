@@ -18,18 +18,23 @@ def write_report(result: Any, path: str | os.PathLike, **kwargs: Any) -> Path | 
     """Write the offline HTML report of an analysis result to ``path``; returns the path.
 
     A :class:`~saedata.analysis.diff.DiffResult` (``top``: latents in the chart), a
-    correlate or metadata result, or a cluster result (``png``: where its 2-D map goes,
+    correlate or metadata result, a latent's page, or a cluster result (``png``: where its 2-D map goes,
     default beside the report; to a ``.png`` path, a cluster result writes the map alone,
     or nothing and returns None when it has no map).
     """
     from saedata.analysis.cluster import ClusterResult
     from saedata.analysis.correlate import CorrelateResult, MetadataResult
     from saedata.analysis.diff import DiffResult
+    from saedata.analysis.latent import LatentPage
 
     if isinstance(result, DiffResult):
         from saedata.reports.diff import diff_report
 
         return diff_report(result, **kwargs).write(path)
+    if isinstance(result, LatentPage):
+        from saedata.reports.latent import write_latent_report
+
+        return write_latent_report(result, path, **kwargs)
     if isinstance(result, CorrelateResult):
         from saedata.reports.correlate import write_correlate_report
 

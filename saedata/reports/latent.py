@@ -1,0 +1,33 @@
+"""HTML report of one latent (``saedata latent N --report latent.html``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from saedata.analysis.latent import LatentPage
+from saedata.reports.html import Html, Table, Text, doc_snippet_at, write_report
+
+
+def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write the latent's page as an offline HTML file: label, frequency per dataset, value
+    quantiles, the strongest documents and documents across its range with the word where
+    it peaked marked, and the latents present with it most. Returns the path."""
+    fires = int(page.datasets["n_fires"].sum())
+    blocks: list = [Text(f"Label: {page.label or '(none)'} ({page.label_source or 'unlabelled'}"
+                         f"{'; weak: it names no topic' if page.weak else ''}). Fires in {fires} of "
+                         f"{page.n_docs} documents of {', '.join(page.names)}.")]
+    blocks += [Text("Frequency per dataset", 2), Table(page.datasets),
+               Text("Pooled values where it fires", 2), Table(page.quantiles)]
+    for heading, docs in (("Strongest documents", page.top),
+                          ("Documents across its range of values (weakest first)", page.samples)):
+        blocks.append(Text(heading, 2))
+        for row in docs.iter_rows(named=True):
+            where = f" at quantile {row['quantile']:.2f}" if "quantile" in row else ""
+            blocks.append(Text(f"doc {row['doc_id']} ({row['dataset']}:{row['ext_id']}), value {row['value']:.3g}{where}",
+                               4))
+            blocks.append(Html(doc_snippet_at(row["text"], row["peak"], width=400)))
+    if page.cooccurs.height:
+        blocks += [Text("Present together with (NPMI)", 2), Table(page.cooccurs)]
+    return write_report(path, title or f"Latent {page.latent}: {page.label or 'unlabelled'}", blocks,
+                        subtitle=f"SAE {page.sae_id}")
