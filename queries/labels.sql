@@ -87,3 +87,21 @@ JOIN documents AS d USING (doc_id)
 WHERE a.sae_id = sae AND a.latent IN (SELECT unnest(latent_ids))
 QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= n
 ORDER BY a.latent, a.doc_id;
+
+-- sample_docs(sae, n := 2000): `n` documents of the datasets of SAE `sae`, chosen by a
+-- hash of their id (the same ones every run), with their text: what labels are scored on.
+--   SELECT count(*) FROM sample_docs(1, n := 100);
+CREATE OR REPLACE MACRO sample_docs(sae, n := 2000) AS TABLE
+SELECT d.doc_id, d.text
+FROM documents AS d JOIN datasets AS ds USING (dataset_id)
+WHERE ds.sae_id = sae
+ORDER BY hash(d.doc_id), d.doc_id
+LIMIT n;
+
+-- doc_latents(sae, doc_ids): the (doc_id, latent) pairs where a latent of SAE `sae` fires
+-- in one of the documents `doc_ids`.
+--   SELECT * FROM doc_latents(1, [0, 1]);
+CREATE OR REPLACE MACRO doc_latents(sae, doc_ids) AS TABLE
+SELECT doc_id, latent FROM activations
+WHERE sae_id = sae AND doc_id IN (SELECT unnest(doc_ids))
+ORDER BY doc_id, latent;

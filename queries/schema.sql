@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS latents (
     max_act      REAL,
     PRIMARY KEY (sae_id, latent)
 );
+-- How well the label predicts where the latent fires (saedata label --score; NULL until
+-- scored, and again when the label changes): `score` the AUROC of label-document
+-- embedding similarity, `detect_*` the label's words as a detector of its documents.
+ALTER TABLE latents ADD COLUMN IF NOT EXISTS score DOUBLE;
+ALTER TABLE latents ADD COLUMN IF NOT EXISTS detect_precision DOUBLE;
+ALTER TABLE latents ADD COLUMN IF NOT EXISTS detect_recall DOUBLE;
 
 -- The long sparse table: one row per non-zero pooled activation. `peak` is the
 -- character offset in the document's text of the token where the latent fired most

@@ -293,15 +293,22 @@ def _stored_copy(store: Any, path: str, name: str, input_args: dict[str, Any]) -
 
 
 def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, llm: bool = False,
-            latents: list[int] | None = None, log: Log = silent) -> int:
+            latents: list[int] | None = None, score: bool = False, log: Log = silent) -> int:
     """Recompute latent labels in the store ``db``: offline contrastive keywords, or with
     ``llm`` an LLM through an OpenAI-compatible endpoint (``latents``, default the 50
-    most frequent). Returns how many latents got a label."""
+    most frequent); with ``score``, then score every label offline
+    (:func:`saedata.label.score_labels`, labels and documents embedded by the default
+    reader). Returns how many latents got a label."""
     from saedata.label import relabel as run
     from saedata.store import Store
 
     with Store(db, read_only=False) as store:
-        return run(store, sae_id, llm=llm, latents=latents, log=log)
+        embed_texts = None
+        if score:
+            from saedata.embed.models import text_vectors
+
+            embed_texts = text_vectors
+        return run(store, sae_id, llm=llm, latents=latents, log=log, embed_texts=embed_texts)
 
 
 def build_index(db: str | os.PathLike = "run.duckdb") -> int:

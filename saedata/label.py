@@ -24,8 +24,9 @@ import re
 import urllib.error
 import urllib.request
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import polars as pl
 
 from saedata.console import Log, silent
@@ -209,14 +210,16 @@ def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 
 
 
 def relabel(store: Store, sae_id: int | None = None, *, llm: bool = False, latents: list[int] | None = None,
-            log: Log = silent) -> int:
+            log: Log = silent, embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> int:
     """Recompute the labels of SAE ``sae_id`` (the store's only one when None): keyword
-    labels, or with ``llm`` LLM labels of ``latents`` (default: the 50 most frequent).
-    Returns how many latents got a label."""
+    labels, or with ``llm`` LLM labels of ``latents`` (default: the 50 most frequent);
+    with ``embed_texts``, then score every label (:func:`score_labels`). Returns how many
+    latents got a label."""
     sae_id = store.resolve_sae(sae_id)
     if not llm:
         n = label_latents(store, sae_id)
         log(f"labelled {n} latents with keywords")
+        _score(store, sae_id, embed_texts, log)
         return n
     if latents is None:
         latents = (store.latents(sae_id).filter(pl.col("freq") > 0).sort("freq", descending=True, maintain_order=True)
@@ -224,7 +227,19 @@ def relabel(store: Store, sae_id: int | None = None, *, llm: bool = False, laten
     labels = llm_labels(store, sae_id, latents)
     store.set_labels(sae_id, labels)
     log(f"labelled {labels.height} latents with {labels['label_source'][0] if labels.height else 'the LLM'}")
+    _score(store, sae_id, embed_texts, log)
     return labels.height
+
+
+def _score(store: Store, sae_id: int, embed_texts: Callable[[list[str]], np.ndarray] | None, log: Log) -> None:
+    if embed_texts is None:
+        return
+    scores = score_labels(store, sae_id, embed_texts, log=log)
+    store.set_label_scores(sae_id, scores)
+    s = scores["score"].drop_nulls()
+    if s.len():
+        log(f"scored {s.len()} labels: median {s.median():.2f}; {int((s >= 0.75).sum())} at 0.75 or more "
+            "(0.5: the label tells nothing about where the latent fires)")
 
 
 # -- optional LLM labeller ------------------------------------------------------------
@@ -299,3 +314,70 @@ def _chat(base_url: str, model: str, api_key: str, prompt: str, timeout: float) 
     except (urllib.error.URLError, OSError, KeyError, IndexError, json.JSONDecodeError) as e:
         raise SaedataError(f"LLM labeller at {base_url} failed: {e}") from e
     return " ".join(str(text).split()).strip(" .\"'")[:120]
+
+
+# -- label scores, offline ----------------------------------------------------------------
+
+SCORE_DOCS = 2000
+"""Documents (chosen by a hash of their id: the same ones every time) a label is scored on."""
+
+
+def score_labels(store: Store, sae_id: int, embed_texts: Callable[[list[str]], np.ndarray],
+                 n_docs: int = SCORE_DOCS, log: Log = silent) -> pl.DataFrame:
+    """How well each label predicts where its latent fires, without an LLM, on ``n_docs``
+    documents of the SAE's datasets: (latent, score, detect_precision, detect_recall).
+
+    ``score``: the auto-interpretability *embedding scoring* -- the AUROC of the cosine
+    similarity between the label and each document (both embedded by ``embed_texts``;
+    documents by their first 400 characters) for the documents where the latent fires
+    against those where it does not: 0.5 says the label tells nothing, 1.0 that it ranks
+    every such document first. ``detect_precision`` / ``detect_recall``: the label's
+    words as a detector -- of the documents holding one of its words (stopwords, single
+    characters and numbers left out), the share where the latent fires; of those where it
+    fires, the share holding one. None where the latent fires in none or all of the
+    documents (nothing to rank), or the label has no such word."""
+    from scipy import sparse, stats
+
+    labels = store.latents(sae_id).filter(pl.col("label").is_not_null())
+    schema = {"latent": pl.Int32, "score": pl.Float64, "detect_precision": pl.Float64,
+              "detect_recall": pl.Float64}
+    docs = store.macro("sample_docs", sae_id, n=n_docs)
+    if labels.height == 0 or docs.height == 0:
+        return pl.DataFrame(schema=schema)
+    fired = store.macro("doc_latents", sae_id, docs["doc_id"].to_list())
+    row = {d: i for i, d in enumerate(docs["doc_id"].to_list())}
+    col = {lat: j for j, lat in enumerate(labels["latent"].to_list())}
+    pairs = [(row[d], col[lat]) for d, lat in fired.select("doc_id", "latent").iter_rows() if lat in col]
+    n, m = docs.height, labels.height
+    Y = sparse.csr_matrix((np.ones(len(pairs)), ([p[0] for p in pairs], [p[1] for p in pairs])), shape=(n, m))
+    n_pos = np.asarray(Y.sum(axis=0)).ravel()
+    log(f"scoring {m} labels on {n} documents")
+    D = embed_texts([t[:400] for t in docs["text"].to_list()])
+    L = embed_texts(labels["label"].to_list())
+    R = stats.rankdata(L @ D.T, axis=1)  # (m, n) ranks of each document's similarity to each label
+    rank_sum = np.asarray(Y.T.multiply(R).sum(axis=1)).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+    auroc[(n_pos == 0) | (n_pos == n)] = np.nan
+    # the label's words as a detector of where the latent fires
+    vocab: dict[str, int] = {}
+    label_words = [[vocab.setdefault(w, len(vocab)) for w in set(words(lab)) if not _filler(w)]
+                   for lab in labels["label"].to_list()]
+    W_rows, W_cols = [], []
+    for i, text in enumerate(docs["text"].to_list()):
+        for w in set(words(text)) & vocab.keys():
+            W_rows.append(i)
+            W_cols.append(vocab[w])
+    W = sparse.csr_matrix((np.ones(len(W_rows)), (W_rows, W_cols)), shape=(n, max(len(vocab), 1)))
+    lw_rows = [v for ws in label_words for v in ws]
+    lw_cols = [j for j, ws in enumerate(label_words) for _ in ws]
+    Lw = sparse.csr_matrix((np.ones(len(lw_rows)), (lw_rows, lw_cols)), shape=(max(len(vocab), 1), m))
+    pred = (W @ Lw).astype(bool).astype(np.float64)
+    tp = np.asarray(pred.multiply(Y).sum(axis=0)).ravel()
+    n_pred = np.asarray(pred.sum(axis=0)).ravel()
+    has_words = np.array([bool(ws) for ws in label_words])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(has_words & (n_pred > 0), tp / n_pred, np.nan)
+        recall = np.where(has_words & (n_pos > 0), tp / n_pos, np.nan)
+    return pl.DataFrame({"latent": labels["latent"], "score": auroc, "detect_precision": precision,
+                         "detect_recall": recall}, schema=schema).fill_nan(None)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
 import polars as pl
 import pytest
 
 from saedata.errors import ConfigError
-from saedata.label import keyword_labels, label_latents, llm_labels, weak_label, word_document_frequency
+from saedata.label import (
+    keyword_labels,
+    label_latents,
+    llm_labels,
+    score_labels,
+    weak_label,
+    word_document_frequency,
+    words,
+)
 from saedata.store import Store
 
 
@@ -177,3 +188,53 @@ def test_no_two_latents_share_a_label(tmp_path):
 ])
 def test_weak_label(label, weak):
     assert weak_label(label) is weak
+
+
+def _bag_of_words(texts: list[str]) -> np.ndarray:
+    """A stand-in embedding: unit vectors of hashed word counts (a label is near a text holding its words)."""
+    out = np.zeros((len(texts), 256))
+    for i, t in enumerate(texts):
+        for w in words(t):
+            out[i, zlib.crc32(w.encode()) % 256] += 1
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def test_label_scores_tell_a_precise_label_from_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    texts = [f"science lab result {i}" for i in range(30)] + [f"a walk in town {i}" for i in range(70)]
+    noise_docs = rng.choice(100, size=30, replace=False)
+    fires = [(d, 0, "science") for d in range(30)] + [(int(d), 1, texts[int(d)].split()[1]) for d in noise_docs]
+    with _store_with(tmp_path / "s.duckdb", texts, fires) as store:
+        store.set_labels(1, pl.DataFrame({"latent": [0, 1], "label": ["science / lab", "view / fit / id"],
+                                          "label_source": ["keywords", "keywords"]}))
+        scores = {r["latent"]: r for r in score_labels(store, 1, _bag_of_words).iter_rows(named=True)}
+        assert scores[0]["score"] == pytest.approx(1.0)
+        assert scores[0]["detect_precision"] == pytest.approx(1.0) and scores[0]["detect_recall"] == pytest.approx(1.0)
+        assert 0.3 < scores[1]["score"] < 0.7            # chance: the label says nothing
+        assert scores[1]["detect_precision"] is None     # none of its words occurs: nothing detected
+        store.set_label_scores(1, score_labels(store, 1, _bag_of_words))
+        assert store.latent_scores(1)["latent"].to_list() == [0, 1]
+        # a score belongs to its label: relabelling clears it, an unchanged label keeps it
+        store.set_labels(1, pl.DataFrame({"latent": [0, 1], "label": ["science / lab", "walk"],
+                                          "label_source": ["keywords", "keywords"]}))
+        assert store.latent_scores(1)["latent"].to_list() == [0]
+
+
+def test_label_score_cli(demo_store, tmp_path):
+    from click.testing import CliRunner
+
+    from saedata.cli import main
+    from tests.helpers import copy_demo_store
+
+    db = str(copy_demo_store(demo_store, tmp_path))
+    result = CliRunner().invoke(main, ["label", "--db", db, "--score"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"scored \d+ labels: median 0\.\d\d", result.output)
+    result = CliRunner().invoke(main, ["latents", "--db", db, "--sort", "score", "--min-score", "0.8",
+                                       "--format", "json", "--top", "0"])
+    rows = json.loads(result.output)
+    assert rows and all(r["score"] >= 0.8 for r in rows)
+    with Store(db) as store:
+        scored = store.latents(1).drop_nulls("score")
+    # measured on the planted demo: keyword labels of topic words score far above chance
+    assert scored["score"].median() > 0.6

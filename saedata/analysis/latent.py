@@ -39,6 +39,8 @@ class LatentPage:
     label_source: str | None
     weak: bool
     """The label says nothing about a topic (punctuation, function words; see saedata.label.weak_label)."""
+    scores: dict
+    """The label's scores (``saedata label --score``): score, detect_precision, detect_recall (None until scored)."""
     datasets: pl.DataFrame
     """(dataset, n_docs, n_fires, freq, n_present, present_freq): per dataset, documents where it
     fires at all and where it is present beyond chance for their length, and their shares."""
@@ -68,6 +70,8 @@ def latent_page(store_or_path: Store | str | os.PathLike, latent: int, dataset: 
         scope = resolve_scope(store, dataset, sae_id)
         labels = latent_labels(store, scope.sae_id)
         row = labels.filter(pl.col("latent") == latent)
+        scored = store.latent_scores(scope.sae_id).filter(pl.col("latent") == latent)
+        scores = {k: (scored[k][0] if scored.height else None) for k in ("score", "detect_precision", "detect_recall")}
         d_sae = int(store.saes().filter(pl.col("sae_id") == scope.sae_id)["d_sae"].item())
         if not 0 <= latent < d_sae:
             raise NotFoundError(f"SAE {scope.sae_id} has no latent {latent} (it has 0..{d_sae - 1})")
@@ -108,7 +112,7 @@ def latent_page(store_or_path: Store | str | os.PathLike, latent: int, dataset: 
     label = row["label"][0] if row.height else None
     source = row["label_source"][0] if row.height else None
     weak = bool(row["weak"][0]) if row.height else False
-    return LatentPage(scope.sae_id, int(latent), label, source, weak, datasets, quantiles, top_df, samples_df,
+    return LatentPage(scope.sae_id, int(latent), label, source, weak, scores, datasets, quantiles, top_df, samples_df,
                       cooccurs, len(docs), scope.names)
 
 

@@ -10,6 +10,7 @@ import saedata
 from saedata.cli.app import main
 from saedata.cli.options import (
     SEED,
+    Real,
     datasets_option,
     db_option,
     emit,
@@ -66,17 +67,29 @@ def datasets(db, fmt):
 @main.command(epilog=example("saedata latents --top 10 --label 'dog|cat'"))
 @db_option
 @top_option(20, "Rows to show (0 for all).")
-@click.option("--sort", type=click.Choice(["freq", "max_act", "latent"]), default="freq", show_default=True,
-              help="Order of the rows (freq and max_act largest first).")
+@click.option("--sort", type=click.Choice(["freq", "max_act", "score", "latent"]), default="freq",
+              show_default=True, help="Order of the rows (freq, max_act and score largest first).")
 @click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
+@click.option("--min-score", type=Real(0, 1), default=None,
+              help="Only latents whose label scored at least this (saedata label --score; 0.5 is chance).")
 @sae_id_option
 @format_option
 @quiet_option
-def latents(db, top, sort, pattern, sae_id, fmt):
-    """List latents with their label, document frequency and max activation.
+def latents(db, top, sort, pattern, min_score, sae_id, fmt):
+    """List latents with their label, document frequency, max activation and label score.
+
+    `score` (after `saedata label --score`): how well the label predicts the documents where
+    the latent fires, as the AUROC of label-document similarity (0.5 chance, 1 perfect).
     """
     with saedata.open(db) as store:
-        emit(store.latents(sae_id, label=pattern, sort=sort, top=top or None), fmt)
+        table = store.latents(sae_id, label=pattern, sort=sort)
+    if min_score is not None:
+        import polars as pl
+
+        table = table.filter(pl.col("score") >= min_score)
+    if fmt == "table" and table["score"].null_count() == table.height:
+        table = table.drop("score")  # no label scored yet: saedata label --score
+    emit(table.head(top) if top else table, fmt)
 
 
 @main.command(epilog=example("saedata show 3 --top 5"))
@@ -146,12 +159,15 @@ def export(ctx, table, path, db):
               help="Label with an LLM via an OpenAI-compatible endpoint (SAEDATA_LLM_BASE_URL, "
                    "SAEDATA_LLM_MODEL, SAEDATA_LLM_API_KEY).")
 @latents_option("Comma-separated latent ids to label with --llm [default: the 50 most frequent].")
+@click.option("--score", is_flag=True,
+              help="Then score every label offline on 2,000 of the documents: the AUROC of label-document "
+                   "embedding similarity, and the label's words as a detector (shown by latents and latent).")
 @quiet_option
 @click.pass_context
-def label(ctx, db, sae_id, llm, latent_ids):
+def label(ctx, db, sae_id, llm, latent_ids, score):
     """(Re)compute latent labels: offline contrastive keywords, or an LLM with --llm.
     """
-    saedata.relabel(db, sae_id, llm=llm, latents=latent_ids, log=log(ctx))
+    saedata.relabel(db, sae_id, llm=llm, latents=latent_ids, score=score, log=log(ctx))
 
 
 @main.command(epilog=example("saedata index"))
@@ -204,8 +220,10 @@ def latent(ctx, latent, db, datasets, top, samples, report_path, sae_id, fmt):
         emit(page.top.drop("text"), fmt)
         return
     fires = int(page.datasets["n_fires"].sum())
+    score = page.scores["score"]
     click.echo(f"latent {page.latent} of SAE {page.sae_id}: {page.label or '(no label)'} "
-               f"({page.label_source or 'unlabelled'}{', weak: names no topic' if page.weak else ''}); "
+               f"({page.label_source or 'unlabelled'}{', weak: names no topic' if page.weak else ''}"
+               f"{'' if score is None else f', score {score:.2f}'}); "
                f"fires in {fires} of {page.n_docs} documents")
     emit(page.datasets, fmt)
     q = page.quantiles.drop_nulls()

@@ -15,7 +15,7 @@ def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | 
     it peaked marked, and the latents present with it most. Returns the path."""
     fires = int(page.datasets["n_fires"].sum())
     blocks: list = [Text(f"Label: {page.label or '(none)'} ({page.label_source or 'unlabelled'}"
-                         f"{'; weak: it names no topic' if page.weak else ''}). Fires in {fires} of "
+                         f"{'; weak: it names no topic' if page.weak else ''}{_scores(page)}). Fires in {fires} of "
                          f"{page.n_docs} documents of {', '.join(page.names)}.")]
     blocks += [Text("Frequency per dataset", 2), Table(page.datasets),
                Text("Pooled values where it fires", 2), Table(page.quantiles)]
@@ -31,3 +31,14 @@ def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | 
         blocks += [Text("Present together with (NPMI)", 2), Table(page.cooccurs)]
     return write_report(path, title or f"Latent {page.latent}: {page.label or 'unlabelled'}", blocks,
                         subtitle=f"SAE {page.sae_id}")
+
+
+def _scores(page: LatentPage) -> str:
+    """"; score 0.91 (its words: precision 0.80, recall 0.35)" once the label is scored, else ""."""
+    s = page.scores
+    if s.get("score") is None:
+        return ""
+    words = ""
+    if s.get("detect_precision") is not None and s.get("detect_recall") is not None:
+        words = f" (its words: precision {s['detect_precision']:.2f}, recall {s['detect_recall']:.2f})"
+    return f"; score {s['score']:.2f}{words}"

@@ -301,12 +301,13 @@ class Store:
 
     def latents(self, sae_id: int | None = None, *, label: str | None = None, sort: str = "latent",
                 top: int | None = None) -> pl.DataFrame:
-        """Latents with label, label source, document frequency and max activation: those
+        """Latents with label, label source, document frequency, max activation and label
+        score (:func:`saedata.label.score_labels`; null until scored): those
         whose label matches the regex ``label``, by ``sort`` (latent ascending; freq or
         max_act largest first), the first ``top``."""
         sae_id = self.resolve_sae(sae_id)
         df = self.sql(
-            "SELECT latent, label, label_source, freq, max_act FROM latents "
+            "SELECT latent, label, label_source, freq, max_act, score FROM latents "
             "WHERE sae_id = ? ORDER BY latent",
             [sae_id],
         )
@@ -315,6 +316,11 @@ class Store:
         if sort != "latent":
             df = df.sort(sort, descending=True, nulls_last=True)
         return df.head(top) if top else df
+
+    def latent_scores(self, sae_id: int | None = None) -> pl.DataFrame:
+        """(latent, score, detect_precision, detect_recall) of the labels scored so far."""
+        return self.sql("SELECT latent, score, detect_precision, detect_recall FROM latents "
+                        "WHERE sae_id = ? AND score IS NOT NULL ORDER BY latent", [self.resolve_sae(sae_id)])
 
     def concepts(self, dataset: str | None = None) -> pl.DataFrame:
         """The ``concepts`` view: activations with document, dataset and label."""
@@ -712,6 +718,8 @@ class Store:
         transaction; first clear the labels whose source is in ``replace`` (so a latent
         that no longer gets such a label is left without one, never with a stale one)."""
         with self.transaction() as con:
+            con.execute("CREATE OR REPLACE TEMP TABLE _old_labels AS SELECT latent, label FROM latents "
+                        "WHERE sae_id = ?", [sae_id])
             if replace:
                 con.execute("UPDATE latents SET label = NULL, label_source = NULL "
                             "WHERE sae_id = ? AND list_contains(?, label_source)", [sae_id, list(replace)])
@@ -724,6 +732,25 @@ class Store:
                 )
             finally:
                 con.unregister("_labels")
+            # a score belongs to the label it scored
+            con.execute("UPDATE latents SET score = NULL, detect_precision = NULL, detect_recall = NULL "
+                        "FROM _old_labels AS o WHERE latents.sae_id = ? AND latents.latent = o.latent "
+                        "AND latents.label IS DISTINCT FROM o.label", [sae_id])
+            con.execute("DROP TABLE _old_labels")
+
+    def set_label_scores(self, sae_id: int, scores: pl.DataFrame) -> None:
+        """Write (latent, score, detect_precision, detect_recall) rows onto the latents table."""
+        with self.transaction() as con:
+            con.register("_scores", scores.select("latent", "score", "detect_precision", "detect_recall").to_arrow())
+            try:
+                con.execute(
+                    "UPDATE latents SET score = s.score, detect_precision = s.detect_precision, "
+                    "detect_recall = s.detect_recall "
+                    "FROM _scores AS s WHERE latents.sae_id = ? AND latents.latent = s.latent",
+                    [sae_id],
+                )
+            finally:
+                con.unregister("_scores")
 
 
 def label_matches(table: pl.DataFrame, pattern: str) -> pl.Series:

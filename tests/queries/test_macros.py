@@ -97,6 +97,11 @@ def test_latents(con):
     # the texts of each latent's strongest documents
     assert rows(con, "SELECT latent, doc_id FROM top_texts(1, [0, 2], n := 2)") == [(0, 0), (0, 2), (2, 1)]
     assert rows(con, "SELECT text FROM top_texts(1, [4])") == [(TEXTS[4],)]
+    # the documents labels are scored on (the same ones each time), and the latents firing there
+    sample = rows(con, "SELECT doc_id, text FROM sample_docs(1, n := 3)")
+    assert len({d for d, _ in sample}) == 3 and all(t == TEXTS[d] for d, t in sample)
+    assert rows(con, "SELECT doc_id FROM sample_docs(1, n := 3)") == [(d,) for d, _ in sample]
+    assert rows(con, "SELECT * FROM doc_latents(1, [0, 3])") == [(0, 0), (0, 1), (3, 0), (3, 1)]
     some = rows(con, "SELECT * FROM text_windows(n := 3, width := 4)")
     assert len({d for d, _ in some}) == 3 and all(w == TEXTS[d][:4] for d, w in some)
     assert rows(con, "SELECT * FROM text_windows(n := 3, width := 4)") == some
