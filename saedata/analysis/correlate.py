@@ -152,12 +152,18 @@ def correlate(
             return CorrelateResult(_empty_pairs(), _empty_examples(), np.zeros((0, 0)),
                                    pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String}), n, n_latents,
                                    0, 0, scope.names, scope.sae_id, min_support, alpha, tuple(warnings))
-        scored = pair_stats(counts)
-        scored = scored.with_columns((pl.col("q") <= alpha).alias("significant"))
-        n_sig = int(scored["significant"].sum())
+        # p, q and NPMI of every pair (q needs them all); the other scores for the shown pairs only
+        nij, ni, nj, N = (counts[c].to_numpy().astype(np.float64) for c in ("n_ij", "n_i", "n_j", "n_docs"))
+        q = bh_qvalues(independence_pvalues(nij, ni, nj, N))
+        ranked = counts.select("latent_i", "latent_j", "n_ij").with_columns(
+            pl.Series("npmi", npmi_from_counts(nij, ni, nj, N)), pl.Series("significant", q <= alpha),
+            pl.Series("_row", np.arange(counts.height)))
+        n_sig = int(ranked["significant"].sum())
+        rows = _best(ranked, top)["_row"].to_numpy()
+        scored = pair_stats(counts[rows], q[rows]).with_columns(pl.Series("significant", q[rows] <= alpha))
         if n_sig == 0:
             warnings.append(
-                f"none of the {scored.height} pairs is significant at q <= {alpha}; the table shows the "
+                f"none of the {counts.height} pairs is significant at q <= {alpha}; the table shows the "
                 "highest NPMI anyway (more documents or a higher --min-support help)"
             )
         pairs = (
@@ -175,7 +181,7 @@ def correlate(
         matrix = _npmi_matrix(A, m_latents)
         m_frame = pl.DataFrame({"latent": m_latents}, schema={"latent": pl.Int32}).join(
             labels, on="latent", how="left", maintain_order="left")
-    return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, scored.height, n_sig, scope.names,
+    return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, counts.height, n_sig, scope.names,
                            scope.sae_id, min_support, alpha, tuple(warnings))
 
 
@@ -193,8 +199,9 @@ def _best(scored: pl.DataFrame, top: int) -> pl.DataFrame:
                      descending=[True, True, True, False, False]).head(top)
 
 
-def pair_stats(counts: pl.DataFrame) -> pl.DataFrame:
-    """NPMI, phi, Jaccard, expected count, p and BH q for rows of (latent_i, latent_j, n_ij, n_i, n_j, n_docs)."""
+def pair_stats(counts: pl.DataFrame, q: np.ndarray | None = None) -> pl.DataFrame:
+    """NPMI, phi, Jaccard, expected count, p and BH q for rows of (latent_i, latent_j, n_ij, n_i, n_j, n_docs);
+    ``q``: the rows' q-values when they are some of many pairs tested (BH over these rows otherwise)."""
     nij = counts["n_ij"].to_numpy().astype(np.float64)
     ni = counts["n_i"].to_numpy().astype(np.float64)
     nj = counts["n_j"].to_numpy().astype(np.float64)
@@ -211,7 +218,7 @@ def pair_stats(counts: pl.DataFrame) -> pl.DataFrame:
         pl.Series("phi", phi),
         pl.Series("jaccard", jaccard),
         pl.Series("p", p),
-        pl.Series("q", bh_qvalues(p)),
+        pl.Series("q", bh_qvalues(p) if q is None else q),
         pl.Series("redundant", jaccard >= REDUNDANT_JACCARD),
     )
 
@@ -243,18 +250,21 @@ def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = 
         cols = np.intersect1d(cols, np.asarray(keep, dtype=np.int64))
     n_docs = A.shape[0]
     At = A[:, cols].T.tocsr()
+    Ac = A[:, cols]
     parts_i, parts_j, parts_n = [], [], []
     for start in range(0, len(cols), COOCCUR_BLOCK):
         stop = min(start + COOCCUR_BLOCK, len(cols))
         # only the rows i < stop can pair with a column j of the block as i < j: half the work
-        block = (At[:stop] @ A[:, cols[start:stop]]).tocoo()  # (stop, block)
-        j = block.col + start
-        ok = (block.row < j) & (block.data >= min_support)
-        parts_i.append(cols[block.row[ok]])
-        parts_j.append(cols[j[ok]])
-        parts_n.append(block.data[ok])
-    li = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
-    lj = np.concatenate(parts_j) if parts_j else np.zeros(0, np.int64)
+        block = At[:stop] @ Ac[:, start:stop]  # CSR (stop, block)
+        rows = np.repeat(np.arange(stop, dtype=np.int32), np.diff(block.indptr))
+        ok = block.data >= min_support  # most pairs are rarer than that: drop them first
+        i, j, n_ij = rows[ok], block.indices[ok] + start, block.data[ok]
+        upper = i < j
+        parts_i.append(i[upper])
+        parts_j.append(j[upper])
+        parts_n.append(n_ij[upper])
+    li = cols[np.concatenate(parts_i)] if parts_i else np.zeros(0, np.int64)
+    lj = cols[np.concatenate(parts_j)] if parts_j else np.zeros(0, np.int64)
     nij = np.concatenate(parts_n) if parts_n else np.zeros(0, np.int64)
     counts = pl.DataFrame({"latent_i": li.astype(np.int32), "latent_j": lj.astype(np.int32),
                            "n_ij": nij.astype(np.int64), "n_i": support[li].astype(np.int64),
