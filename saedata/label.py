@@ -163,9 +163,8 @@ def _context_words(store: Store, sae_id: int, latents: list[int], top_docs: int,
     out: dict[int, list[str]] = {}
     for (latent,), group in texts.group_by("latent"):
         docs = group["text"].to_list()
-        counts = Counter(w for t in docs for w in {m.group(0).lower() for m in WORD_RE.finditer(t)})
         scored = []
-        for w, c in counts.items():
+        for w, c in word_document_frequency(docs).iter_rows():
             if c < 2 or _filler(w) or not any(ch.isalnum() for ch in w):
                 continue
             p, q = c / len(docs), (df.get(w, 0) + 1) / (n_docs + 1)

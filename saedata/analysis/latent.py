@@ -78,9 +78,8 @@ def latent_page(store_or_path: Store | str | os.PathLike, latent: int, dataset: 
         docs = documents_frame(store, scope)
         lm = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy())
         values = np.asarray(lm.X[:, latent].todense()).ravel()
-        active = lm.active()
         present = lm.present()
-        fires = np.asarray(active[:, latent].todense()).ravel() != 0
+        fires = values != 0  # active at threshold 0, as LatentMatrix.active reads it
         here = np.asarray(present[:, latent].todense()).ravel() != 0
         by_ds = docs.select("dataset").with_columns(fires=pl.Series(fires), present=pl.Series(here))
         datasets = (by_ds.group_by("dataset", maintain_order=True)
