@@ -13,8 +13,12 @@ results (a new default, a better label) regenerates them on purpose:
     SAEDATA_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py
 
 and the diff of that file in the commit shows what changed. The outputs depend on the
-numerics of torch, scikit-learn and DuckDB, so a new release of one of them can change
-the last digits; the failure message names each output that moved.
+numerics of torch, scikit-learn and DuckDB and of the CPU (AVX2 and AVX-512 kernels sum
+in different orders, and SAE training amplifies the last bit into other latents), so the
+golden file records that environment. Where it is the same, every table and output must
+match to the byte; elsewhere, the tables that do not depend on floating point (datasets,
+documents, saes, word_counts) and the store commands' output still must, and the others'
+row counts within 1%. The failure message names each output that moved.
 """
 
 from __future__ import annotations
@@ -49,6 +53,26 @@ TABLES = {
 }
 
 
+EXACT_TABLES = ("datasets", "documents", "saes", "word_counts")
+"""Tables that no floating-point sum decides: identical on any machine."""
+EXACT_OUTPUTS = ("datasets",)
+
+
+def numerics() -> dict:
+    """What the last digits of the run depend on: library versions, CPU kernels, threads."""
+    import numpy
+    import sklearn
+    import torch
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "scikit-learn": sklearn.__version__, "duckdb": duckdb.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu,
+            "threads": torch.get_num_threads()}
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -81,7 +105,7 @@ def golden_run(tmp_path_factory) -> dict:
         text = result.stdout.replace(str(root), "<tmp>")
         return re.sub(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?", "<time>", text)
 
-    out: dict = {"outputs": {}}
+    out: dict = {"numerics": numerics(), "outputs": {}}
     outputs = out["outputs"]
     report = root / "diff.html"
     _record(outputs, "diff files", run("diff", str(a), str(b), "--db", db, "--id-field", "id", "--device", "cpu",
@@ -131,9 +155,18 @@ def test_store_and_outputs_match_the_golden_run(golden_run):
         GOLDEN.write_text(json.dumps(golden_run, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
-    changed = [f"table {t}: {golden['tables'][t]} -> {golden_run['tables'].get(t)}"
-               for t in golden["tables"] if golden_run["tables"].get(t) != golden["tables"][t]]
+    exact = golden.get("numerics") == golden_run["numerics"]
+    changed = []
+    for t, want in golden["tables"].items():
+        got = golden_run["tables"].get(t)
+        if exact or t in EXACT_TABLES:
+            if got != want:
+                changed.append(f"table {t}: {want} -> {got}")
+        elif got is None or abs(got["rows"] - want["rows"]) > 0.01 * want["rows"]:
+            changed.append(f"table {t}: {want['rows']} rows -> {got and got['rows']} (more than 1% apart)")
     for name, want in golden["outputs"].items():
+        if not exact and name not in EXACT_OUTPUTS:
+            continue
         got = golden_run["outputs"].get(name)
         if got is None or got["sha256"] != want["sha256"]:
             first = next((i for i, (x, y) in enumerate(zip(want["head"], got["head"] if got else [])) if x != y),
@@ -142,3 +175,6 @@ def test_store_and_outputs_match_the_golden_run(golden_run):
                 if first is not None else ""
             changed.append(f"output {name!r} changed{where}")
     assert not changed, "the run differs from tests/golden/golden.json:\n" + "\n".join(changed)
+    if not exact:
+        pytest.skip(f"byte comparison needs the golden numerics {golden.get('numerics')}, this run has "
+                    f"{golden_run['numerics']}: checked the exact tables and the other tables' row counts only")
