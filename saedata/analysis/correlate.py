@@ -44,6 +44,7 @@ from saedata.analysis.scope import (
 )
 from saedata.analysis.stats import (
     LENGTH_BINS,
+    BHSelection,
     bh_qvalues,
     chi2_columns,
     cmh_test,
@@ -142,9 +143,10 @@ def correlate(
         warnings: list[str] = list(scope.warnings)
         A, more = read_presence(latent_matrix(store, scope), presence, threshold, scope.describe())
         warnings += more
-        counts, n_latents = cooccurrence(A, min_support, keep)
+        pc = pair_counts(A, min_support, keep)
+        n_latents = pc.n_latents
         labels = latent_labels(store, scope.sae_id).select("latent", "label")
-        if counts.height == 0:
+        if len(pc.n_ij) == 0:
             warnings.append(
                 f"no pair of latents fires together in {min_support} or more of the {n} documents of "
                 f"{scope.describe()}; lower --min-support"
@@ -152,23 +154,22 @@ def correlate(
             return CorrelateResult(_empty_pairs(), _empty_examples(), np.zeros((0, 0)),
                                    pl.DataFrame(schema={"latent": pl.Int32, "label": pl.String}), n, n_latents,
                                    0, 0, scope.names, scope.sae_id, min_support, alpha, tuple(warnings))
-        # p, q and NPMI of every pair (q needs them all); the other scores for the shown pairs only
-        nij, ni, nj, N = (counts[c].to_numpy().astype(np.float64) for c in ("n_ij", "n_i", "n_j", "n_docs"))
-        q = bh_qvalues(independence_pvalues(nij, ni, nj, N))
-        ranked = counts.select("latent_i", "latent_j", "n_ij").with_columns(
-            pl.Series("npmi", npmi_from_counts(nij, ni, nj, N)), pl.Series("significant", q <= alpha),
-            pl.Series("_row", np.arange(counts.height)))
-        n_sig = int(ranked["significant"].sum())
-        rows = _best(ranked, top)["_row"].to_numpy()
-        scored = pair_stats(counts[rows], q[rows]).with_columns(pl.Series("significant", q[rows] <= alpha))
+        # p of every pair (the BH family); NPMI for the ones that can rank; the other scores for the shown ones
+        nij = pc.n_ij.astype(np.float64)
+        ni, nj = pc.support[pc.latent_i].astype(np.float64), pc.support[pc.latent_j].astype(np.float64)
+        bh = BHSelection(independence_pvalues(nij, ni, nj, float(pc.n_docs)), alpha)
+        sig = bh.significant()
+        n_sig = int(sig.sum())
+        rows = _top_rows(sig, lambda r: npmi_from_counts(nij[r], ni[r], nj[r], float(pc.n_docs)),
+                         pc.n_ij, pc.latent_i, pc.latent_j, top)
+        scored = pair_stats(pc.frame(rows), bh.q(rows)).with_columns(pl.Series("significant", sig[rows]))
         if n_sig == 0:
             warnings.append(
-                f"none of the {counts.height} pairs is significant at q <= {alpha}; the table shows the "
+                f"none of the {len(pc.n_ij)} pairs is significant at q <= {alpha}; the table shows the "
                 "highest NPMI anyway (more documents or a higher --min-support help)"
             )
         pairs = (
-            _best(scored, top)
-            .with_row_index("rank", offset=1)
+            scored.with_row_index("rank", offset=1)
             .join(labels.rename({"latent": "latent_i", "label": "label_i"}), on="latent_i", how="left")
             .join(labels.rename({"latent": "latent_j", "label": "label_j"}), on="latent_j", how="left")
             .select("rank", "latent_i", "label_i", "latent_j", "label_j", "n_ij", "n_i", "n_j", "expected",
@@ -181,22 +182,24 @@ def correlate(
         matrix = _npmi_matrix(A, m_latents)
         m_frame = pl.DataFrame({"latent": m_latents}, schema={"latent": pl.Int32}).join(
             labels, on="latent", how="left", maintain_order="left")
-    return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, counts.height, n_sig, scope.names,
+    return CorrelateResult(pairs, examples, matrix, m_frame, n, n_latents, len(pc.n_ij), n_sig, scope.names,
                            scope.sae_id, min_support, alpha, tuple(warnings))
 
 
-def _best(scored: pl.DataFrame, top: int) -> pl.DataFrame:
-    """The ``top`` rows by (significant, npmi, n_ij), ties broken by latent ids, without sorting them all."""
-    pool = scored.filter(pl.col("significant")) if scored["significant"].any() else scored
-    if pool.height > top:
-        cut = pool["npmi"].top_k(top).min()
-        pool = pool.filter(pl.col("npmi") >= cut)
-    rest = scored.filter(~pl.col("significant")) if pool.height < top and scored["significant"].any() else None
-    if rest is not None and rest.height:
-        cut = rest["npmi"].top_k(min(top, rest.height)).min()
-        pool = pl.concat([pool, rest.filter(pl.col("npmi") >= cut)])
-    return pool.sort(["significant", "npmi", "n_ij", "latent_i", "latent_j"],
-                     descending=[True, True, True, False, False]).head(top)
+def _top_rows(sig: np.ndarray, npmi, n_ij: np.ndarray, li: np.ndarray, lj: np.ndarray, top: int) -> np.ndarray:
+    """The ``top`` rows by (significant, npmi, n_ij), ties broken by latent ids, best first;
+    ``npmi(rows)`` scores only the significant rows, and the others only when those are too few."""
+    out: list[np.ndarray] = []
+    for idx in (np.flatnonzero(sig), np.flatnonzero(~sig)):
+        need = top - sum(len(o) for o in out)
+        if need <= 0 or len(idx) == 0:
+            continue
+        s = npmi(idx)
+        if len(idx) > need:
+            keep = s >= np.partition(s, len(s) - need)[len(s) - need]  # ties at the cut stay in
+            idx, s = idx[keep], s[keep]
+        out.append(idx[np.lexsort((lj[idx], li[idx], -n_ij[idx], -s))][:need])
+    return np.concatenate(out)
 
 
 def pair_stats(counts: pl.DataFrame, q: np.ndarray | None = None) -> pl.DataFrame:
@@ -234,11 +237,32 @@ COOCCUR_BLOCK = 512
 """Latent columns per block of the sparse product A.T @ A[:, block]: the memory bound."""
 
 
-def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = None) -> tuple[pl.DataFrame, int]:
-    """(latent_i < latent_j, n_ij, n_i, n_j, n_docs) for every pair of columns of the
-    binary (n_docs, d_sae) matrix ``A`` both set in at least ``min_support`` rows, among
-    the columns set in at least ``min_support`` rows (and in ``keep`` when given); and
-    how many columns those are. The counts of the ``cooccur`` macro, from a sparse
+@dataclass(frozen=True)
+class PairCounts:
+    """Co-occurrence counts of latent pairs (latent_i < latent_j), one array entry per pair."""
+
+    latent_i: np.ndarray
+    latent_j: np.ndarray
+    n_ij: np.ndarray
+    support: np.ndarray
+    """(d_sae,) documents each latent is set in."""
+    n_docs: int
+    n_latents: int
+    """Latents set in at least ``min_support`` documents (the ones paired)."""
+
+    def frame(self, rows: np.ndarray | None = None) -> pl.DataFrame:
+        """(latent_i, latent_j, n_ij, n_i, n_j, n_docs) of ``rows`` (all by default), in that order."""
+        li, lj, nij = (a if rows is None else a[rows] for a in (self.latent_i, self.latent_j, self.n_ij))
+        return pl.DataFrame({"latent_i": li.astype(np.int32), "latent_j": lj.astype(np.int32),
+                             "n_ij": nij.astype(np.int64), "n_i": self.support[li].astype(np.int64),
+                             "n_j": self.support[lj].astype(np.int64),
+                             "n_docs": np.full(len(li), self.n_docs, np.int64)})
+
+
+def pair_counts(A: sparse.spmatrix, min_support: int, keep: list[int] | None = None) -> PairCounts:
+    """Every pair of columns of the binary (n_docs, d_sae) matrix ``A`` both set in at
+    least ``min_support`` rows, among the columns set in at least ``min_support`` rows
+    (and in ``keep`` when given). The counts of the ``cooccur`` macro, from a sparse
     matrix product in blocks of ``COOCCUR_BLOCK`` columns, each against the columns
     before it and itself only (i < j: half of ``A.T @ A``; each block's product is at
     most n_latents x COOCCUR_BLOCK non-zeros)."""
@@ -248,28 +272,31 @@ def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = 
     cols = np.flatnonzero(support >= min_support)
     if keep is not None:
         cols = np.intersect1d(cols, np.asarray(keep, dtype=np.int64))
-    n_docs = A.shape[0]
-    At = A[:, cols].T.tocsr()
     Ac = A[:, cols]
+    At = Ac.T.tocsr()
     parts_i, parts_j, parts_n = [], [], []
     for start in range(0, len(cols), COOCCUR_BLOCK):
         stop = min(start + COOCCUR_BLOCK, len(cols))
         # only the rows i < stop can pair with a column j of the block as i < j: half the work
         block = At[:stop] @ Ac[:, start:stop]  # CSR (stop, block)
-        rows = np.repeat(np.arange(stop, dtype=np.int32), np.diff(block.indptr))
-        ok = block.data >= min_support  # most pairs are rarer than that: drop them first
-        i, j, n_ij = rows[ok], block.indices[ok] + start, block.data[ok]
+        at = np.flatnonzero(block.data >= min_support)  # most pairs are rarer than that: drop them first
+        i = np.searchsorted(block.indptr, at, side="right") - 1
+        j = block.indices[at] + start
         upper = i < j
         parts_i.append(i[upper])
         parts_j.append(j[upper])
-        parts_n.append(n_ij[upper])
-    li = cols[np.concatenate(parts_i)] if parts_i else np.zeros(0, np.int64)
-    lj = cols[np.concatenate(parts_j)] if parts_j else np.zeros(0, np.int64)
-    nij = np.concatenate(parts_n) if parts_n else np.zeros(0, np.int64)
-    counts = pl.DataFrame({"latent_i": li.astype(np.int32), "latent_j": lj.astype(np.int32),
-                           "n_ij": nij.astype(np.int64), "n_i": support[li].astype(np.int64),
-                           "n_j": support[lj].astype(np.int64), "n_docs": np.full(len(li), n_docs, np.int64)})
-    return counts, len(cols)
+        parts_n.append(block.data[at[upper]])
+    empty = np.zeros(0, np.int64)
+    li = cols[np.concatenate(parts_i)] if parts_i else empty
+    lj = cols[np.concatenate(parts_j)] if parts_j else empty
+    nij = np.concatenate(parts_n).astype(np.int64) if parts_n else empty
+    return PairCounts(li, lj, nij, support, A.shape[0], len(cols))
+
+
+def cooccurrence(A: sparse.spmatrix, min_support: int, keep: list[int] | None = None) -> tuple[pl.DataFrame, int]:
+    """:func:`pair_counts` as a frame of (latent_i, latent_j, n_ij, n_i, n_j, n_docs), and n_latents."""
+    pc = pair_counts(A, min_support, keep)
+    return pc.frame(), pc.n_latents
 
 
 def _examples(store: Store, scope: Scope, pairs: pl.DataFrame, n: int, threshold: float) -> pl.DataFrame:

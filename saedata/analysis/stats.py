@@ -1,6 +1,7 @@
 """The statistics of the analyses, vectorised over latents (numpy / scipy, no store).
 
-Multiple testing: :func:`bh_qvalues` (Benjamini-Hochberg). Two groups:
+Multiple testing: :func:`bh_qvalues` (Benjamini-Hochberg), and :class:`BHSelection` for
+millions of p-values of which a few are shown. Two groups:
 :func:`two_proportion_test` (pooled z), :func:`cmh_test` (Cochran-Mantel-Haenszel across
 length strata, with the Mantel-Haenszel difference and common odds ratio),
 :func:`mcnemar_exact` (paired documents), :func:`ks_from_histograms` (lengths).
@@ -35,6 +36,43 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     out[order] = np.clip(ranked, 0, 1)
     q[ok] = out
     return q
+
+
+
+class BHSelection:
+    """Benjamini-Hochberg at level ``alpha`` over many p-values, sorting only those <= ``alpha``.
+
+    A p-value above ``alpha`` cannot be a discovery (its q is at least p), so the
+    discoveries and their q-values follow from the sorted p-values <= ``alpha`` and the
+    count of all (NaN excluded): for millions of pairs of which a few hundred thousand
+    are that small this is a fraction of a full sort. :meth:`q` of rows that are not
+    discoveries falls back to :func:`bh_qvalues` over all.
+    """
+
+    def __init__(self, p: np.ndarray, alpha: float) -> None:
+        self.p = np.asarray(p, dtype=np.float64)
+        self.alpha = alpha
+        n = int(np.count_nonzero(~np.isnan(self.p)))
+        small = np.flatnonzero(self.p <= alpha)
+        self._order = small[np.argsort(self.p[small], kind="stable")]
+        ranked = self.p[self._order] * n / np.arange(1, len(small) + 1)
+        self._q = np.minimum.accumulate(ranked[::-1])[::-1] if len(small) else ranked
+        found = np.flatnonzero(self._q <= alpha)
+        self.threshold = float(self.p[self._order[found[-1]]]) if len(found) else -np.inf
+        """The largest p-value that is a discovery (-inf when none is)."""
+
+    def significant(self) -> np.ndarray:
+        """Boolean mask: q <= alpha."""
+        return self.p <= self.threshold
+
+    def q(self, rows: np.ndarray) -> np.ndarray:
+        """``bh_qvalues(p)[rows]``, exactly."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not (self.p[rows] <= self.threshold).all():
+            return bh_qvalues(self.p)[rows]
+        where = np.empty(len(self.p), dtype=np.int64)
+        where[self._order] = np.arange(len(self._order))
+        return np.clip(self._q[where[rows]], 0, 1)
 
 
 class StratifiedTest(NamedTuple):

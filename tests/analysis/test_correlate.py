@@ -288,3 +288,23 @@ def test_cli_correlate_errors_are_one_line(db, args, message):
     assert message in out.stderr and "Traceback" not in out.stderr
     if out.exit_code == 1:
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_partial_benjamini_hochberg_equals_the_full_one():
+    """BHSelection sorts only the p-values <= alpha, yet gives bh_qvalues' discoveries and q-values,
+    ties and NaN included."""
+    from saedata.analysis.stats import BHSelection, bh_qvalues
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(size=20_000), rng.uniform(0, 1e-4, size=500), np.full(40, 1e-3), [np.nan] * 3])
+    rng.shuffle(p)
+    full = bh_qvalues(p)
+    for alpha in (0.05, 0.01, 1e-9):
+        bh = BHSelection(p, alpha)
+        assert (bh.significant() == (full <= alpha)).all()
+        sig = np.flatnonzero(full <= alpha)
+        rows = np.concatenate([sig[:50], np.flatnonzero(~(full <= alpha))[:5]])  # discoveries, then not
+        assert np.allclose(bh.q(sig[:50]), full[sig[:50]], rtol=1e-12, equal_nan=True)
+        assert np.allclose(bh.q(rows), full[rows], rtol=1e-12, equal_nan=True)
+    assert BHSelection(p, 0.05).significant().sum() > 500
+    assert BHSelection(p, 1e-9).significant().sum() == 0
