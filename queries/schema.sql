@@ -88,6 +88,22 @@ CREATE TABLE IF NOT EXISTS activations (
 );
 ALTER TABLE activations ADD COLUMN IF NOT EXISTS tokens INTEGER;
 
+-- Every non-zero token code of the datasets embedded with --store-tokens (opt-in; the
+-- bytes per token are measured by benchmarks/bench_embed.py): the token's index among its
+-- document's pooled tokens, its character span [char_start, char_end) in the text (NULL
+-- for image patches), the latent and its value (rounded as activations' are). Every span
+-- where a latent fires (doc_tokens, latent_spans) and re-pooling a dataset (saedata pool)
+-- read it instead of the corpus.
+CREATE TABLE IF NOT EXISTS token_activations (
+    doc_id     BIGINT NOT NULL,
+    sae_id     INTEGER NOT NULL,
+    token      INTEGER NOT NULL,
+    char_start INTEGER,
+    char_end   INTEGER,
+    latent     INTEGER NOT NULL,
+    value      REAL NOT NULL
+);
+
 -- Document frequency of every word in the documents embedded with an SAE: the
 -- background that labels are contrasted against. Append-only while embedding (one
 -- row per word and batch, no index), folded to one row per word when a dataset

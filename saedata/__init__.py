@@ -55,6 +55,7 @@ __all__ = [
     "probe_ood",
     "read_documents",
     "relabel",
+    "repool",
     "search",
     "train",
     "vae_fit",
@@ -309,6 +310,18 @@ def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, 
 
             embed_texts = text_vectors
         return run(store, sae_id, llm=llm, latents=latents, log=log, embed_texts=embed_texts)
+
+
+def repool(db: str | os.PathLike, dataset: str, pooling: str, *, log: Log = silent):
+    """Pool the documents of ``dataset`` in the store ``db`` again with ``pooling`` (max,
+    mean, sum, count) from the token codes kept by ``embed(..., store_tokens)``, without
+    the reader or the corpus; the dataset's statistics and the labels follow, all in one
+    transaction. Returns a :class:`~saedata.embed.repool.RepoolResult`."""
+    from saedata.embed.repool import repool as run
+    from saedata.store import Store
+
+    with Store(db, read_only=False) as store:
+        return run(store, dataset, pooling, log=log)
 
 
 def build_index(db: str | os.PathLike = "run.duckdb") -> int:

@@ -16,8 +16,8 @@ from saedata.errors import ConfigError
 
 Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa")
-Pooling = Literal["max", "mean", "sum"]
-POOLINGS: tuple[str, ...] = ("max", "mean", "sum")
+Pooling = Literal["max", "mean", "sum", "count"]
+POOLINGS: tuple[str, ...] = ("max", "mean", "sum", "count")
 ChatTokens = Literal["assistant", "all"]
 CHAT_TOKENS: tuple[str, ...] = ("assistant", "all")
 Device = Literal["cpu", "cuda", "auto"]
@@ -205,7 +205,8 @@ class EmbedConfig(_Serialisable):
     """How token codes become document vectors in the store."""
 
     pooling: Pooling = "max"
-    """Token-to-document pooling: max (as in the paper; signed max for abstopk), mean, sum."""
+    """Token-to-document pooling: max (as in the paper; signed max for abstopk), mean, sum,
+    or count (the number of the document's tokens the latent fired on)."""
     min_value: float = 0.0
     """Pooled values with |value| <= min_value are dropped (0 keeps every non-zero)."""
     value_digits: int | None = 4
@@ -221,6 +222,11 @@ class EmbedConfig(_Serialisable):
     """Tokens per SAE encode call (bounds the (tokens, d_sae) pre-activation buffer)."""
     sae_dtype: DType | None = None
     """The dtype the SAE computes in; None: the one it was saved in. Codes are stored as float32."""
+    store_tokens: bool = False
+    """Also keep every token's non-zero codes (token index, character span, latent, value)
+    in ``token_activations``: firing spans to highlight and datasets to re-pool
+    (``saedata pool``) without reading the corpus again. Opt-in: it multiplies the store's
+    size (benchmarks/bench_embed.py measures the bytes per token)."""
     chat_tokens: ChatTokens = "assistant"
     """Which tokens of a chat transcript are pooled: the assistant messages' contents
     (the model's answers, as in the paper's diffs of model responses) or all of it

@@ -1,4 +1,4 @@
-"""Commands that run models over corpora: train, embed (local or Ray), import."""
+"""Commands that make document codes: train, embed (local or Ray), import, pool."""
 
 from __future__ import annotations
 
@@ -62,6 +62,10 @@ def train(ctx, corpus, out, **kw):
                    "messages' tokens, or all tokens (template and prompts too).")
 @click.option("--sae-dtype", type=click.Choice(DTYPES), default=None,
               help="dtype the SAE computes in [default: the one it was saved in].")
+@click.option("--store-tokens", is_flag=True,
+              help="Also keep every token's codes (token_activations): every span where a latent fires "
+                   "(saedata show DOC --tokens) and `saedata pool` without the corpus; a few times the "
+                   "store's size.")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file (images).")
 @replace_option
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -152,6 +156,26 @@ def import_cmd(ctx, shards, db, datasets):
     result = saedata.import_shards(shards, db, datasets or None, log=log(ctx))
     click.echo(f"{', '.join(result.datasets)}: {result.n_docs} documents, {result.n_activations} activations "
                f"imported into {db} (SAE {result.sae_id})")
+
+
+@main.command(epilog=example("saedata embed a.jsonl --store-tokens && saedata pool a --pooling mean"))
+@click.argument("dataset")
+@click.option("--pooling", type=click.Choice(POOLINGS), required=True,
+              help="max (the paper's), mean, sum, or count (tokens the latent fired on).")
+@db_option
+@quiet_option
+@click.pass_context
+def pool(ctx, dataset, pooling, db):
+    """Pool DATASET's documents again from its token codes, without the corpus or reader.
+
+    Needs a dataset embedded with --store-tokens. Its activations are replaced, and its
+    statistics and the labels recomputed, in one transaction: an error or a kill
+    leaves it as it was. Presence (what diff and correlate count) does not change;
+    values (search, cluster --scale values, latent rankings) do.
+    """
+    r = saedata.repool(db, dataset, pooling, log=log(ctx))
+    click.echo(f"{r.dataset}: {r.n_docs} documents pooled with {r.pooling} (was {r.previous}) from "
+               f"{r.n_token_codes} token codes: {r.n_activations} activations in {db}")
 
 
 @main.group(cls=Group, epilog=example("saedata sae export run.sae for-saelens/ --to saelens"))

@@ -213,7 +213,8 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
         out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None),
-                                       chat_tokens=kw.pop("chat_tokens", "assistant"))
+                                       chat_tokens=kw.pop("chat_tokens", "assistant"),
+                                       store_tokens=kw.pop("store_tokens", False))
     return out
 
 

@@ -96,17 +96,23 @@ def latents(db, top, sort, pattern, min_score, sae_id, fmt):
 @click.argument("doc")
 @db_option
 @click.option("--dataset", default=None, help="Dataset of DOC when DOC is an external id.")
-@top_option(20, "Concepts to show (0 for all).")
+@top_option(20, "Concepts (or tokens, with --tokens) to show (0 for all).")
+@click.option("--tokens", is_flag=True,
+              help="Token by token instead: each token where latents fire, with its strongest 3 "
+                   "(a dataset embedded with --store-tokens).")
 @format_option
 @quiet_option
-def show(doc, db, dataset, top, fmt):
+def show(doc, db, dataset, top, tokens, fmt):
     """Show a document's active concepts, strongest first.
 
     DOC is a doc_id, or the corpus's own id (ext_id) with --dataset.
     """
     with saedata.open(db) as store:
         row = store.document(int(doc) if doc.isdigit() and dataset is None else doc, dataset)
-        concepts = store.doc_concepts(row["doc_id"])
+        concepts = store.doc_tokens(row["doc_id"]) if tokens else store.doc_concepts(row["doc_id"])
+    if tokens and concepts.height == 0:
+        raise click.ClickException(f"document {row['doc_id']} has no token codes: its dataset {row['dataset']!r} "
+                                   "was embedded without --store-tokens")
     if fmt == "table":
         text = row["text"] if len(row["text"]) <= 300 else row["text"][:300] + "..."
         click.echo(f"doc {row['doc_id']} ({row['dataset']}:{row['ext_id']}, {row['n_tokens']} tokens)")

@@ -1,9 +1,11 @@
 """Token activations -> document codes: encode -> pool -> threshold -> round, in one copy.
 
-:func:`document_codes` is the step every path shares: the single-process embed and each
-Ray worker (through :func:`embed_chunk`) and the query of a property search
-(:class:`~saedata.embed.models.StoreModels`), so a query's codes are computed exactly as
-its store's documents were. :func:`mean_activations` is the other use of a reader: the
+:func:`pooled_codes` is the step every path shares: the single-process embed and each
+Ray worker (through :func:`embed_chunk`), the query of a property search
+(:func:`document_codes`, from :class:`~saedata.embed.models.StoreModels`) and re-pooling
+stored token codes (:mod:`saedata.embed.repool`), so a query's codes are computed exactly
+as its store's documents were. With ``store_tokens`` a chunk also keeps every token's
+codes (:func:`token_codes_frame`). :func:`mean_activations` is the other use of a reader: the
 dense embedding (mean activation per text) that probes and axis matching compare with.
 """
 
@@ -93,7 +95,8 @@ def pool_codes(
     value) triplets; ``doc_index`` (n_tokens,) maps token rows to documents;
     ``n_tokens`` (n_docs,) tokens per document. ``max`` keeps the value of largest
     magnitude with its sign (the plain max for non-negative codes), ``sum`` adds,
-    ``mean`` divides the sum by the document's token count. Whatever the pooling, each
+    ``mean`` divides the sum by the document's token count, ``count`` is the number of
+    the document's tokens the latent fired on. Whatever the pooling, each
     entry also counts the tokens the latent fired on: what length-robust presence and
     concept weights are computed from (:mod:`saedata.analysis.presence`).
     """
@@ -110,15 +113,17 @@ def pool_codes(
     peak = torch.full((m,), -1, dtype=torch.int64, device=values.device).scatter_reduce(
         0, inv, torch.where(is_peak, rows, -1), "amax", include_self=True
     )
+    tokens = torch.zeros(m, dtype=torch.int64, device=values.device).scatter_add(
+        0, inv, torch.ones_like(inv))
     if pooling == "max":
         at_peak = is_peak & (rows == peak[inv])
         value = torch.zeros(m, device=values.device).scatter(0, inv[at_peak], values[at_peak])
+    elif pooling == "count":
+        value = tokens.to(values.dtype)
     else:
         value = torch.zeros(m, device=values.device).scatter_add(0, inv, values)
         if pooling == "mean":
             value = value / n_tokens[torch.div(uniq, d_sae, rounding_mode="floor")].clamp(min=1)
-    tokens = torch.zeros(m, dtype=torch.int64, device=values.device).scatter_add(
-        0, inv, torch.ones_like(inv))
     return Pooled(torch.div(uniq, d_sae, rounding_mode="floor"), uniq % d_sae, value, peak, tokens)
 
 
@@ -135,18 +140,60 @@ def round_significant(values: np.ndarray, digits: int | None) -> np.ndarray:
 
 
 def document_codes(sae: SparseAutoencoder, batch: TokenBatch, embed_cfg: EmbedConfig) -> DocCodes:
-    """The stored codes of a batch of documents: SAE-encode every token, pool per document,
-    keep |value| > ``min_value`` (every non-zero at 0), round to ``value_digits``."""
+    """The stored codes of a batch of documents: SAE-encode every token, then
+    :func:`pooled_codes`."""
     import torch
 
     rows, lats, vals = encode_tokens(sae, batch.acts, embed_cfg.encode_tokens)
     n_tokens = torch.as_tensor(batch.n_tokens, device=batch.acts.device)
-    pooled = pool_codes(rows, lats, vals, batch.doc_index, n_tokens, sae.d_sae, embed_cfg.pooling)
+    return pooled_codes(rows, lats, vals, batch.doc_index, n_tokens, sae.d_sae, embed_cfg)
+
+
+def pooled_codes(rows: torch.Tensor, latents: torch.Tensor, values: torch.Tensor, doc_index: torch.Tensor,
+                 n_tokens: torch.Tensor, d_sae: int, embed_cfg: EmbedConfig) -> DocCodes:
+    """Token codes pooled per document (:func:`pool_codes`), |value| > ``min_value`` kept
+    (every non-zero at 0), rounded to ``value_digits``: what embedding stores, and what
+    re-pooling stored token codes gives."""
+    pooled = pool_codes(rows, latents, values, doc_index, n_tokens, d_sae, embed_cfg.pooling)
     keep = pooled.value.abs() > embed_cfg.min_value if embed_cfg.min_value > 0 else pooled.value != 0
     if not bool(keep.all()):
         pooled = Pooled(*(t[keep] for t in pooled))
     doc, latent, value, peak, tokens = (t.cpu().numpy() for t in pooled)
     return DocCodes(doc, latent, round_significant(value, embed_cfg.value_digits), peak, tokens)
+
+
+def peak_offsets(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The character offset stored as a code's ``peak``: the last character of token
+    ``rows`` (spans ``offsets``), inside its word even when the token carries a leading
+    space (GPT-2 style byte-level BPE)."""
+    return np.maximum(offsets[rows, 1] - 1, offsets[rows, 0]).astype(np.int32)
+
+
+def token_positions(doc_index: np.ndarray) -> np.ndarray:
+    """(n_tokens,) each token row's index within its document (rows of a document are in
+    text order, but documents may come in any order: a reader sorts them by length)."""
+    order = np.argsort(doc_index, kind="stable")
+    sorted_docs = doc_index[order]
+    first = np.searchsorted(sorted_docs, sorted_docs, side="left")
+    out = np.empty(len(doc_index), dtype=np.int64)
+    out[order] = np.arange(len(doc_index)) - first
+    return out
+
+
+def token_codes_frame(ids: np.ndarray, batch: TokenBatch, rows: torch.Tensor, latents: torch.Tensor,
+                      values: torch.Tensor, sae_id: int, embed_cfg: EmbedConfig, images: bool) -> pl.DataFrame:
+    """The ``token_activations`` rows of a batch: every non-zero token code, with the
+    token's index in its document and character span (NULL for image patches)."""
+    r = rows.cpu().numpy()
+    doc_index = batch.doc_index.cpu().numpy()
+    span = (pl.Series([None] * len(r), dtype=pl.Int32),) * 2 if images else \
+        (batch.offsets[r, 0].astype(np.int32), batch.offsets[r, 1].astype(np.int32))
+    return pl.DataFrame(
+        {"doc_id": ids[doc_index[r]], "sae_id": np.full(len(r), sae_id, dtype=np.int32),
+         "token": token_positions(doc_index)[r].astype(np.int32), "char_start": span[0], "char_end": span[1],
+         "latent": latents.cpu().numpy().astype(np.int32),
+         "value": round_significant(values.cpu().numpy(), embed_cfg.value_digits)}
+    ).sort("doc_id", "token", "latent")
 
 
 class EmbeddedChunk(NamedTuple):
@@ -159,6 +206,8 @@ class EmbeddedChunk(NamedTuple):
     word_counts: pl.DataFrame
     """(word, df): the chunk's share of the background word counts labels contrast with."""
     n_truncated: int
+    tokens: pl.DataFrame | None = None
+    """The ``token_activations`` table's columns (``embed_cfg.store_tokens``), else None."""
 
 
 def reader_texts(docs: list[Document], reader: Reader | VisionReader) -> tuple[list[str], list[list | None]]:
@@ -217,18 +266,20 @@ def embed_chunk(docs: list[Document], first_id: int, reader: Reader | VisionRead
     unit of work that the single-process run and each distributed worker share. A chat
     transcript is stored as the reader read it (its chat template applied) and pooled over
     its assistant messages unless ``embed_cfg.chat_tokens`` is "all"."""
+    import torch
+
     ids = np.arange(first_id, first_id + len(docs), dtype=np.int64)
     texts, spans = reader_texts(docs, reader)
     batch = reader.read(texts)
     if embed_cfg.chat_tokens == "assistant" and any(s is not None for s in spans):
         batch = keep_spans(batch, docs, spans)
-    codes = document_codes(model, batch, embed_cfg)
+    rows, lats, vals = encode_tokens(model, batch.acts, embed_cfg.encode_tokens)
+    codes = pooled_codes(rows, lats, vals, batch.doc_index, torch.as_tensor(batch.n_tokens, device=batch.acts.device),
+                         model.d_sae, embed_cfg)
     if images:
         peak = pl.Series("peak", [None] * len(codes.doc), dtype=pl.Int32)  # no text position
     else:
-        # The peak token's last character: inside its word even when the token
-        # carries a leading space (GPT-2 style byte-level BPE).
-        peak = np.maximum(batch.offsets[codes.peak, 1] - 1, batch.offsets[codes.peak, 0]).astype(np.int32)
+        peak = peak_offsets(batch.offsets, codes.peak)
     acts = pl.DataFrame(
         {"doc_id": ids[codes.doc], "sae_id": np.full(len(codes.doc), sae_id, dtype=np.int32),
          "latent": codes.latent.astype(np.int32), "value": codes.value, "peak": peak,
@@ -241,7 +292,9 @@ def embed_chunk(docs: list[Document], first_id: int, reader: Reader | VisionRead
          "n_tokens": batch.n_tokens.astype(np.int32)},
         schema_overrides={"meta": pl.String},
     )
-    return EmbeddedChunk(doc_frame, acts, word_document_frequency(texts), int(batch.truncated.sum()))
+    tokens = token_codes_frame(ids, batch, rows, lats, vals, sae_id, embed_cfg, images) \
+        if embed_cfg.store_tokens else None
+    return EmbeddedChunk(doc_frame, acts, word_document_frequency(texts), int(batch.truncated.sum()), tokens)
 
 
 def mean_activations(reader: Reader | VisionReader, texts: list[str], batch_docs: int | None = None) -> np.ndarray:

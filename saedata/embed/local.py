@@ -177,6 +177,12 @@ def _embed(corpus, batches, fingerprint, name, db, sae, input_cfg, reader_cfg, e
                     f"dataset {name!r} in {db} was started with SAE {state.sae_id}, not {sae_path}; "
                     "rerun with the original --sae, or pass --name for a new dataset"
                 )
+            started = bool(store.dataset_args(state.dataset_id).get("embed", {}).get("store_tokens", False))
+            if started != embed_cfg.store_tokens:
+                raise ConfigError(
+                    f"dataset {name!r} in {db} was started {'with' if started else 'without'} --store-tokens; "
+                    "rerun with the same options to resume, or pass --name for a new dataset"
+                )
             log(f"resuming dataset {name!r}: {state.n_docs} documents already stored")
         n_new, n_acts, n_empty, n_trunc = _run(store, chunks, corpus, reader, model, sae_id, state, embed_cfg,
                                                progress, log, verbose)
@@ -317,7 +323,7 @@ def _run(store, chunks, corpus, reader, model, sae_id, state, embed_cfg, progres
             part = embed_chunk(docs, next_id, reader, model, sae_id, state.dataset_id, embed_cfg,
                                images=corpus.format == "images")
             store.append_batch(part.documents, part.activations, part.word_counts, sae_id,
-                               (state.dataset_id, part.n_truncated))
+                               (state.dataset_id, part.n_truncated), part.tokens)
             next_id += len(docs)
             n_new += len(docs)
             n_acts += part.activations.height

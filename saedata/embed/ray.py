@@ -183,6 +183,9 @@ def embed_ray(
     if num_workers < 1 or part_docs < 1 or gpus_per_worker < 0 or cpus_per_worker <= 0:
         raise ConfigError("--num-workers and --part-docs must be >= 1, --gpus-per-worker >= 0, "
                           "--cpus-per-worker > 0")
+    if embed_cfg.store_tokens:
+        raise ConfigError("--store-tokens works with the local engine only: shards hold no token codes; "
+                          "embed with --engine local, or without --store-tokens")
     files = expand_sources(list(sources))
     if names is not None and len(names) != len(files):
         raise ConfigError(f"{len(names)} names for {len(files)} corpora")

@@ -31,7 +31,7 @@ from saedata.errors import ConfigError, NotFoundError, SchemaVersionError, Store
 
 SCHEMA_VERSION = 2
 QUERY_FILES = ("schema.sql", "views.sql", "words.sql", "latents.sql", "documents.sql", "labels.sql", "diff.sql",
-               "correlate.sql", "retrieve.sql")
+               "correlate.sql", "retrieve.sql", "tokens.sql")
 """The shipped ``queries/*.sql`` files, in the order they are run: tables, views, then the
 macros by topic (a macro's file comes after those of the macros it calls)."""
 MACRO_FILES = QUERY_FILES[1:]
@@ -360,6 +360,11 @@ class Store:
         """A document's active concepts, strongest first (the ``doc_concepts`` macro)."""
         return self.macro("doc_concepts", int(doc_id))
 
+    def doc_tokens(self, doc_id: int, k: int = 3) -> pl.DataFrame:
+        """A document's tokens where latents fire, in text order, each with its ``k``
+        strongest latents (the ``doc_tokens`` macro; empty without --store-tokens)."""
+        return self.macro("doc_tokens", int(doc_id), k=int(k))
+
     def documents_of(self, dataset_ids: Sequence[int]) -> pl.DataFrame:
         """doc_id, dataset, ext_id, text, n_tokens, n_chars, meta (JSON text) of the
         documents of ``dataset_ids``, by doc_id."""
@@ -533,8 +538,9 @@ class Store:
         (or the caller's). The SAE's word counts then need rebuilding from the documents
         left (:meth:`replace_word_counts`); the by-latent index copy is dropped."""
         with self.transaction() as con:
-            con.execute("DELETE FROM activations WHERE doc_id IN (SELECT doc_id FROM documents WHERE dataset_id = ?)",
-                        [dataset_id])
+            for table in ("activations", "token_activations"):
+                con.execute(f"DELETE FROM {table} WHERE doc_id IN (SELECT doc_id FROM documents WHERE dataset_id = ?)",
+                            [dataset_id])
             con.execute("DELETE FROM documents WHERE dataset_id = ?", [dataset_id])
             con.execute("DELETE FROM latent_counts WHERE dataset_id = ?", [dataset_id])
             con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
@@ -571,27 +577,29 @@ class Store:
         word_counts: pl.DataFrame | None = None,
         sae_id: int | None = None,
         dataset_counts: tuple[int, int] | None = None,
+        tokens: pl.DataFrame | None = None,
     ) -> None:
         """Append one batch of documents with their activations, in one transaction.
 
-        ``documents`` and ``activations`` have the columns of their tables;
+        ``documents``, ``activations`` and ``tokens`` (optional) have the columns of the
+        documents, activations and token_activations tables;
         ``word_counts`` (word, df) is added to the SAE's background word counts;
         ``dataset_counts`` = (dataset_id, n_truncated) updates the dataset's counters.
         """
         with self.transaction() as con:
             fault_point("batch:begin")
             con.register("_batch_docs", documents.to_arrow())
-            con.register("_batch_acts", activations.to_arrow())
             try:
                 con.execute(
                     "INSERT INTO documents (doc_id, dataset_id, ext_id, text, meta, n_tokens) "
                     "SELECT doc_id, dataset_id, ext_id, text, meta, n_tokens FROM _batch_docs"
                 )
-                tokens = "tokens" if "tokens" in activations.columns else "NULL"
-                con.execute(
-                    "INSERT INTO activations (doc_id, sae_id, latent, value, peak, tokens) "
-                    f"SELECT doc_id, sae_id, latent, value, peak, {tokens} FROM _batch_acts"
-                )
+                self.append_activations(activations)
+                if tokens is not None and tokens.height:
+                    con.register("_batch_tokens", tokens.to_arrow())
+                    con.execute("INSERT INTO token_activations (doc_id, sae_id, token, char_start, char_end, latent, "
+                                "value) SELECT doc_id, sae_id, token, char_start, char_end, latent, value FROM _batch_tokens")
+                    con.unregister("_batch_tokens")
                 if word_counts is not None and word_counts.height:
                     con.register("_batch_words", word_counts.to_arrow())
                     con.execute("INSERT INTO word_counts SELECT ?, word, df FROM _batch_words", [sae_id])
@@ -606,8 +614,33 @@ class Store:
                 fault_point("batch:written")
             finally:
                 con.unregister("_batch_docs")
-                con.unregister("_batch_acts")
         fault_point("batch:committed")
+
+    def append_activations(self, activations: pl.DataFrame) -> None:
+        """Insert rows with the activations table's columns (``tokens`` optional), in one
+        transaction (or the caller's)."""
+        with self.transaction() as con:
+            con.register("_batch_acts", activations.to_arrow())
+            try:
+                counted = "tokens" if "tokens" in activations.columns else "NULL"
+                con.execute("INSERT INTO activations (doc_id, sae_id, latent, value, peak, tokens) "
+                            f"SELECT doc_id, sae_id, latent, value, peak, {counted} FROM _batch_acts")
+            finally:
+                con.unregister("_batch_acts")
+
+    def clear_activations(self, dataset_id: int) -> None:
+        """Delete a dataset's activations (its documents and token codes stay) and the
+        by-latent index copy, in one transaction (or the caller's): the first step of
+        re-pooling, whose caller writes the new rows in the same transaction."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM activations WHERE doc_id IN (SELECT doc_id FROM documents WHERE dataset_id = ?)",
+                        [dataset_id])
+            con.execute("DROP TABLE IF EXISTS activations_by_latent")
+
+    def set_dataset_args(self, dataset_id: int, args: dict[str, Any]) -> None:
+        """Replace the settings stored with a dataset (see :meth:`dataset_args`)."""
+        with self.transaction() as con:
+            con.execute("UPDATE datasets SET args = ? WHERE dataset_id = ?", [json.dumps(args), dataset_id])
 
     def fold_word_counts(self, sae_id: int) -> None:
         """Fold the per-batch word count rows of an SAE into one row per word."""

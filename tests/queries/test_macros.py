@@ -23,6 +23,9 @@ ACTIVATIONS = [(0, 0, 2.0, 4), (0, 1, 1.0, 20), (1, 1, 0.5, 15), (1, 2, 3.0, 5),
 # the tokens each of those fired on, of n_tokens [5, 4, 40, 3, 3]: latent 0 fires on 4 of
 # the 55 tokens, so once in the 40-token document 2 is less than its share (2.9)
 TOKENS = [1, 1, 1, 2, 1, 1, 2, 1, 1, 1]
+# token codes (doc_id, token, char_start, char_end, latent, value) of documents 0 and 3 only
+TOKEN_CODES = [(0, 1, 4, 7, 0, 2.0), (0, 4, 20, 21, 1, 1.0), (0, 4, 20, 21, 0, 0.5),
+               (3, 1, 2, 5, 0, 1.25), (3, 2, 6, 12, 0, 0.5), (3, 3, 12, 13, 1, 0.75)]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def con(tmp_path_factory):
             "n_tokens": [5, 4, 40, 3, 3]})
         acts = pl.DataFrame(ACTIVATIONS, schema=["doc_id", "latent", "value", "peak"], orient="row").with_columns(
             sae_id=pl.lit(sae), tokens=pl.Series(TOKENS, dtype=pl.Int32))
-        store.append_batch(docs, acts, word_document_frequency(TEXTS), sae)
+        tokens = pl.DataFrame(TOKEN_CODES, schema=["doc_id", "token", "char_start", "char_end", "latent", "value"],
+                              orient="row").with_columns(sae_id=pl.lit(sae))
+        store.append_batch(docs, acts, word_document_frequency(TEXTS), sae, tokens=tokens)
         for d in (a, b):
             store.complete_dataset(d.dataset_id)
         store.refresh_latent_stats(sae)
@@ -195,3 +200,21 @@ def test_retrieve(con):
     assert rows(con, "SELECT doc_id, latent, value, word FROM search_matches(1, [0, 1], [0, 2])") == \
         [(0, 0, 2.0, "dog"), (1, 2, 3.0, "york")]
     assert rows(con, "SELECT rows FROM expected_rows(1, [0, 1])") == [(pytest.approx(7.0),)]
+
+
+def test_token_macros(con):
+    # doc_tokens: the tokens of a document where latents fire, in text order, the k strongest each
+    assert rows(con, "SELECT token, piece, n_latents, top_latents FROM doc_tokens(0, k := 1)") == [
+        (1, "dog", 1, "0 (2.0)"), (4, ".", 2, "1 (1.0)")]
+    assert rows(con, "SELECT top_latents FROM doc_tokens(0) WHERE token = 4") == [("1 (1.0); 0 (0.5)",)]
+    assert rows(con, "SELECT * FROM doc_tokens(1)") == []  # no token codes kept
+    # latent_spans: where one latent fires in some documents
+    assert rows(con, "SELECT * FROM latent_spans(1, 0, [0, 3])") == [
+        (0, 1, 4, 7, 2.0), (0, 4, 20, 21, 0.5), (3, 1, 2, 5, 1.25), (3, 2, 6, 12, 0.5)]
+    assert rows(con, "SELECT doc_id, token FROM latent_spans(1, 1, [3])") == [(3, 3)]
+    # dataset_token_codes: one dataset's codes in a doc_id range; token_coverage: who lacks them
+    assert rows(con, "SELECT doc_id, token, latent FROM dataset_token_codes(2, 0, 10)") == [
+        (3, 1, 0), (3, 2, 0), (3, 3, 1)]
+    assert rows(con, "SELECT count(*) FROM dataset_token_codes(1, 1, 10)") == [(0,)]
+    assert rows(con, "SELECT * FROM token_coverage(1)") == [(3, 2)]
+    assert rows(con, "SELECT * FROM token_coverage(2)") == [(2, 1)]
