@@ -9,6 +9,8 @@ CPython (reference-manual paragraphs and stdlib docstrings):
 - memory: peak RSS of embedding N and 10 N documents (fresh processes); target
   growth < 20%;
 - storage: DuckDB file bytes per stored non-zero activation; target <= 8.
+- token evidence (``--store-tokens``): embed throughput with it over without (same
+  documents, same run), and the bytes it adds to the store per token read.
 
 - first result (``--first-result CORPUS``): ``embed`` with no SAE given (read once,
   train an SAE until its held-out FVU levels off, embed, label) vs the bare reader
@@ -84,6 +86,38 @@ def bench_throughput(corpus: Path, sae: Path, work: Path, batch_size: int) -> di
         "embed_docs_per_s": len(texts) / full,
         "throughput_ratio": bare / full,
         "n_activations": result.n_activations,
+    }
+
+
+def bench_store_tokens(corpus: Path, sae: Path, work: Path, batch_size: int) -> dict:
+    """Embed with and without ``store_tokens`` (alternating, best of two each): the
+    throughput ratio and the store bytes that the token codes add per token."""
+    from saedata.config import EmbedConfig, InputConfig, ReaderConfig
+    from saedata.embed.local import embed
+    from saedata.store import Store
+
+    reader_cfg = ReaderConfig(device="cpu", batch_size=batch_size)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    size: dict[bool, int] = {}
+    for rep in range(2):
+        for keep in (False, True):
+            db = work / f"tokens{rep}{int(keep)}.duckdb"
+            t0 = time.perf_counter()
+            embed(str(corpus), db, str(sae), input_cfg=InputConfig(id_field="id"), reader_cfg=reader_cfg,
+                  embed_cfg=EmbedConfig(store_tokens=keep))
+            times[keep].append(time.perf_counter() - t0)
+            size[keep] = db.stat().st_size
+    with Store(db, read_only=True) as store:
+        (n_tokens,) = store.one("SELECT sum(n_tokens) FROM documents")
+        (n_codes,) = store.one("SELECT count(*) FROM token_activations")
+    return {
+        "tokens_read": int(n_tokens),
+        "token_codes": int(n_codes),
+        "store_bytes_without_tokens": size[False],
+        "store_bytes_with_tokens": size[True],
+        "token_bytes_per_token": (size[True] - size[False]) / n_tokens,
+        "token_bytes_per_code": (size[True] - size[False]) / n_codes,
+        "store_tokens_throughput_ratio": min(times[False]) / min(times[True]),
     }
 
 
@@ -197,6 +231,7 @@ def main() -> None:
         _write_corpus(corpus, args.docs)
         results = {"d_sae": 384 * args.expansion, "k": args.k}
         results.update(bench_throughput(corpus, sae, work, args.batch_size))
+        results.update(bench_store_tokens(corpus, sae, work, args.batch_size))
         if not args.quick:
             results.update(bench_memory_and_storage(args.mem_docs, sae, work, args.batch_size))
     for key, value in results.items():

@@ -128,8 +128,11 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
         return pl.DataFrame(schema=schema)
     chosen: dict[int, tuple[list[str], list[str], str]] = {}  # latent -> (label terms, spare terms, source)
     for (latent,), group in rows.sort("latent", "rk").group_by("latent", maintain_order=True):
-        terms = list(dict.fromkeys(group["term"].to_list()))
-        contrastive = dict(zip(group["term"].to_list(), group["contrastive"].to_list()))
+        raw = [_phrase(t) for t in group["term"].to_list()]
+        terms = list(dict.fromkeys(raw))
+        contrastive: dict[str, bool] = {}
+        for t, c in zip(raw, group["contrastive"].to_list(), strict=True):
+            contrastive.setdefault(t, c)
         # a term is its peak word, maybe after the word before it ("new york"): the peak word decides;
         # "?" and "!" are words here (a question is a property), if weak ones for topics (weak_label)
         strong = [t for t in terms if contrastive[t] and (t.rsplit(" ", 1)[-1] in ("?", "!")
@@ -145,6 +148,12 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     latents = sorted(chosen)
     return pl.DataFrame({"latent": latents, "label": [labels[lat] for lat in latents],
                          "label_source": [chosen[lat][2] for lat in latents]}, schema=schema)
+
+
+def _phrase(term: str) -> str:
+    """A label term without a leading word that is only punctuation (a phrase '" nf2' is 'nf2')."""
+    first, _, rest = term.partition(" ")
+    return rest if rest and not any(ch.isalnum() for ch in first) else term
 
 
 def _context_words(store: Store, sae_id: int, latents: list[int], top_docs: int, src: str,

@@ -238,3 +238,12 @@ def test_label_score_cli(demo_store, tmp_path):
         scored = store.latents(1).drop_nulls("score")
     # measured on the planted demo: keyword labels of topic words score far above chance
     assert scored["score"].median() > 0.6
+
+
+def test_a_phrase_never_starts_with_punctuation(tmp_path):
+    """'" nf2' (the word before the peak is a quote mark) is the term nf2."""
+    texts = [f'use "nf2 tables {i}' for i in range(6)] + ["plain text here"] * 94
+    with _store_with(tmp_path / "s.duckdb", texts, [(d, 0, "nf2") for d in range(6)]) as store:
+        assert '" nf2' in store.macro("keyword_terms", 1)["term"].to_list()  # what the macro proposes
+        (label,) = keyword_labels(store, 1)["label"].to_list()
+    assert label.split(" / ")[0] == "nf2" and '"' not in label
