@@ -111,6 +111,7 @@ def associate(
     threshold: float = 0.0,
     presence: Presence = "excess",
     include_weak: bool = False,
+    min_score: float | None = None,
     sae_id: int | None = None,
     seed: int = 0,
 ) -> AssociateResult:
@@ -118,19 +119,22 @@ def associate(
     datasets of the SAE when None). ``target`` may be ``dataset`` (which dataset a
     document is in) or ``COLUMN=VALUE`` (a binary target: the column has that value).
     ``presence``: "excess" (default) or "any" (|value| > ``threshold``), as in diff.
-    ``include_weak``: also consider latents with weak labels. Same store and seed -> the
-    same table."""
+    ``include_weak``: also consider latents with weak labels. ``min_score``: leave out
+    latents whose label scored below it (``saedata label --score``; unscored labels stay
+    in). Same store and seed -> the same table."""
     if n_latents < 1:
         raise ConfigError(f"--n-latents must be >= 1 (got {n_latents})")
     if threshold < 0:
         raise ConfigError(f"--threshold must be >= 0 (got {threshold:g})")
     check_presence(presence)
     with opened(store_or_path) as store:
-        return _associate(store, dataset, target, n_latents, threshold, presence, include_weak, sae_id, seed)
+        return _associate(store, dataset, target, n_latents, threshold, presence, include_weak, min_score, sae_id,
+                          seed)
 
 
 def _associate(store: Store, dataset: str | None, target: str, n_latents: int, threshold: float,
-               presence: str, include_weak: bool, sae_id: int | None, seed: int) -> AssociateResult:
+               presence: str, include_weak: bool, min_score: float | None, sae_id: int | None,
+               seed: int) -> AssociateResult:
     scope = resolve_scope(store, dataset, sae_id)
     sae = scope.sae_id
     column, value = _target_column(store, scope, target)
@@ -155,16 +159,20 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
     counted, more = read_presence(lm, presence, threshold, scope.describe())
     warnings += more
     X = sparse.csr_matrix(counted.astype(np.float64))
-    labels = latent_labels(store, sae).select(pl.col("latent").cast(pl.Int32), "label", "weak")
+    labels = latent_labels(store, sae).select(pl.col("latent").cast(pl.Int32), "label", "weak", "score")
     n_active = np.asarray(X.sum(0)).ravel()
     cols = np.flatnonzero(n_active > 0)
     if len(cols) == 0:
         raise ConfigError(f"no latent is present above threshold {threshold:g} in {where}")
     Xc = X[:, cols].tocsc()
     weak = labels["weak"].to_numpy()[cols] if not include_weak else np.zeros(len(cols), dtype=bool)
-    candidates = np.flatnonzero((n_active[cols] < X.shape[0]) & ~weak)
+    low = np.zeros(len(cols), dtype=bool)
+    if min_score is not None:
+        low = labels["score"].fill_null(np.inf).to_numpy()[cols] < min_score
+    candidates = np.flatnonzero((n_active[cols] < X.shape[0]) & ~weak & ~low)
     if len(candidates) == 0:
-        raise ConfigError(f"every latent present in {where} has a weak label; pass --include-weak to use them")
+        raise ConfigError(f"every latent present in {where} has a weak label or one scored below --min-score; "
+                          "pass --include-weak or a lower --min-score")
     if kind == "binary":
         coef, penalty, score, nested = _fit(_binary_rule, _auc, Xc[:, candidates], y, n_latents, seed,
                                             stratify=True)
@@ -189,7 +197,10 @@ def _associate(store: Store, dataset: str | None, target: str, n_latents: int, t
     if not include_weak and weak.any():
         warnings.append(f"{int(weak.sum())} latents with weak labels (punctuation, function words) were not "
                         "considered for the rule; --include-weak considers them")
-    table = table.join(labels.drop("weak"), on="latent", how="left")
+    if low.any():
+        warnings.append(f"{int(low.sum())} latents whose labels scored below {min_score:g} were not considered "
+                        "for the rule")
+    table = table.join(labels.drop("weak", "score"), on="latent", how="left")
     table = (table.select(["latent", "label"] + [c for c in table.columns if c not in ("latent", "label")])
              .with_columns(_abs=pl.col("coef").abs())
              .sort(["selected", "_abs", "q", "p", "latent"], descending=[True, True, False, False, False])

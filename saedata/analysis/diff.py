@@ -297,7 +297,8 @@ def _diff(store: Store, a: str | None, b: str | None, by: str | None, presence: 
             presence = "any"
             warnings.append(no_token_counts_warning(scope.describe()))
     ctx = _Context(store, list(scope.states), scope.sae_id, float(threshold), labels, examples, merge_duplicates,
-                   min_docs, rates, frozenset(all_labels.filter("weak")["latent"].to_list()))
+                   min_docs, rates, frozenset(all_labels.filter("weak")["latent"].to_list()),
+                   frozenset(all_labels.filter("low_score")["latent"].to_list()))
     if by is not None:
         result = _diff_by(ctx, by, length_control, length_bins)
     elif paired_on is not None:
@@ -322,6 +323,8 @@ class _Context:
     (None: presence is "fires at all")."""
     weak: frozenset[int] = frozenset()
     """Latents whose labels are weak (punctuation, function words)."""
+    low: frozenset[int] = frozenset()
+    """Latents whose labels scored below LOW_SCORE (described after the others)."""
 
     @property
     def dataset_ids(self) -> list[int]:
@@ -673,7 +676,7 @@ def _findings(ctx: _Context, table: pl.DataFrame, sample: pl.DataFrame, by: str 
         if min(sides.n_a, sides.n_b) == 0:
             continue
         rows = table.filter((pl.col("_grp").eq_missing(grp)) & (pl.col(qcol) < 0.05) & (pl.col("_rank") < CANDIDATES))
-        found, docs = group_findings(rows, sample, sides, effect, labels, ctx.weak)
+        found, docs = group_findings(rows, sample, sides, effect, labels, ctx.weak, ctx.low)
         frames.append(found.with_columns(group=pl.lit(grp, pl.String)))
         doc_sets |= {(grp, k): v for k, v in docs.items()}
     stats = [c for c in ("more_in", "label", "freq_a", "freq_b", "diff_b_minus_a", "adj_diff_b_minus_a", "q",

@@ -65,7 +65,8 @@ class Sides:
 
 
 def group_findings(rows: pl.DataFrame, sample: pl.DataFrame, sides: Sides, effect: str,
-                   labels: dict[int, str | None], weak: frozenset[int]) -> tuple[pl.DataFrame, dict[int, np.ndarray]]:
+                   labels: dict[int, str | None], weak: frozenset[int],
+                   low: frozenset[int] = frozenset()) -> tuple[pl.DataFrame, dict[int, np.ndarray]]:
     """The findings of one comparison.
 
     ``rows``: the comparison's significant latents in rank order (latent, ``effect`` > 0
@@ -106,7 +107,7 @@ def group_findings(rows: pl.DataFrame, sample: pl.DataFrame, sides: Sides, effec
                     {f.lead: _core(f, P, in_b, n_a, n_b, lat) for f in first})
     if not found:
         return empty, {}
-    described = [_describe([m for m, fewer in f.members if not fewer], labels, weak) for f in found]
+    described = [_describe([m for m, fewer in f.members if not fewer], labels, weak, low) for f in found]
     findings = pl.DataFrame({
         "finding": list(range(1, len(found) + 1)),
         "lead": [f.lead for f in found],
@@ -198,11 +199,13 @@ def _core(f: _Finding, P: sparse.csr_matrix, in_b: np.ndarray, n_a: float, n_b: 
     return score >= c
 
 
-def _describe(latents: list[int], labels: dict[int, str | None], weak: frozenset[int]) -> tuple[str, bool]:
-    """A finding's description from its members' labels (in rank order): the first
-    readable label, then up to EXTRA_WORDS new terms of the next readable labels; and
-    whether every label was weak."""
-    readable = [labels[x] for x in latents if labels.get(x) and x not in weak]
+def _describe(latents: list[int], labels: dict[int, str | None], weak: frozenset[int],
+              low: frozenset[int] = frozenset()) -> tuple[str, bool]:
+    """A finding's description from its members' labels (in rank order, those scored
+    below ``LOW_SCORE`` -- ``low`` -- after the rest): the first readable label, then up
+    to EXTRA_WORDS new terms of the next readable labels; and whether every label was weak."""
+    ordered = [x for x in latents if x not in low] + [x for x in latents if x in low]
+    readable = [labels[x] for x in ordered if labels.get(x) and x not in weak]
     if not readable:
         first = next((labels[x] for x in latents if labels.get(x)), None)
         return (first or f"latent {latents[0]}"), True

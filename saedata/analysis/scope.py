@@ -233,9 +233,18 @@ def documents_frame(store: Store, scope: Scope, fields: list[str] | None = None)
     return pl.concat([docs, meta], how="horizontal") if meta is not None else docs
 
 
+LOW_SCORE = 0.55
+"""A label whose offline score (``saedata label --score``: the AUROC of label-document
+similarity) is below this predicts where its latent fires barely better than chance
+(0.5): findings describe themselves by better-scored labels first."""
+
+
 def latent_labels(store: Store, sae_id: int) -> pl.DataFrame:
-    """(latent, label, label_source, freq, weak) of every latent of an SAE; ``weak``: the
-    label says nothing about a topic (:func:`saedata.analysis.words.weak_label`)."""
-    latents = store.latents(sae_id).select("latent", "label", "label_source", "freq")
+    """(latent, label, label_source, freq, score, weak, low_score) of every latent of an
+    SAE; ``weak``: the label says nothing about a topic
+    (:func:`saedata.analysis.words.weak_label`); ``low_score``: it was scored below
+    ``LOW_SCORE`` (false while unscored)."""
+    latents = store.latents(sae_id).select("latent", "label", "label_source", "freq", "score")
     weak = [weak_label(lab, src) for lab, src in zip(latents["label"].to_list(), latents["label_source"].to_list())]
-    return latents.with_columns(weak=pl.Series(weak, dtype=pl.Boolean))
+    return latents.with_columns(weak=pl.Series(weak, dtype=pl.Boolean),
+                                low_score=pl.col("score").fill_null(1.0) < LOW_SCORE)

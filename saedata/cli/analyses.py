@@ -117,13 +117,17 @@ def diff(ctx, a, b, db, sae_path, sae_id, presence, threshold, top, report_path,
 @threshold_option
 @click.option("--include-weak", is_flag=True,
               help="Also consider latents whose labels are weak (punctuation, function words).")
+@click.option("--min-score", type=Real(0, 1), default=None,
+              help="Leave out latents whose label scored below this (saedata label --score; 0.5 is chance); "
+                   "unscored labels stay in.")
 @sae_id_option
 @top_option(20, "Rows to show (0 for all).")
 @seed_option("Seed of the cross-validation folds.")
 @format_option
 @quiet_option
 @click.pass_context
-def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_weak, sae_id, top, seed, fmt):
+def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_weak, min_score, sae_id, top, seed,
+              fmt):
     """Find the latents that predict a metadata column (--target), with no LLM.
 
     A binary target (two values, or COLUMN=VALUE) gets an L1 logistic regression, a
@@ -132,7 +136,7 @@ def associate(ctx, target, dataset, db, n_latents, presence, threshold, include_
     Every latent gets an effect size, a p-value and a q-value; chosen latents come first.
     """
     result = saedata.associate(db, dataset, target, n_latents=n_latents, threshold=threshold, presence=presence,
-                               include_weak=include_weak, sae_id=sae_id, seed=seed)
+                               include_weak=include_weak, min_score=min_score, sae_id=sae_id, seed=seed)
     for w in result.warnings:
         log(ctx)(f"warning: {w}")
     table = result.table.head(top) if top else result.table

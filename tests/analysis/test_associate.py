@@ -105,6 +105,27 @@ def test_weak_labels_are_left_out_unless_asked(demo_store, questions):
     assert not weak_label("sourdough / jazz") and not weak_label("golden retriever") and not weak_label(None)
 
 
+def test_min_score_leaves_out_low_scored_labels(demo_store, questions, tmp_path):
+    from tests.helpers import copy_demo_store
+
+    db = copy_demo_store(demo_store, tmp_path)
+    chosen = questions.table.filter(pl.col("selected"))["latent"].to_list()
+    with Store(db, read_only=False) as store:  # the rule's first three latents' labels scored near chance
+        store.set_label_scores(1, pl.DataFrame({"latent": chosen[:3], "score": [0.52] * 3,
+                                                "detect_precision": [None] * 3, "detect_recall": [None] * 3},
+                                               schema_overrides={"detect_precision": pl.Float64,
+                                                                 "detect_recall": pl.Float64}))
+    r = associate(db, None, "is_question", min_score=0.6)
+    kept = r.table.filter(pl.col("selected"))["latent"].to_list()
+    assert not set(chosen[:3]) & set(kept) and len(kept) == 10
+    assert any("3 latents whose labels scored below 0.6 were not considered" in w for w in r.warnings)
+    assert associate(db, None, "is_question").table.equals(questions.table)  # without it: as before
+    out = CliRunner().invoke(main, ["associate", "--target", "is_question", "--db", str(db), "--min-score", "0.6",
+                                    "--format", "csv", "--top", "0"])
+    assert out.exit_code == 0 and not set(chosen[:3]) & set(pl.read_csv(out.stdout.encode()).filter(
+        pl.col("selected"))["latent"].to_list())
+
+
 def test_dataset_and_column_value_targets(demo_store):
     db = demo_store["db"]
     by_dataset = associate(db, None, "dataset")

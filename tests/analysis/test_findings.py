@@ -130,6 +130,12 @@ def test_explain_away_by_hand():
     assert found["side"].to_list() == ["b", "b", "a"]
     assert found["description"].to_list() == ["und / der (also: die, das)", "cook / chef (also: bake, sauce)", "sports"]
     assert sorted(docs[1].tolist()) == german and sorted(docs[3].tolist()) == english_a[:60]
+    # a lead whose label scored low (saedata label --score) describes its finding after the others
+    low, _ = group_findings(rows, _sample(presence, side_b), _sides(100, 100), "diff_b_minus_a",
+                            {1: "und / der", 2: "die / das", 3: "the", 4: "cook / chef", 5: "bake / sauce",
+                             6: "sports"}, frozenset({3}), low=frozenset({1, 4}))
+    assert low["lead"].to_list() == [1, 4, 6]  # the statistics do not move
+    assert low["description"].to_list() == ["die / das (also: und, der)", "bake / sauce (also: cook, chef)", "sports"]
 
 
 def test_a_broad_lead_does_not_explain_a_theme():
