@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from saedata.errors import ConfigError
 
-Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa"]
-ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa")
+Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp")
 Pooling = Literal["max", "mean", "sum", "count"]
 POOLINGS: tuple[str, ...] = ("max", "mean", "sum", "count")
 ChatTokens = Literal["assistant", "all"]
@@ -57,9 +57,14 @@ class SAEConfig(_Serialisable):
     d_sae: int
     """Number of latents (dictionary size); typically 8-32 x d_in."""
     activation: Activation = "topk"
-    """Sparsifying activation: relu (L1-trained), jumprelu, topk, batchtopk, abstopk, topafa."""
+    """Sparsifying activation: relu (L1-trained), jumprelu, topk, batchtopk, abstopk, topafa,
+    or mp (matching pursuit: the decoder unrolled as k greedy residual steps)."""
     k: int = 32
-    """Active latents per token for topk/abstopk, mean per token for batchtopk; unused otherwise."""
+    """Active latents per token for topk/abstopk, mean per token for batchtopk, greedy steps
+    for mp; unused otherwise."""
+    mp_stop: float = 0.0
+    """mp only: a token stops once its residual holds less than this share of its squared
+    norm (adaptive sparsity; 0 always takes k steps). Like k, it may change after training."""
     jumprelu_threshold: float = 0.001
     """Initial threshold of every JumpReLU latent (in normalised input units)."""
     jumprelu_bandwidth: float = 0.001
@@ -84,8 +89,10 @@ class SAEConfig(_Serialisable):
             raise ConfigError(
                 f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
             )
-        if self.activation in ("topk", "batchtopk", "abstopk") and not 0 < self.k <= self.d_sae:
+        if self.activation in ("topk", "batchtopk", "abstopk", "mp") and not 0 < self.k <= self.d_sae:
             raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+        if not 0 <= self.mp_stop < 1:
+            raise ConfigError(f"mp_stop must be in [0, 1), got {self.mp_stop}")
         if self.topafa_max_k is not None and not 0 < self.topafa_max_k <= self.d_sae:
             raise ConfigError(f"topafa_max_k must be in 1..d_sae={self.d_sae}")
         object.__setattr__(self, "hook", LEGACY_HOOKS.get(self.hook, self.hook))

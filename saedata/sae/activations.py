@@ -163,6 +163,47 @@ def topafa(
     return SparseCodes(values, indices)
 
 
+def matching_pursuit(residual: Tensor, W_dec: Tensor, steps: int, stop: float = 0.0) -> SparseCodes:
+    """Matching pursuit (MP-SAE: Costa et al. 2025, "From Flat to Hierarchical: Extracting
+    Sparse Representations with Matching Pursuit", arXiv 2506.03093): the encoder is the
+    decoder, unrolled as ``steps`` greedy residual steps
+
+        r_0 = x_s - b_dec
+        j_t = argmax_j <r_t, d_j> / ||d_j||          the atom most aligned with the residual
+        c_t = relu(<r_t, d_j>) / ||d_j||^2             its coefficient (non-negative codes)
+        r_{t+1} = r_t - c_t d_j                        its contribution taken out
+
+    so ``||r_t||`` never grows and each code explains what the earlier ones left (an atom
+    may be chosen again; its coefficients add up). A row stops once its residual holds less
+    than ``stop`` of its initial squared norm (adaptive sparsity; 0: always ``steps``), and
+    the number of steps can change at inference without retraining. ``residual`` (n, d_in)
+    is ``x_s - b_dec``; gradients reach it and ``W_dec`` through the coefficients. Returns
+    ``(n, steps)`` codes (repeated atoms merged; unused slots 0).
+    """
+    norm2 = W_dec.pow(2).sum(-1).clamp_min(1e-12)
+    norm = norm2.sqrt()
+    start = residual.detach().pow(2).sum(-1)
+    r = residual
+    picks, coefs = [], []
+    active = torch.ones(residual.shape[0], dtype=torch.bool, device=residual.device)
+    for _ in range(steps):
+        dots = r @ W_dec.T  # (n, d_sae)
+        j = (dots.detach() / norm).argmax(-1)
+        c = F.relu(dots.gather(-1, j[:, None]).squeeze(-1)) / norm2[j]
+        c = c * active.to(c.dtype)
+        r = r - c[:, None] * W_dec[j]
+        picks.append(j)
+        coefs.append(c)
+        if stop > 0:
+            active = active & (r.detach().pow(2).sum(-1) > stop * start)
+            if not bool(active.any()):
+                break
+    dense = torch.zeros(residual.shape[0], W_dec.shape[0], dtype=residual.dtype, device=residual.device)
+    dense = dense.scatter_add(1, torch.stack(picks, 1), torch.stack(coefs, 1))  # repeated atoms add up
+    values, indices = dense.topk(len(picks), dim=-1, sorted=False)
+    return SparseCodes(values, indices)
+
+
 ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "relu": relu,
     "jumprelu": jumprelu,
@@ -170,5 +211,6 @@ ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "batchtopk": batchtopk,
     "abstopk": abstopk,
     "topafa": topafa,
+    "mp": matching_pursuit,
 }
 """Activation name (as in ``SAEConfig.activation``) -> function."""

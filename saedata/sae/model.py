@@ -3,6 +3,7 @@
     x_s  = x * s                                  input scaled to E||x_s||^2 = d_in
     pre  = (x_s - b_dec) W_enc + b_enc            (n, d_sae)
     z    = act(pre)                               relu | jumprelu | topk | batchtopk | abstopk | topafa
+    z    = MP(x_s - b_dec; W_dec, k)              mp: k greedy residual steps over the decoder
     x^_s = z W_dec + b_dec ;  x^ = x^_s / s       reconstruction in the caller's units
 
 ``s`` is the ``input_scale`` buffer set by the trainer (SAELens' "expected_average_only_in"
@@ -11,7 +12,9 @@ the reader's original units. The training objective (``forward``) is the squared
 normalised units plus the activation's own term: an L1 penalty weighted by decoder norms
 (relu), an L0 penalty (jumprelu), AuxK (topk, batchtopk, abstopk) or AuxK plus the AFA
 norm-matching loss (topafa, as in the authors' ``TopAFASAE``, whose encoder has no ``b_enc``;
-here ``b_enc`` exists for every activation and starts at zero).
+here ``b_enc`` exists for every activation and starts at zero). mp has no encoder of its
+own (``W_enc`` and ``b_enc`` are kept, unused, so every SAE has one shape) and no auxiliary
+term: the reconstruction through the unrolled pursuit trains the decoder.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from saedata.sae import activations as A
 from saedata.sae.activations import SparseCodes
 from saedata.sae.kernels import dense_from_sparse, encoder_gather, sparse_decode
 
-SPARSE_ACTIVATIONS = ("topk", "abstopk", "topafa")
+SPARSE_ACTIVATIONS = ("topk", "abstopk", "topafa", "mp")
 """Activations whose codes come out as :class:`SparseCodes` (fixed or capped count per row)."""
 
 _DEFAULT_TRAIN_CFG = TrainConfig()
@@ -153,9 +156,17 @@ class SparseAutoencoder(nn.Module):
             return A.batchtopk(pre, self.cfg.k)
         return F.relu(pre) * (pre > self.batch_threshold).to(pre.dtype)
 
+    def _pursue(self, x: Tensor) -> SparseCodes:
+        """mp: codes of (n, d_in) original units by matching pursuit over the decoder."""
+        residual = x.to(self.W_dec.dtype) * self.input_scale - self.b_dec
+        return A.matching_pursuit(residual, self.W_dec, self.cfg.k, self.cfg.mp_stop)
+
+    def _codes(self, x: Tensor) -> SparseCodes | Tensor:
+        return self._pursue(x) if self.cfg.activation == "mp" else self._activate(self.pre_acts(x), x)
+
     def encode(self, x: Tensor) -> Tensor:
         """(n, d_in) -> dense codes (n, d_sae) in normalised units, zero where inactive."""
-        codes = self._activate(self.pre_acts(x), x)
+        codes = self._codes(x)
         if isinstance(codes, SparseCodes):
             return dense_from_sparse(codes.indices, codes.values, self.d_sae)
         return codes
@@ -163,10 +174,10 @@ class SparseAutoencoder(nn.Module):
     def encode_sparse(self, x: Tensor) -> SparseCodes:
         """(n, d_in) -> :class:`SparseCodes` ``(n, m)``.
 
-        ``m == k`` for topk and abstopk; otherwise ``m`` is the largest number of active
+        ``m == k`` for topk, abstopk and mp; otherwise ``m`` is the largest number of active
         latents of any row in the batch, shorter rows padded with value 0 (index valid).
         """
-        codes = self._activate(self.pre_acts(x), x)
+        codes = self._codes(x)
         if isinstance(codes, SparseCodes):
             return codes
         return sparse_from_dense(codes)
@@ -206,7 +217,9 @@ class SparseAutoencoder(nn.Module):
 
         x_s = x * self.input_scale
         x_cent = x_s - self.b_dec
-        if gather_enc:
+        if act == "mp":  # the decoder is the encoder: no pre-activations, no auxiliary loss
+            codes = A.matching_pursuit(x_cent, self.W_dec, self.cfg.k, self.cfg.mp_stop)
+        elif gather_enc:
             with torch.no_grad():  # the selection needs every pre-activation, the gradient only the kept ones
                 pre = torch.addmm(self.b_enc, x_cent, self.W_enc)
             chosen = self._activate(pre, x)
@@ -246,6 +259,8 @@ class SparseAutoencoder(nn.Module):
         elif act == "jumprelu":
             l0_step = A.step(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
             aux = tc.l0_coeff * l0_step
+        elif act == "mp":
+            aux = mse.new_zeros(())
         else:
             aux = tc.auxk_alpha * self._auxk_loss(pre.detach(), gather, err, dead_mask, tc, use_sparse)
             if act == "topafa":

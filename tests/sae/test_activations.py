@@ -148,3 +148,50 @@ def test_topafa_respects_max_k_and_gives_gradients():
     assert (codes.values != 0).sum(-1).tolist() == [3, 1]
     codes.values.sum().backward()
     assert pre.grad is not None and float(pre.grad.sum()) == 4.0
+
+
+def _orthonormal(d_sae: int, d_in: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(d_in, d_in))
+    return torch.cat([q.T, torch.nn.functional.normalize(torch.randn(d_sae - d_in, d_in), dim=1)])
+
+
+def test_matching_pursuit_recovers_a_sparse_sum_of_orthogonal_atoms():
+    W = _orthonormal(48, 16)  # the first 16 atoms orthonormal
+    coef = torch.tensor([[3.0, 2.0, 1.0], [0.5, 4.0, 2.5]])
+    atoms = torch.tensor([[0, 5, 9], [2, 3, 15]])
+    x = (coef[..., None] * W[atoms]).sum(1)
+    codes = A.matching_pursuit(x, W, steps=3)
+    got = dense_from_sparse(codes.indices, codes.values, 48)
+    want = dense_from_sparse(atoms, coef, 48)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_matching_pursuit_residual_never_grows_and_more_steps_explain_more():
+    torch.manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(64, 16), dim=1)
+    x = torch.randn(32, 16)
+    errs = []
+    for steps in range(1, 9):
+        c = A.matching_pursuit(x, W, steps)
+        errs.append(float((x - dense_from_sparse(c.indices, c.values, 64) @ W).pow(2).sum()))
+        assert (c.values >= 0).all() and c.values.shape == (32, steps)
+    assert all(b <= a + 1e-5 for a, b in zip(errs, errs[1:])) and errs[-1] < 0.5 * errs[0]
+
+
+def test_matching_pursuit_stops_each_row_when_its_residual_is_small():
+    W = _orthonormal(48, 16)
+    easy = 2.0 * W[4]                                   # one atom explains it
+    hard = W[:8].sum(0)                                 # eight atoms needed
+    codes = A.matching_pursuit(torch.stack([easy, hard]), W, steps=8, stop=0.01)
+    active = (codes.values > 1e-6).sum(-1).tolist()
+    assert active == [1, 8]
+
+
+def test_matching_pursuit_gives_gradients_to_the_decoder_and_the_input():
+    torch.manual_seed(0)
+    W = torch.nn.functional.normalize(torch.randn(32, 8), dim=1).requires_grad_()
+    x = torch.randn(4, 8, requires_grad=True)
+    c = A.matching_pursuit(x, W, 3)
+    (x - dense_from_sparse(c.indices, c.values, 32) @ W).pow(2).sum().backward()
+    assert W.grad is not None and W.grad.abs().sum() > 0 and x.grad is not None

@@ -11,7 +11,7 @@ from saedata.config import SAEConfig, TrainConfig
 from saedata.sae import ForwardOutput, SparseAutoencoder, SparseCodes, dead_fraction, fvu, mean_l0
 from saedata.sae.metrics import afa_ratio, afa_score, decoder_coherence, epsilon_lbo, fire_counts
 
-ALL = ["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa"]
+ALL = ["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp"]
 
 
 def make_sae(
@@ -65,7 +65,7 @@ def test_encode_sparse_and_decode_sparse_agree_with_dense(activation, x):
     codes = sae.encode_sparse(x)
     assert isinstance(codes, SparseCodes) and codes.indices.dtype == torch.int64
     m = codes.values.shape[1]
-    if activation in ("topk", "abstopk"):
+    if activation in ("topk", "abstopk", "mp"):
         assert m == 3
     else:
         assert m == max(1, int((dense != 0).sum(-1).max()))
@@ -96,8 +96,11 @@ def test_forward_outputs_and_loss_terms(activation, x):
         assert isinstance(out.codes, SparseCodes)
     if activation == "topafa":
         assert float(out.aux_loss.detach()) > 0  # the AFA norm-matching term
+    if activation == "mp":
+        assert float(out.aux_loss) == 0.0 and isinstance(out.codes, SparseCodes)
     out.loss.backward()
-    assert sae.W_enc.grad is not None and sae.W_dec.grad is not None
+    assert sae.W_dec.grad is not None and sae.b_dec.grad is not None
+    assert (sae.W_enc.grad is None) == (activation == "mp")  # mp encodes with the decoder
 
 
 def test_sparse_and_dense_decoder_give_same_forward(x):

@@ -113,7 +113,7 @@ def test_one_shot_iterator_stops_when_exhausted(data):
     assert 0 < r.metrics["tokens"] < tc.max_tokens
 
 
-@pytest.mark.parametrize("activation", ["relu", "jumprelu", "batchtopk", "abstopk", "topafa"])
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "batchtopk", "abstopk", "topafa", "mp"])
 def test_every_activation_trains(data, activation):
     X, _ = data
     sc, tc = small_cfgs(activation, steps=60, l1_coeff=0.05, l0_coeff=0.01)
@@ -130,6 +130,8 @@ def test_every_activation_trains(data, activation):
         assert not torch.allclose(r.sae.threshold, torch.full((64,), sc.jumprelu_threshold))
     if activation == "topafa":
         assert r.metrics["l0"] <= 16
+    if activation == "mp":
+        assert r.metrics["l0"] <= 4  # k = 4 steps, an atom chosen twice counts once
 
 
 def test_sparse_decoder_flag_gives_same_training(data):
