@@ -264,8 +264,7 @@ def browse(ctx, out, db, datasets, sae_id, n_latents, reports):
     filtered); latents/N.html is latent N's page, as `saedata latent N --report` writes
     it, linked to the latents present with it.
 
-    Every latent that fires gets a page (on the demo store's 3,072 latents the site takes
-    seconds); the site is written beside --out and renamed into place, and a non-empty
+    Every latent that fires gets a page (the demo store's 3,072 take about 12 s); the site is written beside --out and renamed into place, and a non-empty
     --out that is not a saedata site is refused.
     """
     site = saedata.browse(db, out, list(datasets) or None, sae_id=sae_id, latents=n_latents or None,

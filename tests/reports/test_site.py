@@ -107,6 +107,19 @@ def test_one_dataset_has_no_lift_column(db, tmp_path):
     assert '<th data-key="freq"' in index and '<th data-key="lift"' not in index and "more in" not in index
 
 
+def test_scores_show_once_labels_are_scored(demo_store, tmp_path):
+    db = copy_demo_store(demo_store, tmp_path)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE latents SET score = 0.25 + latent / 10000 WHERE latent < 3")
+    con.close()
+    index = saedata.browse(db, tmp_path / "site", latents=1).index.read_text(encoding="utf-8")
+    assert '<th data-key="score"' in index and "not scored yet" not in index
+    scores = re.findall(r'<td class="num" data-v="(\d+)">.*?</td>(?:<td[^>]*>.*?</td>){3}<td class="num" data-v="([^"]*)">',
+                        index)
+    by_latent = {int(lat): v for lat, v in scores}
+    assert len(by_latent) == 3072 and by_latent[2] == "0.2502" and by_latent[3] == ""  # unscored: empty, sorted last
+
+
 def test_a_folder_that_is_not_a_site_is_refused_and_a_site_replaced_whole(db, tmp_path):
     other = tmp_path / "notes"
     other.mkdir()
