@@ -118,15 +118,18 @@ SELECT latent, doc_id, snippet FROM (
 WHERE r <= n
 ORDER BY latent, r;
 
--- latent_evidence(sae, lat, doc_ids): where latent `lat` of SAE `sae` peaked in each of
--- the documents `doc_ids`: (doc_id, peak, at_word), peak a character offset.
---   SELECT * FROM latent_evidence(1, 42, [3, 17]);
-CREATE OR REPLACE MACRO latent_evidence(sae, lat, doc_ids) AS TABLE
-SELECT a.doc_id, a.peak, word_at(d.text, a.peak) AS at_word
-FROM activations AS a
-JOIN documents AS d USING (doc_id)
-WHERE a.sae_id = sae AND a.latent = lat AND a.doc_id IN (SELECT unnest(doc_ids))
-ORDER BY a.doc_id;
+-- latent_evidence(sae, lats, doc_ids): where each latent of `lats` (of SAE `sae`) peaked
+-- in the document at the same position of `doc_ids`: (latent, doc_id, peak, at_word),
+-- peak a character offset; a pair where the latent did not fire gives no row. One query
+-- for many latents' evidence (a latent's page, or every page of `saedata browse`).
+--   SELECT * FROM latent_evidence(1, [42, 42, 7], [3, 17, 3]);
+CREATE OR REPLACE MACRO latent_evidence(sae, lats, doc_ids) AS TABLE
+WITH wanted AS (SELECT DISTINCT unnest(lats) AS latent, unnest(doc_ids) AS doc_id)
+SELECT a.latent, a.doc_id, a.peak, word_at(d.text, a.peak) AS at_word
+FROM wanted AS w
+JOIN activations AS a ON a.sae_id = sae AND a.latent = w.latent AND a.doc_id = w.doc_id
+JOIN documents AS d ON d.doc_id = a.doc_id
+ORDER BY a.latent, a.doc_id;
 
 -- text_windows(n := 64, width := 120): the first `width` characters of `n` documents
 -- chosen by a hash of their id (the same ones every time): text in general, to compare

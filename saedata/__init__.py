@@ -19,6 +19,7 @@ use. Importing saedata is light: torch and transformers load only when a model r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from saedata.config import EmbedConfig, InputConfig, ReaderConfig, TrainConfig
@@ -37,6 +38,7 @@ __all__ = [
     "__version__",
     "are_corpus_files",
     "associate",
+    "browse",
     "build_index",
     "cluster",
     "correlate",
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
     from saedata.embed.ray import embed_ray
     from saedata.embed.train import train
     from saedata.reports import write_report
+    from saedata.reports.site import Site
     from saedata.sae.formats import export_sae, load_sae
     from saedata.store import Store, open
     from saedata.vae.report import fit_on_data as vae_fit
@@ -322,6 +325,44 @@ def repool(db: str | os.PathLike, dataset: str, pooling: str, *, log: Log = sile
 
     with Store(db, read_only=False) as store:
         return run(store, dataset, pooling, log=log)
+
+
+def browse(db: str | os.PathLike = "run.duckdb", out: str | os.PathLike = "site", dataset: str | list[str] | None = None,
+           *, sae_id: int | None = None, latents: int | None = None, reports: list[str | os.PathLike] | tuple = (),
+           progress: bool = False) -> Site:
+    """Write a static, offline HTML site of the latents of the store ``db`` (over
+    ``dataset``, by default every complete dataset of the SAE) to the folder ``out``:
+    an index of every latent (label, frequency, label score, dataset lift; sortable, with
+    a search box) and a page per latent as :func:`latent_page` and its report give it;
+    ``reports`` (HTML files) are copied in and listed. Pages for every latent that fires,
+    or with ``latents`` for that many, the most frequent first. ``out`` must be new, empty
+    or a site written before (then it is replaced whole). See
+    :mod:`saedata.reports.site`; returns its :class:`~saedata.reports.site.Site` (what the
+    scope leaves out in its ``warnings``)."""
+    import polars as pl
+
+    from saedata.analysis.latent import LatentBook
+    from saedata.analysis.scope import opened
+    from saedata.console import progress_bar
+    from saedata.errors import ConfigError
+    from saedata.reports.site import check_site_folder, write_site
+
+    if latents is not None and latents < 0:
+        raise ConfigError(f"--latents must be at least 0, got {latents}")
+    check_site_folder(out, reports)
+    with opened(db) as store:
+        book = LatentBook(store, dataset, sae_id=sae_id)
+        overview = book.overview().sort(["n_fires", "latent"], descending=[True, False])
+        paged = overview.filter(pl.col("n_fires") > 0)["latent"].to_list()[:latents or None]
+        with progress_bar(len(paged), "latent pages", progress, unit="page") as bar:
+
+            def pages() -> Iterator[Any]:
+                for page in book.pages(paged):
+                    yield page
+                    bar.update()
+
+            return write_site(out, overview, pages(), paged, sae_id=book.scope.sae_id, names=book.scope.names,
+                              reports=list(reports), warnings=book.scope.warnings)
 
 
 def build_index(db: str | os.PathLike = "run.duckdb") -> int:

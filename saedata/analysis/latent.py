@@ -12,6 +12,7 @@ is present together with most (NPMI, as ``saedata correlate`` scores pairs).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,64 +65,184 @@ def latent_page(store_or_path: Store | str | os.PathLike, latent: int, dataset: 
                 sae_id: int | None = None, top: int = 10, n_samples: int = 8, n_cooccur: int = 10,
                 min_support: int = 3) -> LatentPage:
     """The page of ``latent`` over ``dataset`` (every dataset of the SAE when None)."""
-    if top < 1 or n_samples < 0 or n_cooccur < 0:
-        raise ConfigError("--top must be at least 1; samples and co-occurring latents at least 0")
     with opened(store_or_path) as store:
-        scope = resolve_scope(store, dataset, sae_id)
-        labels = latent_labels(store, scope.sae_id)
-        row = labels.filter(pl.col("latent") == latent)
-        scored = store.latent_scores(scope.sae_id).filter(pl.col("latent") == latent)
-        scores = {k: (scored[k][0] if scored.height else None) for k in ("score", "detect_precision", "detect_recall")}
-        d_sae = int(store.saes().filter(pl.col("sae_id") == scope.sae_id)["d_sae"].item())
-        if not 0 <= latent < d_sae:
-            raise NotFoundError(f"SAE {scope.sae_id} has no latent {latent} (it has 0..{d_sae - 1})")
-        docs = documents_frame(store, scope)
-        lm = latent_matrix(store, scope, doc_ids=docs["doc_id"].to_numpy())
-        values = np.asarray(lm.X[:, latent].todense()).ravel()
-        present = lm.present()
-        fires = values != 0  # active at threshold 0, as LatentMatrix.active reads it
-        here = np.asarray(present[:, latent].todense()).ravel() != 0
-        by_ds = docs.select("dataset").with_columns(fires=pl.Series(fires), present=pl.Series(here))
-        datasets = (by_ds.group_by("dataset", maintain_order=True)
-                    .agg(pl.len().alias("n_docs"), pl.col("fires").sum().alias("n_fires"),
-                         pl.col("present").sum().alias("n_present"))
-                    .with_columns(freq=pl.col("n_fires") / pl.col("n_docs"),
-                                  present_freq=pl.col("n_present") / pl.col("n_docs"))
-                    .select("dataset", "n_docs", "n_fires", "freq", "n_present", "present_freq"))
-        fired = np.flatnonzero(fires)
-        order = fired[np.lexsort((docs["doc_id"].to_numpy()[fired], -np.abs(values[fired])))]
+        book = LatentBook(store, dataset, sae_id=sae_id, top=top, n_samples=n_samples, n_cooccur=n_cooccur,
+                          min_support=min_support)
+        return book.page(latent)
+
+
+class LatentBook:
+    """The pages of an SAE's latents over one scope. What every page reads (the documents,
+    the document x latent matrix, presence, labels and scores) is read once, and the
+    evidence of a batch of latents in one query, so a page costs milliseconds and every
+    latent of an SAE one pass. The store must stay open while pages are made.
+
+        book = LatentBook(store)
+        book.overview()                      # one row per latent: label, freq, lift
+        for page in book.pages([3, 17]): ...
+    """
+
+    def __init__(self, store: Store, dataset: str | list[str] | None = None, *, sae_id: int | None = None,
+                 top: int = 10, n_samples: int = 8, n_cooccur: int = 10, min_support: int = 3):
+        if top < 1 or n_samples < 0 or n_cooccur < 0:
+            raise ConfigError("--top must be at least 1; samples and co-occurring latents at least 0")
+        self.store = store
+        self.scope = resolve_scope(store, dataset, sae_id)
+        self.top, self.n_samples, self.n_cooccur, self.min_support = top, n_samples, n_cooccur, min_support
+        self.labels = latent_labels(store, self.scope.sae_id)
+        self.scores = store.latent_scores(self.scope.sae_id)
+        self._label = {r[0]: r[1:] for r in self.labels.select("latent", "label", "label_source", "weak").iter_rows()}
+        self._score = {r[0]: dict(zip(self.scores.columns[1:], r[1:])) for r in self.scores.iter_rows()}
+        self.d_sae = int(store.saes().filter(pl.col("sae_id") == self.scope.sae_id)["d_sae"].item())
+        self.docs = documents_frame(store, self.scope)
+        self._texts = self.docs.select("doc_id", "dataset", "ext_id", "text")
+        self._doc_ids = self.docs["doc_id"].to_numpy()
+        lm = latent_matrix(store, self.scope, doc_ids=self._doc_ids)
+        self._X = lm.X.tocsc()  # a latent's values: one column
+        self._X.sort_indices()
+        P = lm.present().astype(np.int64)
+        P.data[:] = 1
+        self._P = P.tocsr()  # a document's present latents: one row
+        self._present = P.tocsc()
+        self._present.sort_indices()
+        self._n_present = np.asarray(P.sum(axis=0)).ravel()
+        ds = self.docs["dataset"]
+        self.datasets = tuple(ds.unique(maintain_order=True).to_list())
+        """The scope's datasets in the order of their documents."""
+        code = {name: i for i, name in enumerate(self.datasets)}
+        self._ds = np.array([code[n] for n in ds.to_list()], dtype=np.int64)
+        self._ds_docs = np.bincount(self._ds, minlength=len(self.datasets))
+
+    @property
+    def n_docs(self) -> int:
+        return len(self._doc_ids)
+
+    def overview(self) -> pl.DataFrame:
+        """One row per latent of the SAE: (latent, label, label_source, weak, score, n_fires,
+        freq, lift, more_in). ``n_fires``/``freq``: documents of the scope where it fires and
+        their share; ``lift``: how many times as often it fires in the dataset ``more_in``
+        (where that ratio is largest) as in the other datasets' documents, each share
+        counted with one more firing and one more non-firing document than seen (so a
+        latent seen in one dataset alone has a finite lift); both null with one dataset."""
+        X = self._X.tocoo()
+        fired = X.data != 0
+        k = len(self.datasets)
+        counts = np.bincount(self._ds[X.row[fired]] * self.d_sae + X.col[fired],
+                             minlength=k * self.d_sae).reshape(k, self.d_sae)
+        n_fires = counts.sum(axis=0)
+        lift: list | np.ndarray = [None] * self.d_sae
+        more_in: list = [None] * self.d_sae
+        if k > 1:
+            n_in = self._ds_docs[:, None]
+            inside = (counts + 1) / (n_in + 2)
+            outside = (n_fires[None, :] - counts + 1) / (self.n_docs - n_in + 2)
+            ratio = inside / outside
+            best = np.argmax(ratio, axis=0)
+            lift = ratio[best, np.arange(self.d_sae)]
+            more_in = [self.datasets[i] for i in best]
+        frame = pl.DataFrame({"latent": np.arange(self.d_sae, dtype=np.int32), "n_fires": n_fires.astype(np.int64),
+                              "freq": n_fires / max(self.n_docs, 1),
+                              "lift": pl.Series(lift, dtype=pl.Float64), "more_in": pl.Series(more_in, dtype=pl.String)})
+        scores = self.scores.select("latent", "score")
+        return (frame.join(self.labels.select("latent", "label", "label_source", "weak"), on="latent", how="left")
+                .join(scores, on="latent", how="left")
+                .with_columns(pl.col("weak").fill_null(False))
+                .select("latent", "label", "label_source", "weak", "score", "n_fires", "freq", "lift", "more_in"))
+
+    def page(self, latent: int) -> LatentPage:
+        """The page of one latent."""
+        return next(self.pages([latent]))
+
+    def pages(self, latents: Iterable[int], batch: int = 256) -> Iterator[LatentPage]:
+        """The pages of ``latents``, in their order; their evidence read ``batch`` latents per query."""
+        latents = [int(i) for i in latents]
+        for i in latents:
+            if not 0 <= i < self.d_sae:
+                raise NotFoundError(f"SAE {self.scope.sae_id} has no latent {i} (it has 0..{self.d_sae - 1})")
+        for start in range(0, len(latents), batch):
+            picked = [(i, *self._picks(i)) for i in latents[start:start + batch]]
+            lats = [i for i, top, samples in picked for _ in range(len(top) + len(samples))]
+            wanted = [int(d) for _i, top, samples in picked for d in self._doc_ids[np.concatenate([top, samples])]]
+            evidence = self.store.macro("latent_evidence", self.scope.sae_id, lats, wanted)
+            at = evidence["latent"].to_numpy()
+            for i, top, samples in picked:
+                lo, hi = np.searchsorted(at, i, side="left"), np.searchsorted(at, i, side="right")
+                yield self._page(i, top, samples, evidence[int(lo):int(hi)])
+
+    def _values(self, latent: int) -> np.ndarray:
+        """(n_docs,) the latent's pooled value in each document (0 where it does not fire)."""
+        lo, hi = self._X.indptr[latent], self._X.indptr[latent + 1]
+        values = np.zeros(self.n_docs, dtype=self._X.dtype)
+        values[self._X.indices[lo:hi]] = self._X.data[lo:hi]
+        return values
+
+    def _picks(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of the latent's strongest documents, rows of the documents sampled across
+        its range of values, weakest first)."""
+        values = self._values(latent)
+        fired = np.flatnonzero(values)  # active at threshold 0, as LatentMatrix.active reads it
+        order = fired[np.lexsort((self._doc_ids[fired], -np.abs(values[fired])))]
+        top_rows = order[:self.top]
+        picks = order[::-1]  # weakest first
+        n = self.n_samples
+        sample_rows = np.unique(picks[np.minimum(((np.arange(n) + 0.5) / max(n, 1) * picks.size).astype(int),
+                                                 picks.size - 1)]) if picks.size and n else []
+        sample_rows = sorted(sample_rows, key=lambda i: (abs(values[i]), self._doc_ids[int(i)]))
+        return top_rows, np.asarray(sample_rows, dtype=np.int64)
+
+    def _page(self, latent: int, top_rows: np.ndarray, sample_rows: np.ndarray, evidence: pl.DataFrame) -> LatentPage:
+        """The page of ``latent`` from its picked documents and their evidence (doc_id, peak, at_word)."""
+        values = self._values(latent)
+        fired = np.flatnonzero(values)
+        lo, hi = self._present.indptr[latent], self._present.indptr[latent + 1]
+        here = self._present.indices[lo:hi]
+        k = len(self.datasets)
+        n_fires = np.bincount(self._ds[fired], minlength=k)
+        n_present = np.bincount(self._ds[here], minlength=k)
+        datasets = pl.DataFrame({"dataset": list(self.datasets), "n_docs": self._ds_docs, "n_fires": n_fires,
+                                 "freq": n_fires / self._ds_docs, "n_present": n_present,
+                                 "present_freq": n_present / self._ds_docs},
+                                schema={"dataset": pl.String, "n_docs": pl.Int64, "n_fires": pl.Int64,
+                                        "freq": pl.Float64, "n_present": pl.Int64, "present_freq": pl.Float64})
         quantiles = pl.DataFrame({"quantile": list(QUANTILES),
                                   "value": [float(np.quantile(values[fired], q)) if fired.size else None
                                             for q in QUANTILES]}, schema={"quantile": pl.Float64, "value": pl.Float64})
-        top_rows = order[:top]
-        picks = order[::-1]  # weakest first
-        sample_rows = np.unique(picks[np.minimum(((np.arange(n_samples) + 0.5) / max(n_samples, 1) * picks.size)
-                                                 .astype(int), picks.size - 1)]) if picks.size and n_samples else []
-        sample_rows = sorted(sample_rows, key=lambda i: (abs(values[i]), docs["doc_id"][int(i)]))
-        wanted = docs["doc_id"].to_numpy()[np.concatenate([top_rows, np.asarray(sample_rows, dtype=np.int64)])]
-        evidence = _evidence(store, scope.sae_id, latent, wanted)
-        top_df = _rows(docs, evidence, top_rows, values).with_row_index("rank", offset=1)
-        samples_df = _rows(docs, evidence, np.asarray(sample_rows, dtype=np.int64), values)
+        top_df = _rows(self._texts, evidence, top_rows, values).with_row_index("rank", offset=1)
+        samples_df = _rows(self._texts, evidence, sample_rows, values)
         if samples_df.height:
             rank = np.searchsorted(np.sort(np.abs(values[fired])), np.abs(samples_df["value"].to_numpy()), side="right")
             samples_df = samples_df.with_columns(quantile=pl.Series(rank / fired.size)).select("quantile", *_DOCS)
         else:
             samples_df = pl.DataFrame(schema={"quantile": pl.Float64, **_DOCS})
-        cooccurs = _cooccurs(present, latent, labels, n_cooccur, min_support)
-    label = row["label"][0] if row.height else None
-    source = row["label_source"][0] if row.height else None
-    weak = bool(row["weak"][0]) if row.height else False
-    return LatentPage(scope.sae_id, int(latent), label, source, weak, scores, datasets, quantiles, top_df, samples_df,
-                      cooccurs, len(docs), scope.names)
+        cooccurs = self._cooccurs(latent, here)
+        scored = self._score.get(latent, {})
+        scores = {k: scored.get(k) for k in ("score", "detect_precision", "detect_recall")}
+        label, source, weak = self._label.get(latent, (None, None, False))
+        return LatentPage(self.scope.sae_id, int(latent), label, source, bool(weak), scores, datasets, quantiles, top_df,
+                          samples_df, cooccurs, self.n_docs, self.scope.names)
 
-
-def _evidence(store: Store, sae_id: int, latent: int, doc_ids: np.ndarray) -> pl.DataFrame:
-    """(doc_id, peak, at_word) of ``latent`` in documents ``doc_ids``."""
-    return store.macro("latent_evidence", sae_id, latent, [int(d) for d in doc_ids])
+    def _cooccurs(self, latent: int, here: np.ndarray) -> pl.DataFrame:
+        """The ``n_cooccur`` latents with the highest NPMI with ``latent`` (present in the
+        documents at rows ``here``) over the presence matrix."""
+        schema = {"latent": pl.Int32, "label": pl.String, "n_both": pl.Int64, "n_other": pl.Int64, "npmi": pl.Float64}
+        n_i = len(here)
+        if self.n_cooccur == 0 or n_i == 0:
+            return pl.DataFrame(schema=schema)
+        both = np.asarray(self._P[here].sum(axis=0)).ravel()
+        n_j = self._n_present
+        cand = np.flatnonzero(both >= self.min_support)
+        cand = cand[cand != latent]
+        npmi = npmi_from_counts(both[cand], np.full(cand.size, n_i), n_j[cand], self.n_docs)
+        keep = np.lexsort((cand, -npmi))[:self.n_cooccur]
+        shown = cand[keep]
+        return pl.DataFrame({"latent": shown, "label": [self._label.get(int(j), (None,))[0] for j in shown],
+                             "n_both": both[shown], "n_other": n_j[shown], "npmi": npmi[keep]},
+                            schema=schema)  # type: ignore[arg-type]
 
 
 def _rows(docs: pl.DataFrame, evidence: pl.DataFrame, rows: np.ndarray, values: np.ndarray) -> pl.DataFrame:
-    """The documents at ``rows`` of ``docs`` with the latent's value and evidence there."""
+    """The documents at ``rows`` of ``docs`` (doc_id, dataset, ext_id, text) with the latent's
+    value and evidence (doc_id, peak, at_word) there."""
     if len(rows) == 0:
         return pl.DataFrame(schema=_DOCS)
     picked = (docs[np.asarray(rows, dtype=np.int64)].select("doc_id", "dataset", "ext_id", "text")
@@ -149,24 +270,3 @@ def peak_snippet(text: str, peak: int | None, width: int = 100) -> str:
     pre = ("..." if lo else "") + pre + (" " if text[lo:start][-1:].isspace() else "")
     post = (" " if text[end:hi][:1].isspace() else "") + post + ("..." if hi < len(text) else "")
     return f"{pre}[{word}]{post}"
-
-
-def _cooccurs(present, latent: int, labels: pl.DataFrame, n: int, min_support: int) -> pl.DataFrame:
-    """The ``n`` latents with the highest NPMI with ``latent`` over the presence matrix."""
-    schema = {"latent": pl.Int32, "label": pl.String, "n_both": pl.Int64, "n_other": pl.Int64, "npmi": pl.Float64}
-    P = present.tocsc().astype(np.int64)
-    P.data[:] = 1
-    col = P[:, latent]
-    n_i = int(col.sum())
-    if n == 0 or n_i == 0:
-        return pl.DataFrame(schema=schema)
-    both = np.asarray((P.T @ col).todense()).ravel()
-    n_j = np.asarray(P.sum(axis=0)).ravel()
-    cand = np.flatnonzero(both >= min_support)
-    cand = cand[cand != latent]
-    npmi = npmi_from_counts(both[cand], np.full(cand.size, n_i), n_j[cand], P.shape[0])
-    keep = np.lexsort((cand, -npmi))[:n]
-    return (pl.DataFrame({"latent": cand[keep].astype(np.int32), "n_both": both[cand[keep]].astype(np.int64),
-                          "n_other": n_j[cand[keep]].astype(np.int64), "npmi": npmi[keep]})
-            .join(labels.select("latent", "label"), on="latent", how="left", maintain_order="left")
-            .select(*schema).cast(schema))  # type: ignore[arg-type]

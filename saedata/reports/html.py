@@ -50,6 +50,8 @@ class Table:
     max_rows: int = 100
     caption: str = ""
     float_digits: int = 3
+    links: dict[str, dict[Any, str]] = field(default_factory=dict)
+    """Per column, the cell values that link somewhere: {column: {value: href}}."""
 
 
 @dataclass
@@ -87,21 +89,27 @@ mark{background:#ffe08a}
 """
 
 
-def table_html(df: pl.DataFrame, max_rows: int = 100, float_digits: int = 3) -> str:
-    """An escaped HTML table of (the head of) ``df``."""
+def table_html(df: pl.DataFrame, max_rows: int = 100, float_digits: int = 3,
+               links: dict[str, dict[Any, str]] | None = None) -> str:
+    """An escaped HTML table of (the head of) ``df``; ``links``: per column, the cell
+    values that link somewhere ({column: {value: href}})."""
     head = df.head(max_rows)
     cols = head.columns
+    hrefs = [(links or {}).get(c, {}) for c in cols]
     out = ["<table><thead><tr>", *(f"<th>{html.escape(c)}</th>" for c in cols), "</tr></thead><tbody>"]
     for row in head.iter_rows():
         out.append("<tr>")
-        for v in row:
+        for v, href in zip(row, hrefs):
             if isinstance(v, float):
                 cell = "" if v != v else f"{v:.{float_digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{float_digits}f}"
-                out.append(f'<td class="num">{cell}</td>')
+                cls = ' class="num"'
             elif isinstance(v, int) and not isinstance(v, bool):
-                out.append(f'<td class="num">{v}</td>')
+                cell, cls = str(v), ' class="num"'
             else:
-                out.append(f"<td>{html.escape('' if v is None else str(v))}</td>")
+                cell, cls = html.escape("" if v is None else str(v)), ""
+            if href and v in href:
+                cell = f'<a href="{html.escape(href[v])}">{cell}</a>'
+            out.append(f"<td{cls}>{cell}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     if df.height > max_rows:
@@ -121,7 +129,7 @@ def _block_html(block: Any) -> str:
         return f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
     if isinstance(block, Table):
         cap = f"<p class='sub'>{html.escape(block.caption)}</p>" if block.caption else ""
-        return cap + table_html(block.df, block.max_rows, block.float_digits)
+        return cap + table_html(block.df, block.max_rows, block.float_digits, block.links)
     if isinstance(block, Html):
         return block.html
     raise TypeError(f"unknown report block {type(block).__name__}")

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import html
 import os
+from collections.abc import Container
 from pathlib import Path
 
 from saedata.analysis.latent import LatentPage
 from saedata.reports.html import Html, Table, Text, doc_snippet_at, write_report
 
 
-def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | None = None) -> Path:
+def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | None = None, *,
+                        index: str | None = None, linked: Container[int] = ()) -> Path:
     """Write the latent's page as an offline HTML file: label, frequency per dataset, value
     quantiles, the strongest documents and documents across its range with the word where
-    it peaked marked, and the latents present with it most. Returns the path."""
+    it peaked marked, and the latents present with it most. In a site of pages
+    (``saedata browse``), ``index`` is the address of its index, linked atop the page, and
+    the co-occurring latents of ``linked`` link to their pages beside this one
+    (``N.html``). Returns the path."""
     fires = int(page.datasets["n_fires"].sum())
-    blocks: list = [Text(f"Label: {page.label or '(none)'} ({page.label_source or 'unlabelled'}"
-                         f"{'; weak: it names no topic' if page.weak else ''}{_scores(page)}). Fires in {fires} of "
-                         f"{page.n_docs} documents of {', '.join(page.names)}.")]
+    blocks: list = [Html(f"<p class='sub'><a href='{html.escape(index)}'>&larr; all latents</a></p>")] if index else []
+    blocks += [Text(f"Label: {page.label or '(none)'} ({page.label_source or 'unlabelled'}"
+                    f"{'; weak: it names no topic' if page.weak else ''}{_scores(page)}). Fires in {fires} of "
+                    f"{page.n_docs} documents of {', '.join(page.names)}.")]
     blocks += [Text("Frequency per dataset", 2), Table(page.datasets),
                Text("Pooled values where it fires", 2), Table(page.quantiles)]
     for heading, docs in (("Strongest documents", page.top),
@@ -28,7 +35,8 @@ def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | 
                                4))
             blocks.append(Html(doc_snippet_at(row["text"], row["peak"], width=400)))
     if page.cooccurs.height:
-        blocks += [Text("Present together with (NPMI)", 2), Table(page.cooccurs)]
+        pages = {j: f"{j}.html" for j in page.cooccurs["latent"].to_list() if j in linked}
+        blocks += [Text("Present together with (NPMI)", 2), Table(page.cooccurs, links={"latent": pages})]
     return write_report(path, title or f"Latent {page.latent}: {page.label or 'unlabelled'}", blocks,
                         subtitle=f"SAE {page.sae_id}")
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import saedata
-from saedata.analysis.latent import latent_page, peak_snippet
+from saedata.analysis.latent import LatentBook, latent_page, peak_snippet
 from saedata.cli import main
 from saedata.errors import NotFoundError
 
@@ -93,3 +93,43 @@ def test_cli_prints_the_page_and_writes_the_report(db, busy, tmp_path):
     result = CliRunner().invoke(main, ["latent", "99999", "--db", db])
     assert result.exit_code == 1 and "SAE 1 has no latent 99999" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_book_gives_the_pages_one_latent_at_a_time_would(db, busy):
+    """Pages made in batches (their evidence read in one query) equal pages made alone."""
+    with saedata.open(db) as s:
+        book = LatentBook(s)
+        wanted = [busy, 5, 2, busy + 1 if busy + 1 < book.d_sae else 0]
+        batched = list(book.pages(wanted, batch=3))
+        alone = [book.page(i) for i in wanted]
+        with pytest.raises(NotFoundError, match="has no latent -1"):
+            list(book.pages([3, -1]))
+    assert [p.latent for p in batched] == wanted
+    for a, b in zip(batched, alone):
+        for part in ("datasets", "quantiles", "top", "samples", "cooccurs"):
+            assert getattr(a, part).equals(getattr(b, part)), (a.latent, part)
+        assert (a.label, a.weak, a.scores, a.n_docs) == (b.label, b.weak, b.scores, b.n_docs)
+
+
+def test_overview_counts_firings_per_latent_and_the_dataset_lift(db, busy):
+    with saedata.open(db) as s:
+        book = LatentBook(s)
+        overview = book.overview()
+        counts = dict(s.sql("SELECT latent, count(*) FROM activations WHERE value <> 0 GROUP BY latent").rows())
+        per_ds = s.sql("SELECT a.latent, ds.name, count(*) AS n FROM activations a JOIN documents d USING (doc_id) "
+                       "JOIN datasets ds USING (dataset_id) WHERE a.value <> 0 GROUP BY ALL")
+        one = LatentBook(s, "a").overview()
+    assert overview.height == book.d_sae == 3072 and overview["latent"].to_list() == list(range(3072))
+    assert overview["n_fires"].to_list() == [counts.get(i, 0) for i in range(3072)]
+    assert np.allclose(overview["freq"].to_numpy(), overview["n_fires"].to_numpy() / 320)
+    # lift by hand for the busiest latent and the one most specific to b: each share counted
+    # with one more firing and one more non-firing document
+    specific = int(overview.sort("lift", descending=True)["latent"][0])
+    for lat in (busy, specific):
+        n = {name: per_ds.filter((pl.col("latent") == lat) & (pl.col("name") == name))["n"].sum() for name in "ab"}
+        ratio = {"a": (n["a"] + 1) / 162 / ((n["b"] + 1) / 162), "b": (n["b"] + 1) / 162 / ((n["a"] + 1) / 162)}
+        best = max(ratio, key=ratio.get)
+        row = overview.filter(pl.col("latent") == lat)
+        assert row["lift"].item() == pytest.approx(ratio[best]) and row["more_in"].item() == best
+    assert overview.filter(pl.col("latent") == specific)["lift"].item() > 3  # b's planted topics
+    assert one["lift"].null_count() == one.height and one["more_in"].null_count() == one.height

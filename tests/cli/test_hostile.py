@@ -26,7 +26,7 @@ def _base_args(path: tuple[str, ...], root) -> list[str] | None:
     to skip it. Messages are silenced (-q): what is checked is the error line. Commands that train or embed get a missing corpus, so a value that passes
     their checks stops at the corpus instead of running a model."""
     return {
-        ("latents",): [], ("show",): ["3"], ("sql",): ["SELECT count(*) AS n FROM documents"], ("datasets",): [],
+        ("latents",): [], ("browse",): ["--out", str(root / "site"), "--latents", "2"], ("show",): ["3"], ("sql",): ["SELECT count(*) AS n FROM documents"], ("datasets",): [],
         ("export",): ["activations", str(root / "acts.parquet")], ("label",): [], ("index",): [],
         ("demo",): [str(root / "d.jsonl")], ("search",): ["dog"], ("correlate",): ["--min-support", "20"],
         ("cluster",): ["--k", "2"], ("diff",): ["a", "b"], ("associate",): ["--target", "is_question"],

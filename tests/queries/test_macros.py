@@ -97,8 +97,11 @@ def test_latents(con):
     # the characters around each peak, strongest documents first
     assert rows(con, "SELECT * FROM peak_windows(1, [0, 2], n := 2, width := 6)") == \
         [(0, 0, "he dog"), (0, 2, "Dogs a"), (2, 1, "w York")]
-    # where latent 1 peaked in documents 0 and 3 (and 2, where it never fired: no row)
-    assert rows(con, "SELECT * FROM latent_evidence(1, 1, [0, 2, 3])") == [(0, 20, "."), (3, 12, ".")]
+    # where latent 1 peaked in documents 0 and 3 (and 2, where it never fired: no row), and
+    # latent 0 in document 2; pairs at the same positions, asked twice, given once
+    assert rows(con, "SELECT * FROM latent_evidence(1, [1, 1, 1, 0, 1], [0, 2, 3, 2, 0])") == \
+        [(0, 2, 0, "dogs"), (1, 0, 20, "."), (1, 3, 12, ".")]
+    assert rows(con, "SELECT * FROM latent_evidence(1, [0], [1])") == []  # latent 0 never fired in document 1
     # the texts of each latent's strongest documents
     assert rows(con, "SELECT latent, doc_id FROM top_texts(1, [0, 2], n := 2)") == [(0, 0), (0, 2), (2, 1)]
     assert rows(con, "SELECT text FROM top_texts(1, [4])") == [(TEXTS[4],)]
