@@ -18,14 +18,16 @@ LEFT JOIN latents AS l ON l.sae_id = t.sae_id AND l.latent = t.latent
 GROUP BY ALL
 ORDER BY t.token;
 
--- latent_spans(sae, lat, doc_ids): every token of the documents `doc_ids` where latent
--- `lat` of SAE `sae` fires, with its character span and value: what a report highlights.
---   SELECT * FROM latent_spans(1, 42, [3, 17]);
-CREATE OR REPLACE MACRO latent_spans(sae, lat, doc_ids) AS TABLE
-SELECT doc_id, token, char_start, char_end, value
-FROM token_activations
-WHERE sae_id = sae AND latent = lat AND doc_id IN (SELECT unnest(doc_ids))
-ORDER BY doc_id, token;
+-- latent_spans(sae, lats, doc_ids): every token where each latent of `lats` (of SAE `sae`)
+-- fires in the document at the same position of `doc_ids`, with its character span and
+-- value: what a latent's page highlights. No rows without token codes.
+--   SELECT * FROM latent_spans(1, [42, 42], [3, 17]);
+CREATE OR REPLACE MACRO latent_spans(sae, lats, doc_ids) AS TABLE
+WITH wanted AS (SELECT DISTINCT unnest(lats) AS latent, unnest(doc_ids) AS doc_id)
+SELECT t.latent, t.doc_id, t.token, t.char_start, t.char_end, t.value
+FROM wanted AS w
+JOIN token_activations AS t ON t.sae_id = sae AND t.latent = w.latent AND t.doc_id = w.doc_id
+ORDER BY t.latent, t.doc_id, t.token;
 
 -- dataset_token_codes(ds, lo, hi): the token codes of dataset `ds`'s documents with
 -- lo <= doc_id < hi, by document and token: what `saedata pool` re-pools.

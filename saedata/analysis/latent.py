@@ -27,7 +27,8 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 """Quantiles of the pooled values reported (1.0: the largest)."""
 
 _DOCS = {"doc_id": pl.Int64, "dataset": pl.String, "ext_id": pl.String, "value": pl.Float64,
-         "peak": pl.Int32, "at_word": pl.String, "snippet": pl.String, "text": pl.String}
+         "peak": pl.Int32, "at_word": pl.String, "snippet": pl.String, "text": pl.String,
+         "spans": pl.List(pl.List(pl.Int32))}
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,13 @@ class LatentPage:
     quantiles: pl.DataFrame
     """(quantile, value) of its pooled values over the documents where it fires."""
     top: pl.DataFrame
-    """(rank, doc_id, dataset, ext_id, value, peak, at_word, snippet, text): the strongest
+    """(rank, doc_id, dataset, ext_id, value, peak, at_word, snippet, text, spans): the strongest
     documents; ``peak`` the character where it peaked, ``at_word`` the word there,
-    ``snippet`` the text around it with that word in [brackets] (:func:`peak_snippet`)."""
+    ``snippet`` the text around it with that word (with ``--store-tokens``: every token
+    where it fires) in [brackets] (:func:`peak_snippet`); ``spans`` the [start, end)
+    character spans of the tokens where it fires (empty without ``--store-tokens``)."""
     samples: pl.DataFrame
-    """(quantile, doc_id, dataset, ext_id, value, peak, at_word, snippet, text): one document at each of
+    """(quantile, doc_id, dataset, ext_id, value, peak, at_word, snippet, text, spans): one document at each of
     ``n_samples`` evenly spaced quantiles of its values, weakest first."""
     cooccurs: pl.DataFrame
     """(latent, label, n_both, n_other, npmi): the latents most often present in the same
@@ -164,6 +167,10 @@ class LatentBook:
             lats = [i for i, top, samples in picked for _ in range(len(top) + len(samples))]
             wanted = [int(d) for _i, top, samples in picked for d in self._doc_ids[np.concatenate([top, samples])]]
             evidence = self.store.macro("latent_evidence", self.scope.sae_id, lats, wanted)
+            spans = (self.store.macro("latent_spans", self.scope.sae_id, lats, wanted)
+                     .group_by("latent", "doc_id", maintain_order=True)
+                     .agg(spans=pl.concat_list("char_start", "char_end")))
+            evidence = evidence.join(spans, on=["latent", "doc_id"], how="left", maintain_order="left")
             at = evidence["latent"].to_numpy()
             for i, top, samples in picked:
                 lo, hi = np.searchsorted(at, i, side="left"), np.searchsorted(at, i, side="right")
@@ -247,15 +254,18 @@ def _rows(docs: pl.DataFrame, evidence: pl.DataFrame, rows: np.ndarray, values: 
         return pl.DataFrame(schema=_DOCS)
     picked = (docs[np.asarray(rows, dtype=np.int64)].select("doc_id", "dataset", "ext_id", "text")
               .with_columns(value=pl.Series(values[rows].astype(np.float64))))
-    out = picked.join(evidence, on="doc_id", how="left", maintain_order="left")
-    snippets = [peak_snippet(t, p) for t, p in zip(out["text"].to_list(), out["peak"].to_list())]
+    out = picked.join(evidence, on="doc_id", how="left", maintain_order="left").with_columns(
+        pl.col("spans").fill_null([]).cast(_DOCS["spans"]))
+    snippets = [peak_snippet(t, p, spans=s) for t, p, s in zip(out["text"].to_list(), out["peak"].to_list(),
+                                                                out["spans"].to_list(), strict=True)]
     return out.with_columns(snippet=pl.Series(snippets, dtype=pl.String)).select(*_DOCS).cast(_DOCS)  # type: ignore[arg-type]
 
 
-def peak_snippet(text: str, peak: int | None, width: int = 100) -> str:
+def peak_snippet(text: str, peak: int | None, width: int = 100, spans: list | None = None) -> str:
     """About ``width`` characters of ``text`` around character ``peak``, the word there in
-    [brackets], on one line ("...a [golden] retriever..."); the start of the text when
-    there is no peak (images, or a peak past the text)."""
+    [brackets], on one line ("...a [golden] retriever..."), or with ``spans`` ([start,
+    end) of every token where the latent fires) each of those in the window bracketed;
+    the start of the text when there is no peak (images, or a peak past the text)."""
     flat = " ".join(text.split()) if peak is None or not 0 <= peak < len(text) else None
     if flat is not None:
         return flat[:width] + ("..." if len(flat) > width else "")
@@ -266,7 +276,21 @@ def peak_snippet(text: str, peak: int | None, width: int = 100) -> str:
     while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[peak].isalnum():
         end += 1
     lo, hi = max(0, start - width // 2), min(len(text), end + width // 2)
-    pre, word, post = (" ".join(part.split()) for part in (text[lo:start], text[start:end], text[end:hi]))
-    pre = ("..." if lo else "") + pre + (" " if text[lo:start][-1:].isspace() else "")
-    post = (" " if text[end:hi][:1].isspace() else "") + post + ("..." if hi < len(text) else "")
-    return f"{pre}[{word}]{post}"
+    marks = sorted((max(s, lo), min(e, hi)) for s, e in (spans or [(start, end)]) if s < hi and e > lo and e > s)
+    gaps, words, pos = [], [], lo
+    for s, e in marks:
+        if s >= pos:
+            gaps.append(text[pos:s])
+            words.append(f"[{' '.join(text[s:e].split())}]")
+            pos = e
+    gaps.append(text[pos:hi])
+    out = []
+    for i, gap in enumerate(gaps):
+        inner = " ".join(gap.split())
+        lead = " " if i > 0 and gap[:1].isspace() else ""
+        trail = " " if i < len(gaps) - 1 and gap[-1:].isspace() and (inner or not lead) else ""
+        out.append(lead + inner + trail)
+        if i < len(words):
+            out.append(words[i])
+    body = "".join(out)
+    return ("..." if lo else "") + body + ("..." if hi < len(text) else "")

@@ -225,7 +225,7 @@ def latent(ctx, latent, db, datasets, top, samples, report_path, sae_id, fmt):
                                "datasets_read": list(page.names), **parts}, ensure_ascii=False))
         return
     if fmt == "csv":
-        emit(page.top.drop("text"), fmt)
+        emit(page.top.drop("text", "spans"), fmt)
         return
     fires = int(page.datasets["n_fires"].sum())
     score = page.scores["score"]
@@ -242,7 +242,7 @@ def latent(ctx, latent, db, datasets, top, samples, report_path, sae_id, fmt):
                           ("across its range of values, weakest first", page.samples)):
         if docs.height:
             click.echo(f"\n{heading}:")
-            emit(docs.drop("text", "peak"), fmt)
+            emit(docs.drop("text", "peak", "spans"), fmt)
     if page.cooccurs.height:
         click.echo("\npresent together with (NPMI):")
         emit(page.cooccurs, fmt)

@@ -205,10 +205,12 @@ def highlight_words(text: str, words: list[str], width: int = 400) -> str:
     return f"<div class='doc'>{pre}{''.join(out)}{post}</div>"
 
 
-def doc_snippet_at(text: str, pos: int | None, width: int = 300) -> str:
+def doc_snippet_at(text: str, pos: int | None, width: int = 300, spans: list | None = None) -> str:
     """Escaped HTML of a document excerpt around character ``pos`` (0-based), with the
-    word there marked (or the character itself when it is punctuation); the start of
-    the document when ``pos`` is None or out of range."""
+    word there marked (or the character itself when it is punctuation), or with
+    ``spans`` ([start, end) character spans, e.g. every token where a latent fires) each
+    of those in the excerpt marked; the start of the document when ``pos`` is None or out
+    of range."""
     import re
 
     if pos is None or not 0 <= pos < len(text):
@@ -220,6 +222,10 @@ def doc_snippet_at(text: str, pos: int | None, width: int = 300) -> str:
         start, end = pos, pos + 1
     lo = max(0, start - width // 2)
     hi = min(len(text), max(end, lo + width))
-    pre = ("..." if lo else "") + html.escape(text[lo:start])
-    post = html.escape(text[end:hi]) + ("..." if hi < len(text) else "")
-    return f"<div class='doc'>{pre}<mark>{html.escape(text[start:end])}</mark>{post}</div>"
+    out, at = ["..." if lo else ""], lo
+    for s, e in sorted((max(s, lo), min(e, hi)) for s, e in (spans or [(start, end)]) if s < hi and e > lo and e > s):
+        if s >= at:
+            out += [html.escape(text[at:s]), f"<mark>{html.escape(text[s:e])}</mark>"]
+            at = e
+    out += [html.escape(text[at:hi]), "..." if hi < len(text) else ""]
+    return f"<div class='doc'>{''.join(out)}</div>"

@@ -33,7 +33,7 @@ def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | 
             where = f" at quantile {row['quantile']:.2f}" if "quantile" in row else ""
             blocks.append(Text(f"doc {row['doc_id']} ({row['dataset']}:{row['ext_id']}), value {row['value']:.3g}{where}",
                                4))
-            blocks.append(Html(doc_snippet_at(row["text"], row["peak"], width=400)))
+            blocks.append(Html(doc_snippet_at(row["text"], row["peak"], width=400, spans=row.get("spans") or None)))
     if page.cooccurs.height:
         pages = {j: f"{j}.html" for j in page.cooccurs["latent"].to_list() if j in linked}
         blocks += [Text("Present together with (NPMI)", 2), Table(page.cooccurs, links={"latent": pages})]

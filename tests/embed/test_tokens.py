@@ -151,3 +151,23 @@ def test_a_repool_killed_anywhere_leaves_the_dataset_as_it_was(tokens_db, tmp_pa
         assert store.dataset_args(1)["embed"]["pooling"] == "max"
     assert all(a.equals(b) for a, b in zip(before, after, strict=True))
     saedata.repool(db, "a", "mean")  # and the rerun works
+
+
+def test_latent_pages_mark_every_token_where_the_latent_fires(tokens_db, demo_store, tmp_path):
+    lat = 0
+    with saedata.open(tokens_db) as store:
+        lat = int(store.sql("SELECT latent FROM activations GROUP BY latent ORDER BY count(*) DESC LIMIT 1")[0, 0])
+    page = saedata.latent_page(tokens_db, lat)
+    tokens, _, _ = _frames(tokens_db)
+    for row in page.top.iter_rows(named=True):
+        want = tokens.filter((pl.col("doc_id") == row["doc_id"]) & (pl.col("latent") == lat)).sort("token")
+        assert row["spans"] == [[s, e] for s, e in want.select("char_start", "char_end").iter_rows()]
+        assert any(s <= row["peak"] < e for s, e in row["spans"])
+        assert row["snippet"].count("[") >= min(2, len(row["spans"]))
+    report = tmp_path / "latent.html"
+    saedata.write_report(page, report)
+    html = report.read_text()
+    assert html.count("<mark>") > page.top.height  # more than the peak word of each document
+    plain = saedata.latent_page(demo_store["db"], lat)  # without token codes: the peak word alone
+    assert all(s == [] for s in plain.top["spans"].to_list())
+    assert all(snip.count("[") == 1 for snip in plain.top["snippet"].to_list())

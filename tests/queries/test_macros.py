@@ -212,9 +212,9 @@ def test_token_macros(con):
     assert rows(con, "SELECT top_latents FROM doc_tokens(0) WHERE token = 4") == [("1 (1.0); 0 (0.5)",)]
     assert rows(con, "SELECT * FROM doc_tokens(1)") == []  # no token codes kept
     # latent_spans: where one latent fires in some documents
-    assert rows(con, "SELECT * FROM latent_spans(1, 0, [0, 3])") == [
-        (0, 1, 4, 7, 2.0), (0, 4, 20, 21, 0.5), (3, 1, 2, 5, 1.25), (3, 2, 6, 12, 0.5)]
-    assert rows(con, "SELECT doc_id, token FROM latent_spans(1, 1, [3])") == [(3, 3)]
+    assert rows(con, "SELECT * FROM latent_spans(1, [0, 0], [0, 3])") == [
+        (0, 0, 1, 4, 7, 2.0), (0, 0, 4, 20, 21, 0.5), (0, 3, 1, 2, 5, 1.25), (0, 3, 2, 6, 12, 0.5)]
+    assert rows(con, "SELECT latent, doc_id, token FROM latent_spans(1, [1, 0], [3, 1])") == [(1, 3, 3)]
     # dataset_token_codes: one dataset's codes in a doc_id range; token_coverage: who lacks them
     assert rows(con, "SELECT doc_id, token, latent FROM dataset_token_codes(2, 0, 10)") == [
         (3, 1, 0), (3, 2, 0), (3, 3, 1)]
