@@ -20,6 +20,7 @@ import polars as pl
 from saedata.analysis.scope import documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.analysis.stats import npmi_from_counts
 from saedata.errors import ConfigError, NotFoundError
+from saedata.label import peak_snippet
 from saedata.store import Store
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -40,7 +41,8 @@ class LatentPage:
     weak: bool
     """The label says nothing about a topic (punctuation, function words; see saedata.label.weak_label)."""
     scores: dict
-    """The label's scores (``saedata label --score``): score, detect_precision, detect_recall (None until scored)."""
+    """The label's scores (``saedata label [--llm] --score``): score, detect_precision, detect_recall,
+    llm_detection, llm_fuzzing (None until scored)."""
     datasets: pl.DataFrame
     """(dataset, n_docs, n_fires, freq, n_present, present_freq): per dataset, documents where it
     fires at all and where it is present beyond chance for their length, and their shares."""
@@ -71,7 +73,8 @@ def latent_page(store_or_path: Store | str | os.PathLike, latent: int, dataset: 
         labels = latent_labels(store, scope.sae_id)
         row = labels.filter(pl.col("latent") == latent)
         scored = store.latent_scores(scope.sae_id).filter(pl.col("latent") == latent)
-        scores = {k: (scored[k][0] if scored.height else None) for k in ("score", "detect_precision", "detect_recall")}
+        scores = {k: (scored[k][0] if scored.height else None)
+                  for k in ("score", "detect_precision", "detect_recall", "llm_detection", "llm_fuzzing")}
         d_sae = int(store.saes().filter(pl.col("sae_id") == scope.sae_id)["d_sae"].item())
         if not 0 <= latent < d_sae:
             raise NotFoundError(f"SAE {scope.sae_id} has no latent {latent} (it has 0..{d_sae - 1})")
@@ -129,26 +132,6 @@ def _rows(docs: pl.DataFrame, evidence: pl.DataFrame, rows: np.ndarray, values: 
     out = picked.join(evidence, on="doc_id", how="left", maintain_order="left")
     snippets = [peak_snippet(t, p) for t, p in zip(out["text"].to_list(), out["peak"].to_list())]
     return out.with_columns(snippet=pl.Series(snippets, dtype=pl.String)).select(*_DOCS).cast(_DOCS)  # type: ignore[arg-type]
-
-
-def peak_snippet(text: str, peak: int | None, width: int = 100) -> str:
-    """About ``width`` characters of ``text`` around character ``peak``, the word there in
-    [brackets], on one line ("...a [golden] retriever..."); the start of the text when
-    there is no peak (images, or a peak past the text)."""
-    flat = " ".join(text.split()) if peak is None or not 0 <= peak < len(text) else None
-    if flat is not None:
-        return flat[:width] + ("..." if len(flat) > width else "")
-    start = peak
-    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_") and text[peak].isalnum():
-        start -= 1
-    end = peak + 1
-    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[peak].isalnum():
-        end += 1
-    lo, hi = max(0, start - width // 2), min(len(text), end + width // 2)
-    pre, word, post = (" ".join(part.split()) for part in (text[lo:start], text[start:end], text[end:hi]))
-    pre = ("..." if lo else "") + pre + (" " if text[lo:start][-1:].isspace() else "")
-    post = (" " if text[end:hi][:1].isspace() else "") + post + ("..." if hi < len(text) else "")
-    return f"{pre}[{word}]{post}"
 
 
 def _cooccurs(present, latent: int, labels: pl.DataFrame, n: int, min_support: int) -> pl.DataFrame:

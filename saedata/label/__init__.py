@@ -89,6 +89,43 @@ CANDIDATE_TERMS = 4
 punctuation and tell apart latents whose labels would be the same."""
 
 
+def peak_span(text: str, peak: int) -> tuple[int, int]:
+    """The characters ``[start, end)`` of the word of ``text`` holding character ``peak``
+    (letters, digits and underscores), or the character alone when it is none of those
+    (punctuation): the span a latent's evidence marks. ``0 <= peak < len(text)``."""
+    start = peak
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_") and text[peak].isalnum():
+        start -= 1
+    end = peak + 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[peak].isalnum():
+        end += 1
+    return start, end
+
+
+def peak_snippet(text: str, peak: int | None, width: int = 100, mark: tuple[str, str] = ("[", "]")) -> str:
+    """About ``width`` characters of ``text`` around character ``peak``, the word there
+    between the two strings of ``mark`` (``("", "")``: unmarked), on one line ("...a
+    [golden] retriever..."); the start of the text when there is no peak (images, or a
+    peak past the text)."""
+    flat = " ".join(text.split()) if peak is None or not 0 <= peak < len(text) else None
+    if flat is not None:
+        return flat[:width] + ("..." if len(flat) > width else "")
+    start, end = peak_span(text, peak)
+    lo, hi = max(0, start - width // 2), min(len(text), end + width // 2)
+    pre, word, post = (" ".join(part.split()) for part in (text[lo:start], text[start:end], text[end:hi]))
+    pre = ("..." if lo else "") + pre + (" " if text[lo:start][-1:].isspace() else "")
+    post = (" " if text[end:hi][:1].isspace() else "") + post + ("..." if hi < len(text) else "")
+    return f"{pre}{mark[0]}{word}{mark[1]}{post}"
+
+
+KEYWORD_SOURCES = ("keywords", WEAK_SOURCE)
+"""label_source of offline keyword labels (strong, and weak); relabelling replaces these only."""
+
+CANDIDATE_TERMS = 4
+"""Terms fetched per latent for each term a label holds: the spares replace stopwords and
+punctuation and tell apart latents whose labels would be the same."""
+
+
 def word_document_frequency(texts: list[str]) -> pl.DataFrame:
     """(word, df): in how many of ``texts`` each lower-cased word occurs."""
     counts: Counter[str] = Counter()
