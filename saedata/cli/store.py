@@ -67,8 +67,8 @@ def datasets(db, fmt):
 @main.command(epilog=example("saedata latents --top 10 --label 'dog|cat'"))
 @db_option
 @top_option(20, "Rows to show (0 for all).")
-@click.option("--sort", type=click.Choice(["freq", "max_act", "score", "latent"]), default="freq",
-              show_default=True, help="Order of the rows (freq, max_act and score largest first).")
+@click.option("--sort", type=click.Choice(["freq", "max_act", "score", "llm_detection", "llm_fuzzing", "latent"]),
+              default="freq", show_default=True, help="Order of the rows (all but latent largest first).")
 @click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
 @click.option("--min-score", type=Real(0, 1), default=None,
               help="Only latents whose label scored at least this (saedata label --score; 0.5 is chance).")
@@ -76,10 +76,12 @@ def datasets(db, fmt):
 @format_option
 @quiet_option
 def latents(db, top, sort, pattern, min_score, sae_id, fmt):
-    """List latents with their label, document frequency, max activation and label score.
+    """List latents with their label, document frequency, max activation and label scores.
 
     `score` (after `saedata label --score`): how well the label predicts the documents where
     the latent fires, as the AUROC of label-document similarity (0.5 chance, 1 perfect).
+    `llm_detection`, `llm_fuzzing` (after `saedata label --llm --score`): the balanced
+    accuracy of an LLM telling, from the label, where the latent fires (0.5 chance, 1 perfect).
     """
     with saedata.open(db) as store:
         table = store.latents(sae_id, label=pattern, sort=sort)
@@ -87,8 +89,9 @@ def latents(db, top, sort, pattern, min_score, sae_id, fmt):
         import polars as pl
 
         table = table.filter(pl.col("score") >= min_score)
-    if fmt == "table" and table["score"].null_count() == table.height:
-        table = table.drop("score")  # no label scored yet: saedata label --score
+    if fmt == "table":  # a score no label has yet (saedata label [--llm] --score) leaves its column out
+        table = table.drop([c for c in ("score", "llm_detection", "llm_fuzzing")
+                            if table[c].null_count() == table.height])
     emit(table.head(top) if top else table, fmt)
 
 
