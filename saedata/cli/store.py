@@ -81,8 +81,8 @@ def latents(db, top, sort, pattern, min_score, sae_id, fmt):
 
     `score` (after `saedata label --score`): how well the label predicts the documents where
     the latent fires, as the AUROC of label-document similarity (0.5 chance, 1 perfect).
-    `llm_detection`, `llm_fuzzing` (after `saedata label --llm --score`): the balanced
-    accuracy of an LLM telling, from the label, where the latent fires (0.5 chance, 1 perfect).
+    `llm_detection`, `llm_fuzzing` (after `saedata label --llm --score`, and only then): the
+    balanced accuracy of an LLM telling, from the label, where the latent fires (0.5 chance, 1 perfect).
     """
     with saedata.open(db) as store:
         table = store.latents(sae_id, label=pattern, sort=sort)
@@ -90,9 +90,11 @@ def latents(db, top, sort, pattern, min_score, sae_id, fmt):
         import polars as pl
 
         table = table.filter(pl.col("score") >= min_score)
-    if fmt == "table":  # a score no label has yet (saedata label [--llm] --score) leaves its column out
-        table = table.drop([c for c in ("score", "llm_detection", "llm_fuzzing")
-                            if table[c].null_count() == table.height])
+    # a score no label has yet (saedata label [--llm] --score) leaves its column out of the table;
+    # the LLM's, which few stores have, out of every format
+    empty = [c for c in ("score", "llm_detection", "llm_fuzzing") if table[c].null_count() == table.height
+             and (fmt == "table" or c != "score")]
+    table = table.drop(empty)
     emit(table.head(top) if top else table, fmt)
 
 
