@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,7 @@ from click.testing import CliRunner
 
 from saedata.cli import main
 from saedata.config import LLMConfig
-from saedata.errors import ConfigError, LLMError
+from saedata.errors import ConfigError, LLMError, NotFoundError
 from saedata.label import peak_snippet, word_document_frequency
 from saedata.label.llm import balanced_accuracy, llm_relabel, parse_answers, parse_label
 from saedata.store import Store
@@ -75,6 +76,8 @@ class Stub:
         self.fail: list[int] = []
         self.garbage: str | None = None
         self.fatal_after: int | None = None
+        self.delay = 0.0
+        self.in_flight = self.most_in_flight = 0
         self.prompts: list[str] = []
         self.usage = Counter()
         self.lock = threading.Lock()
@@ -93,6 +96,12 @@ class Stub:
                         status = 401
                 if status != 200:
                     return self._send(status, b'{"error": {"message": "try again"}}', {"Retry-After": "0"})
+                with stub.lock:
+                    stub.in_flight += 1
+                    stub.most_in_flight = max(stub.most_in_flight, stub.in_flight)
+                time.sleep(stub.delay)
+                with stub.lock:
+                    stub.in_flight -= 1
                 if stub.garbage and "ACTIVATING:" in prompt and _marked(prompt)[0] == stub.garbage:
                     return self._send(200, b"<html>502 Bad Gateway</html>")
                 reply = stub.answer(prompt)
@@ -230,6 +239,24 @@ def test_an_endpoint_that_refuses_stops_the_run_and_keeps_the_latents_done(tmp_p
         assert labelled == sorted(set(_calls(store)["latent"])) == [0, 1]  # each latent whole, or untouched
     with _toy_store(tmp_path / "t.duckdb") as store, pytest.raises(LLMError, match="cannot reach the LLM endpoint"):
         llm_relabel(store, None, LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout=5), [0])
+
+
+def test_requests_run_a_few_at_a_time_through_the_api(tmp_path, monkeypatch):
+    import saedata
+
+    db = tmp_path / "s.duckdb"
+    _toy_store(db).close()
+    with Stub() as stub:
+        stub.delay = 0.2
+        monkeypatch.setenv("SAEDATA_LLM_BASE_URL", stub.url)
+        monkeypatch.setenv("SAEDATA_LLM_MODEL", "stub")
+        assert saedata.relabel(db, llm=True, latents=[0, 1, 2, 3, 4], score=True) == 4  # 4 never fires
+        assert stub.most_in_flight == 4  # 4 latents, one request each at a time, 4 workers
+        stub.most_in_flight = 0
+        run = saedata.llm_label(db, latents=[0, 1, 2, 3], workers=2)
+    assert stub.most_in_flight == 2 and run.run == 2 and run.calls == 4
+    with pytest.raises(NotFoundError, match="no store at"):
+        saedata.llm_label(tmp_path / "missing.duckdb")
 
 
 def test_the_documents_a_prompt_shows_follow_the_seed(tmp_path):
