@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS latents (
 ALTER TABLE latents ADD COLUMN IF NOT EXISTS score DOUBLE;
 ALTER TABLE latents ADD COLUMN IF NOT EXISTS detect_precision DOUBLE;
 ALTER TABLE latents ADD COLUMN IF NOT EXISTS detect_recall DOUBLE;
+-- The LLM's scores of the label (saedata label --llm --score; NULL until scored, and
+-- again when the label changes), the auto-interpretability work's two cheap scorers:
+-- `llm_detection` the balanced accuracy of the LLM telling, from the label alone, the
+-- documents where the latent fires from ones where it is silent; `llm_fuzzing` that of
+-- telling whether a marked word of an activating document is where the latent peaked or
+-- another word. 0.5: chance (the label tells nothing); 1: never wrong.
+ALTER TABLE latents ADD COLUMN IF NOT EXISTS llm_detection DOUBLE;
+ALTER TABLE latents ADD COLUMN IF NOT EXISTS llm_fuzzing DOUBLE;
 
 -- The long sparse table: one row per non-zero pooled activation. `peak` is the
 -- character offset in the document's text of the token where the latent fired most
@@ -130,3 +138,24 @@ CREATE TABLE IF NOT EXISTS latent_counts (
     tokens     INTEGER
 );
 ALTER TABLE latent_counts ADD COLUMN IF NOT EXISTS tokens INTEGER;
+
+-- Every request of an LLM labelling run (saedata label --llm), so that a run can be
+-- audited and its cost known: the prompt, the reply (NULL when none came), what went
+-- wrong with it (`error`, NULL when the reply was used), the tokens the endpoint's `usage`
+-- counted, and the attempts it took (retries after HTTP 429 or 5xx). `purpose` is label,
+-- detection or fuzzing; `run` numbers the store's runs (one `saedata label --llm` each).
+--   SELECT run, count(*), sum(prompt_tokens), sum(completion_tokens) FROM llm_calls GROUP BY run;
+CREATE TABLE IF NOT EXISTS llm_calls (
+    run               INTEGER NOT NULL,
+    sae_id            INTEGER NOT NULL,
+    latent            INTEGER NOT NULL,
+    purpose           VARCHAR NOT NULL,
+    model             VARCHAR NOT NULL,
+    prompt            VARCHAR NOT NULL,
+    reply             VARCHAR,
+    error             VARCHAR,
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    attempts          INTEGER NOT NULL,
+    created_at        TIMESTAMP DEFAULT current_timestamp
+);

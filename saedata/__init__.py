@@ -50,6 +50,7 @@ __all__ = [
     "export_sae",
     "import_shards",
     "latent_page",
+    "llm_label",
     "load_sae",
     "open",
     "open_corpus",
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     from saedata.embed.local import embed
     from saedata.embed.ray import embed_ray
     from saedata.embed.train import train
+    from saedata.label.llm import LLMRun
     from saedata.reports import write_report
     from saedata.reports.site import Site
     from saedata.sae.formats import export_sae, load_sae
@@ -298,11 +300,14 @@ def _stored_copy(store: Any, path: str, name: str, input_args: dict[str, Any]) -
 
 def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, llm: bool = False,
             latents: list[int] | None = None, score: bool = False, log: Log = silent) -> int:
-    """Recompute latent labels in the store ``db``: offline contrastive keywords, or with
-    ``llm`` an LLM through an OpenAI-compatible endpoint (``latents``, default the 50
-    most frequent); with ``score``, then score every label offline
-    (:func:`saedata.label.score_labels`, labels and documents embedded by the default
-    reader). Returns how many latents got a label."""
+    """Recompute latent labels in the store ``db``: offline contrastive keywords, and with
+    ``score`` then score every label offline (:func:`saedata.label.score_labels`, labels
+    and documents embedded by the default reader); or with ``llm`` label ``latents``
+    (default the 50 most frequent) with an LLM at the endpoint the environment names, and
+    with ``score`` score them by the LLM (:func:`llm_label`). Returns how many latents got
+    a label."""
+    if llm:
+        return llm_label(db, sae_id, latents=latents, score=score, log=log).labelled
     from saedata.label import relabel as run
     from saedata.store import Store
 
@@ -312,7 +317,33 @@ def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, 
             from saedata.embed.models import text_vectors
 
             embed_texts = text_vectors
-        return run(store, sae_id, llm=llm, latents=latents, log=log, embed_texts=embed_texts)
+        return run(store, sae_id, log=log, embed_texts=embed_texts)
+
+
+def llm_label(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, latents: list[int] | None = None,
+              score: bool = False, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+              seed: int = 0, workers: int = 4, timeout: float = 60.0, log: Log = silent,
+              progress: bool = False) -> LLMRun:
+    """Label ``latents`` of the store ``db`` (default the 50 most frequent) with an LLM
+    behind an OpenAI-compatible endpoint, from contrastive evidence (their strongest
+    documents, peak marked, beside near misses); with ``score``, then score each label by
+    detection and fuzzing. The endpoint, model and key are the arguments or
+    SAEDATA_LLM_BASE_URL, SAEDATA_LLM_MODEL and SAEDATA_LLM_API_KEY; ``seed`` draws the
+    documents shown; ``workers`` requests run at once. Every request is kept in the
+    table ``llm_calls``. Returns the run's counts and tokens (:class:`saedata.label.llm.LLMRun`)."""
+    from pathlib import Path
+
+    from saedata.config import LLMConfig
+    from saedata.errors import NotFoundError
+    from saedata.label.llm import llm_relabel
+    from saedata.store import Store
+
+    # checked before the store opens for writing: a missing endpoint leaves the file as it was
+    cfg = LLMConfig.from_env(base_url, model, api_key, seed=seed, workers=workers, timeout=timeout)
+    if not Path(db).is_file():
+        raise NotFoundError(f"no store at {db}; create one with `saedata embed`")
+    with Store(db, read_only=False) as store:
+        return llm_relabel(store, sae_id, cfg, latents, score=score, log=log, progress=progress)
 
 
 def repool(db: str | os.PathLike, dataset: str, pooling: str, *, log: Log = silent):

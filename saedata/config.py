@@ -9,6 +9,7 @@ input normalisation, thresholds) lives in the weights file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -333,3 +334,66 @@ class VAEConfig(_Serialisable):
             len(self.image_shape) != 3 or self.image_shape[0] * self.image_shape[1] * self.image_shape[2] != self.d_in
         ):
             raise ConfigError(f"image_shape {self.image_shape} does not match d_in={self.d_in}")
+
+
+LLM_ENV = ("SAEDATA_LLM_BASE_URL", "SAEDATA_LLM_MODEL", "SAEDATA_LLM_API_KEY")
+"""Environment variables naming the LLM endpoint, its model and its key (``saedata label --llm``)."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """An OpenAI-compatible chat endpoint, and how an LLM labelling run uses it: which
+    documents its prompts show (sampled with ``seed``) and how many requests are in flight."""
+
+    base_url: str
+    """The API root, e.g. http://localhost:8000/v1 (``/chat/completions`` is appended)."""
+    model: str
+    """The model name sent with every request; labels record it as ``llm:<model>``."""
+    api_key: str = field(default="", repr=False)
+    """Sent as ``Authorization: Bearer <key>``; empty for local servers that need none."""
+    timeout: float = 60.0
+    """Seconds one request may take before it counts as failed (not retried)."""
+    retries: int = 3
+    """Further attempts after an HTTP 429 or 5xx reply, waiting ``backoff`` seconds, then twice that, ..."""
+    backoff: float = 1.0
+    """Seconds before the first retry (a server's Retry-After, up to 60 s, takes precedence)."""
+    workers: int = 4
+    """Requests in flight at once (LLM calls wait on the network, not the CPU)."""
+    seed: int = 0
+    """Seed of every sample of documents a prompt shows: same store + seed -> the same prompts."""
+    n_top: int = 8
+    """The latent's strongest documents shown, its peak marked, when asking for a label."""
+    n_near: int = 6
+    """Near misses shown beside them: documents sharing the latent's peak words, or the latents
+    firing with it, where it is silent."""
+    n_score: int = 10
+    """Activating documents (not among those shown for the label) each scorer shows; detection
+    shows as many where the latent is silent."""
+    width: int = 240
+    """Characters of text shown around the place each excerpt centres on."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")) or not self.base_url.isprintable() \
+                or " " in self.base_url:
+            raise ConfigError(f"the LLM endpoint must be an http(s) URL, not {self.base_url!r}")
+        if not self.model.strip() or not self.model.isprintable():
+            raise ConfigError(f"the LLM model name must be printable text, not {self.model!r}")
+        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
+            raise ConfigError("the LLM timeout must be positive, retries and backoff at least 0")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"LLM workers must be in 1..64, got {self.workers}")
+        if self.n_top < 1 or self.n_near < 0 or self.n_score < 0 or self.width < 20:
+            raise ConfigError("n_top must be at least 1, n_near and n_score at least 0, width at least 20")
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
+                 **settings: Any) -> LLMConfig:
+        """The endpoint from the arguments, else from SAEDATA_LLM_BASE_URL, SAEDATA_LLM_MODEL and
+        SAEDATA_LLM_API_KEY; ConfigError (one line) when the URL or the model is given by neither."""
+        base_url = base_url or os.environ.get(LLM_ENV[0], "")
+        model = model or os.environ.get(LLM_ENV[1], "")
+        missing = [name for name, value in ((f"{LLM_ENV[0]} (or --llm-url)", base_url),
+                                            (f"{LLM_ENV[1]} (or --llm-model)", model)) if not value]
+        if missing:
+            raise ConfigError(f"the LLM labeller needs an OpenAI-compatible endpoint: set {' and '.join(missing)}")
+        return cls(base_url=base_url, model=model, api_key=api_key or os.environ.get(LLM_ENV[2], ""), **settings)

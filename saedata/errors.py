@@ -65,3 +65,7 @@ class NotFoundError(StoreError):
 
 class ConfigError(SaedataError):
     """An option value is out of range or inconsistent with another option."""
+
+
+class LLMError(SaedataError):
+    """The LLM endpoint cannot be reached or refuses every request (wrong URL, key or model)."""

@@ -1,27 +1,16 @@
-"""Offline contrastive labels and the optional LLM labeller."""
+"""Offline contrastive labels and their offline scores (the LLM labeller: test_label_llm.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import polars as pl
 import pytest
 
-from saedata.errors import ConfigError
-from saedata.label import (
-    keyword_labels,
-    label_latents,
-    llm_labels,
-    score_labels,
-    weak_label,
-    word_document_frequency,
-    words,
-)
+from saedata.label import keyword_labels, label_latents, score_labels, weak_label, word_document_frequency, words
 from saedata.store import Store
 
 
@@ -100,41 +89,6 @@ def test_filler_words_do_not_make_phrases(tmp_path):
         store.fold_word_counts(1)
         assert store.one("SELECT count(*), count(DISTINCT word) FROM word_counts") == (6, 6)
         assert keyword_labels(store, 1).equals(labels)
-
-
-class _FakeLLM(BaseHTTPRequestHandler):
-    prompts: list[str] = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _FakeLLM.prompts.append(body["messages"][0]["content"])
-        reply = {"choices": [{"message": {"content": " Science and research. "}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_llm_labeller_uses_an_openai_compatible_endpoint(tmp_path, monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), _FakeLLM)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with _store_with_peaks(tmp_path / "s.duckdb") as store:
-            labels = llm_labels(store, 1, [0], base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                                model="tiny", timeout=10)
-        assert labels.rows() == [(0, "Science and research", "llm:tiny")]
-        assert "Name the concept" in _FakeLLM.prompts[-1]
-    finally:
-        server.shutdown()
-    monkeypatch.delenv("SAEDATA_LLM_BASE_URL", raising=False)
-    with _store_with_peaks(tmp_path / "t.duckdb") as store, pytest.raises(ConfigError, match="SAEDATA_LLM_BASE_URL"):
-        llm_labels(store, 1, [0])
 
 
 def _store_with(path, texts: list[str], fires: list[tuple[int, int, str]]) -> Store:

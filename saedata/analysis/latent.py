@@ -21,6 +21,7 @@ import polars as pl
 from saedata.analysis.scope import documents_frame, latent_labels, latent_matrix, opened, resolve_scope
 from saedata.analysis.stats import npmi_from_counts
 from saedata.errors import ConfigError, NotFoundError
+from saedata.label import peak_snippet
 from saedata.store import Store
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -42,7 +43,8 @@ class LatentPage:
     weak: bool
     """The label says nothing about a topic (punctuation, function words; see saedata.label.weak_label)."""
     scores: dict
-    """The label's scores (``saedata label --score``): score, detect_precision, detect_recall (None until scored)."""
+    """The label's scores (``saedata label [--llm] --score``): score, detect_precision, detect_recall,
+    llm_detection, llm_fuzzing (None until scored)."""
     datasets: pl.DataFrame
     """(dataset, n_docs, n_fires, freq, n_present, present_freq): per dataset, documents where it
     fires at all and where it is present beyond chance for their length, and their shares."""
@@ -223,7 +225,8 @@ class LatentBook:
             samples_df = pl.DataFrame(schema={"quantile": pl.Float64, **_DOCS})
         cooccurs = self._cooccurs(latent, here)
         scored = self._score.get(latent, {})
-        scores = {k: scored.get(k) for k in ("score", "detect_precision", "detect_recall")}
+        scores = {k: scored.get(k) for k in ("score", "detect_precision", "detect_recall", "llm_detection",
+                                             "llm_fuzzing")}
         label, source, weak = self._label.get(latent, (None, None, False))
         return LatentPage(self.scope.sae_id, int(latent), label, source, bool(weak), scores, datasets, quantiles, top_df,
                           samples_df, cooccurs, self.n_docs, self.scope.names)
@@ -259,38 +262,3 @@ def _rows(docs: pl.DataFrame, evidence: pl.DataFrame, rows: np.ndarray, values: 
     snippets = [peak_snippet(t, p, spans=s) for t, p, s in zip(out["text"].to_list(), out["peak"].to_list(),
                                                                 out["spans"].to_list(), strict=True)]
     return out.with_columns(snippet=pl.Series(snippets, dtype=pl.String)).select(*_DOCS).cast(_DOCS)  # type: ignore[arg-type]
-
-
-def peak_snippet(text: str, peak: int | None, width: int = 100, spans: list | None = None) -> str:
-    """About ``width`` characters of ``text`` around character ``peak``, the word there in
-    [brackets], on one line ("...a [golden] retriever..."), or with ``spans`` ([start,
-    end) of every token where the latent fires) each of those in the window bracketed;
-    the start of the text when there is no peak (images, or a peak past the text)."""
-    flat = " ".join(text.split()) if peak is None or not 0 <= peak < len(text) else None
-    if flat is not None:
-        return flat[:width] + ("..." if len(flat) > width else "")
-    start = peak
-    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_") and text[peak].isalnum():
-        start -= 1
-    end = peak + 1
-    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[peak].isalnum():
-        end += 1
-    lo, hi = max(0, start - width // 2), min(len(text), end + width // 2)
-    marks = sorted((max(s, lo), min(e, hi)) for s, e in (spans or [(start, end)]) if s < hi and e > lo and e > s)
-    gaps, words, pos = [], [], lo
-    for s, e in marks:
-        if s >= pos:
-            gaps.append(text[pos:s])
-            words.append(f"[{' '.join(text[s:e].split())}]")
-            pos = e
-    gaps.append(text[pos:hi])
-    out = []
-    for i, gap in enumerate(gaps):
-        inner = " ".join(gap.split())
-        lead = " " if i > 0 and gap[:1].isspace() else ""
-        trail = " " if i < len(gaps) - 1 and gap[-1:].isspace() and (inner or not lead) else ""
-        out.append(lead + inner + trail)
-        if i < len(words):
-            out.append(words[i])
-    body = "".join(out)
-    return ("..." if lo else "") + body + ("..." if hi < len(text) else "")

@@ -69,8 +69,8 @@ def datasets(db, fmt):
 @main.command(epilog=example("saedata latents --top 10 --label 'dog|cat'"))
 @db_option
 @top_option(20, "Rows to show (0 for all).")
-@click.option("--sort", type=click.Choice(["freq", "max_act", "score", "latent"]), default="freq",
-              show_default=True, help="Order of the rows (freq, max_act and score largest first).")
+@click.option("--sort", type=click.Choice(["freq", "max_act", "score", "llm_detection", "llm_fuzzing", "latent"]),
+              default="freq", show_default=True, help="Order of the rows (all but latent largest first).")
 @click.option("--label", "pattern", default=None, help="Only latents whose label matches this regex.")
 @click.option("--min-score", type=Real(0, 1), default=None,
               help="Only latents whose label scored at least this (saedata label --score; 0.5 is chance).")
@@ -78,10 +78,12 @@ def datasets(db, fmt):
 @format_option
 @quiet_option
 def latents(db, top, sort, pattern, min_score, sae_id, fmt):
-    """List latents with their label, document frequency, max activation and label score.
+    """List latents with their label, document frequency, max activation and label scores.
 
     `score` (after `saedata label --score`): how well the label predicts the documents where
     the latent fires, as the AUROC of label-document similarity (0.5 chance, 1 perfect).
+    `llm_detection`, `llm_fuzzing` (after `saedata label --llm --score`, and only then): the
+    balanced accuracy of an LLM telling, from the label, where the latent fires (0.5 chance, 1 perfect).
     """
     with saedata.open(db) as store:
         table = store.latents(sae_id, label=pattern, sort=sort)
@@ -89,8 +91,11 @@ def latents(db, top, sort, pattern, min_score, sae_id, fmt):
         import polars as pl
 
         table = table.filter(pl.col("score") >= min_score)
-    if fmt == "table" and table["score"].null_count() == table.height:
-        table = table.drop("score")  # no label scored yet: saedata label --score
+    # a score no label has yet (saedata label [--llm] --score) leaves its column out of the table;
+    # the LLM's, which few stores have, out of every format
+    empty = [c for c in ("score", "llm_detection", "llm_fuzzing") if table[c].null_count() == table.height
+             and (fmt == "table" or c != "score")]
+    table = table.drop(empty)
     emit(table.head(top) if top else table, fmt)
 
 
@@ -165,17 +170,43 @@ def export(ctx, table, path, db):
 @sae_id_option
 @click.option("--llm", is_flag=True,
               help="Label with an LLM via an OpenAI-compatible endpoint (SAEDATA_LLM_BASE_URL, "
-                   "SAEDATA_LLM_MODEL, SAEDATA_LLM_API_KEY).")
+                   "SAEDATA_LLM_MODEL, SAEDATA_LLM_API_KEY), from each latent's strongest documents "
+                   "(peak marked) beside near misses where it is silent.")
 @latents_option("Comma-separated latent ids to label with --llm [default: the 50 most frequent].")
 @click.option("--score", is_flag=True,
-              help="Then score every label offline on 2,000 of the documents: the AUROC of label-document "
-                   "embedding similarity, and the label's words as a detector (shown by latents and latent).")
+              help="Then score the labels: offline, every label on 2,000 of the documents (the AUROC of "
+                   "label-document embedding similarity, and the label's words as a detector); with --llm, "
+                   "the new labels by the LLM (detection and fuzzing, balanced accuracy). Shown by latents "
+                   "and latent.")
+@click.option("--llm-url", default=None, metavar="URL",
+              help="With --llm: the endpoint's API root [default: $SAEDATA_LLM_BASE_URL].")
+@click.option("--llm-model", default=None, metavar="NAME",
+              help="With --llm: the model [default: $SAEDATA_LLM_MODEL].")
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="With --llm: seed of the documents each prompt shows (same seed -> same prompts).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="With --llm: requests in flight at once.")
 @quiet_option
 @click.pass_context
-def label(ctx, db, sae_id, llm, latent_ids, score):
+def label(ctx, db, sae_id, llm, latent_ids, score, llm_url, llm_model, seed, concurrency):
     """(Re)compute latent labels: offline contrastive keywords, or an LLM with --llm.
+
+    With --llm every request (prompt, reply, tokens) is kept in the table llm_calls, and
+    the run's calls and tokens are printed at the end. A reply that cannot be used is an
+    error of its latent only (the others are labelled); an endpoint that cannot be reached
+    or refuses the key or the model stops the run.
     """
-    saedata.relabel(db, sae_id, llm=llm, latents=latent_ids, score=score, log=log(ctx))
+    source = click.get_current_context().get_parameter_source
+    given = [f"--{name.replace('_', '-')}" for name in ("llm_url", "llm_model", "seed", "concurrency")
+             if source(name) != click.core.ParameterSource.DEFAULT]
+    if not llm and (given or latent_ids):
+        raise click.UsageError(f"{(given or ['--latents'])[0]} goes with --llm")
+    if not llm:
+        saedata.relabel(db, sae_id, score=score, log=log(ctx))
+        return
+    run = saedata.llm_label(db, sae_id, latents=latent_ids, score=score, base_url=llm_url, model=llm_model,
+                            seed=seed, workers=concurrency, **progress(ctx))
+    click.echo(run.summary())
 
 
 @main.command(epilog=example("saedata index"))
@@ -221,17 +252,19 @@ def latent(ctx, latent, db, datasets, top, samples, report_path, sae_id, fmt):
 
         parts = {k: getattr(page, k).to_dicts() for k in ("datasets", "quantiles", "top", "samples", "cooccurs")}
         click.echo(json.dumps({"sae_id": page.sae_id, "latent": page.latent, "label": page.label,
-                               "label_source": page.label_source, "weak": page.weak, "n_docs": page.n_docs,
+                               "label_source": page.label_source, "weak": page.weak, "scores": page.scores,
+                               "n_docs": page.n_docs,
                                "datasets_read": list(page.names), **parts}, ensure_ascii=False))
         return
     if fmt == "csv":
         emit(page.top.drop("text", "spans"), fmt)
         return
     fires = int(page.datasets["n_fires"].sum())
-    score = page.scores["score"]
+    scores = "".join(f", {name} {page.scores[key]:.2f}" for key, name in
+                     (("score", "score"), ("llm_detection", "detection"), ("llm_fuzzing", "fuzzing"))
+                     if page.scores.get(key) is not None)
     click.echo(f"latent {page.latent} of SAE {page.sae_id}: {page.label or '(no label)'} "
-               f"({page.label_source or 'unlabelled'}{', weak: names no topic' if page.weak else ''}"
-               f"{'' if score is None else f', score {score:.2f}'}); "
+               f"({page.label_source or 'unlabelled'}{', weak: names no topic' if page.weak else ''}{scores}); "
                f"fires in {fires} of {page.n_docs} documents")
     emit(page.datasets, fmt)
     q = page.quantiles.drop_nulls()

@@ -42,11 +42,15 @@ def write_latent_report(page: LatentPage, path: str | os.PathLike, title: str | 
 
 
 def _scores(page: LatentPage) -> str:
-    """"; score 0.91 (its words: precision 0.80, recall 0.35)" once the label is scored, else ""."""
+    """"; score 0.91 (its words: precision 0.80, recall 0.35); LLM detection 0.85, fuzzing 0.70"
+    for the scores the label has, else ""."""
     s = page.scores
-    if s.get("score") is None:
-        return ""
-    words = ""
-    if s.get("detect_precision") is not None and s.get("detect_recall") is not None:
-        words = f" (its words: precision {s['detect_precision']:.2f}, recall {s['detect_recall']:.2f})"
-    return f"; score {s['score']:.2f}{words}"
+    out = ""
+    if s.get("score") is not None:
+        words = ""
+        if s.get("detect_precision") is not None and s.get("detect_recall") is not None:
+            words = f" (its words: precision {s['detect_precision']:.2f}, recall {s['detect_recall']:.2f})"
+        out = f"; score {s['score']:.2f}{words}"
+    llm = [f"{name} {s[key]:.2f}" for key, name in (("llm_detection", "detection"), ("llm_fuzzing", "fuzzing"))
+           if s.get(key) is not None]
+    return out + (f"; LLM {', '.join(llm)}" if llm else "")

@@ -43,6 +43,7 @@ TABLES = (
     "latents",
     "activations",
     "word_counts",
+    "llm_calls",
 )
 VIEWS = ("concepts",)
 
@@ -302,12 +303,13 @@ class Store:
     def latents(self, sae_id: int | None = None, *, label: str | None = None, sort: str = "latent",
                 top: int | None = None) -> pl.DataFrame:
         """Latents with label, label source, document frequency, max activation and label
-        score (:func:`saedata.label.score_labels`; null until scored): those
-        whose label matches the regex ``label``, by ``sort`` (latent ascending; freq or
-        max_act largest first), the first ``top``."""
+        scores (offline ``score``, :func:`saedata.label.score_labels`; ``llm_detection`` and
+        ``llm_fuzzing``, :mod:`saedata.label.llm`; null until scored): those whose label
+        matches the regex ``label``, by ``sort`` (latent ascending; any other column largest
+        first), the first ``top``."""
         sae_id = self.resolve_sae(sae_id)
         df = self.sql(
-            "SELECT latent, label, label_source, freq, max_act, score FROM latents "
+            "SELECT latent, label, label_source, freq, max_act, score, llm_detection, llm_fuzzing FROM latents "
             "WHERE sae_id = ? ORDER BY latent",
             [sae_id],
         )
@@ -318,9 +320,11 @@ class Store:
         return df.head(top) if top else df
 
     def latent_scores(self, sae_id: int | None = None) -> pl.DataFrame:
-        """(latent, score, detect_precision, detect_recall) of the labels scored so far."""
-        return self.sql("SELECT latent, score, detect_precision, detect_recall FROM latents "
-                        "WHERE sae_id = ? AND score IS NOT NULL ORDER BY latent", [self.resolve_sae(sae_id)])
+        """(latent, score, detect_precision, detect_recall, llm_detection, llm_fuzzing) of the
+        labels scored so far, offline or by an LLM."""
+        return self.sql("SELECT latent, score, detect_precision, detect_recall, llm_detection, llm_fuzzing "
+                        "FROM latents WHERE sae_id = ? AND (score IS NOT NULL OR llm_detection IS NOT NULL "
+                        "OR llm_fuzzing IS NOT NULL) ORDER BY latent", [self.resolve_sae(sae_id)])
 
     def concepts(self, dataset: str | None = None) -> pl.DataFrame:
         """The ``concepts`` view: activations with document, dataset and label."""
@@ -766,8 +770,9 @@ class Store:
             finally:
                 con.unregister("_labels")
             # a score belongs to the label it scored
-            con.execute("UPDATE latents SET score = NULL, detect_precision = NULL, detect_recall = NULL "
-                        "FROM _old_labels AS o WHERE latents.sae_id = ? AND latents.latent = o.latent "
+            con.execute("UPDATE latents SET score = NULL, detect_precision = NULL, detect_recall = NULL, "
+                        "llm_detection = NULL, llm_fuzzing = NULL FROM _old_labels AS o "
+                        "WHERE latents.sae_id = ? AND latents.latent = o.latent "
                         "AND latents.label IS DISTINCT FROM o.label", [sae_id])
             con.execute("DROP TABLE _old_labels")
 
@@ -784,6 +789,40 @@ class Store:
                 )
             finally:
                 con.unregister("_scores")
+
+
+    def next_llm_run(self) -> int:
+        """The number of the next LLM labelling run (``llm_calls.run``): one more than the last."""
+        return int(self.one("SELECT coalesce(max(run), 0) + 1 FROM llm_calls")[0])
+
+    def record_llm_latent(self, sae_id: int, latent: int, calls: pl.DataFrame, label: str | None = None,
+                          label_source: str | None = None, detection: float | None = None,
+                          fuzzing: float | None = None) -> None:
+        """In one transaction, what an LLM run did for one latent: append its ``calls``
+        (rows of ``llm_calls`` without created_at), set its label when one was made, then
+        its LLM scores when any was computed. A run stopped half-way leaves each latent
+        whole: done with all of its rows, or untouched."""
+        with self.transaction() as con:
+            con.register("_calls", calls.select(*LLM_CALL_COLUMNS).to_arrow())
+            try:
+                con.execute(f"INSERT INTO llm_calls ({', '.join(LLM_CALL_COLUMNS)}) "
+                            f"SELECT {', '.join(LLM_CALL_COLUMNS)} FROM _calls")
+            finally:
+                con.unregister("_calls")
+            if label is not None:
+                self.set_labels(sae_id, pl.DataFrame({"latent": [latent], "label": [label],
+                                                      "label_source": [label_source]},
+                                                     schema={"latent": pl.Int32, "label": pl.String,
+                                                             "label_source": pl.String}))
+            if detection is not None or fuzzing is not None:
+                con.execute("UPDATE latents SET llm_detection = coalesce(?, llm_detection), "
+                            "llm_fuzzing = coalesce(?, llm_fuzzing) WHERE sae_id = ? AND latent = ?",
+                            [detection, fuzzing, sae_id, latent])
+
+
+LLM_CALL_COLUMNS = ("run", "sae_id", "latent", "purpose", "model", "prompt", "reply", "error", "prompt_tokens",
+                    "completion_tokens", "attempts")
+"""The columns of ``llm_calls`` an LLM run writes (created_at is the time of writing)."""
 
 
 def label_matches(table: pl.DataFrame, pattern: str) -> pl.Series:

@@ -63,8 +63,8 @@ def test_latents_formats(runner, db):
     assert len(rows) == 5 and {"latent", "label", "freq", "max_act"} <= set(rows[0])
     assert [r["freq"] for r in rows] == sorted((r["freq"] for r in rows), reverse=True)
     csv = runner.invoke(main, ["latents", "--db", db, "--top", "3", "--format", "csv"])
-    assert csv.stdout.splitlines()[0] == "latent,label,label_source,freq,max_act,score"
-    assert "score" not in table.stdout  # no label scored yet: the table leaves the empty column out
+    assert csv.stdout.splitlines()[0] == "latent,label,label_source,freq,max_act,score"  # no LLM scores: no columns
+    assert "score" not in table.stdout and "llm_" not in table.stdout  # no label scored yet: no empty columns
     assert len(csv.stdout.splitlines()) == 4
 
 

@@ -156,6 +156,44 @@ def test_labels(con):
     assert 0 not in terms
 
 
+def test_llm_evidence(con):
+    # latent 0's two strongest documents, then the rest drawn with the seed (only document 3 is left)
+    assert rows(con, "SELECT latent, kind, rk, doc_id, peak FROM latent_examples(1, [0, 4], n_top := 2, "
+                     "n_sample := 5, seed := 3)") == [(0, "top", 1, 0, 4), (0, "top", 2, 2, 0), (0, "sample", 1, 3, 2),
+                                                      (4, "top", 1, 4, 0)]
+    assert rows(con, "SELECT text FROM latent_examples(1, [4])") == [(TEXTS[4],)]
+    # documents where each latent is silent, drawn with the seed
+    silent = rows(con, "SELECT latent, doc_id FROM silent_examples(1, [0, 2], n := 5)")
+    assert sorted(silent) == [(0, 1), (0, 4), (2, 0), (2, 2), (2, 3), (2, 4)]
+    assert rows(con, "SELECT latent, count(*) FROM silent_examples(1, [0, 2], n := 1, seed := 9) GROUP BY ALL "
+                     "ORDER BY ALL") == [(0, 1), (2, 1)]
+    # near misses by co-firing: latent 1 fires in latent 2's only document (and in 80% of all), so the
+    # documents where 1 fires and 2 does not, centred where 1 peaked; likewise latent 0 for latent 3
+    near = rows(con, "SELECT latent, kind, doc_id, cues, others, pos FROM near_misses(1, [2, 3])")
+    assert sorted(near) == [(2, "co-firing", 0, None, [1], 20), (2, "co-firing", 3, None, [1], 12),
+                            (2, "co-firing", 4, None, [1], 14), (3, "co-firing", 0, None, [0], 4),
+                            (3, "co-firing", 3, None, [0], 2)]
+    assert rows(con, "SELECT weight FROM near_misses(1, [2], n := 1)") == [(pytest.approx(math.log(1 / 0.8)),)]
+
+
+def test_near_misses_by_shared_words(tmp_path):
+    """Documents holding the words a latent peaked on where it is silent: "bank" of a river."""
+    texts = ["the bank lends money", "the river bank", "a bank loan", "Bank, river"]
+    texts += [f"dry land {i}" for i in range(14)]  # "bank" is in under a quarter of the documents
+    with Store(tmp_path / "w.duckdb", read_only=False) as store:
+        sae = store.register_sae("toy", {"d_in": 2, "d_sae": 2, "activation": "topk"}, None, "fp")
+        ds = store.create_dataset("d", "d.jsonl", sae, {})
+        docs = pl.DataFrame({"doc_id": range(len(texts)), "dataset_id": ds.dataset_id, "ext_id": [str(i) for i in
+                             range(len(texts))], "text": texts, "meta": None, "n_tokens": 3},
+                            schema_overrides={"meta": pl.String})
+        acts = pl.DataFrame([(0, sae, 0, 2.0, 7), (2, sae, 0, 1.0, 5)], schema=["doc_id", "sae_id", "latent", "value",
+                                                                                "peak"], orient="row")
+        store.append_batch(docs, acts, word_document_frequency(texts), sae)
+        store.refresh_latent_stats(sae)
+        got = store.macro("near_misses", sae, [0]).select("kind", "doc_id", "cues", "weight").rows()
+    assert sorted(got) == [("words", 1, ["bank"], 2.0), ("words", 3, ["bank"], 2.0)]
+
+
 def test_diff(con):
     strata = rows(con, "SELECT doc_id, grp, bin FROM doc_strata([1, 2], edges := [5]) ORDER BY doc_id")
     assert strata == [(0, 1, 1), (1, 1, 0), (2, 1, 1), (3, 2, 0), (4, 2, 0)]

@@ -12,17 +12,15 @@ stay exact across resumed runs and appended datasets. Image documents have no te
 position; their evidence is the words of their path (class folders such as ``cats/``).
 
 An LLM labeller (any OpenAI-compatible chat endpoint) can replace the keywords where one
-is configured: see :func:`llm_labels`.
+is configured, and score labels as the auto-interpretability work does (detection,
+fuzzing): see :mod:`saedata.label.llm`. The evidence shown to it marks where each
+latent peaked, as ``saedata latent N`` does (:func:`peak_snippet`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
@@ -30,7 +28,6 @@ import numpy as np
 import polars as pl
 
 from saedata.console import Log, silent
-from saedata.errors import ConfigError, SaedataError
 
 if TYPE_CHECKING:
     from saedata.store import Store
@@ -79,6 +76,50 @@ def _filler(word: str) -> bool:
 def words(text: str) -> list[str]:
     """The words of ``text``, lower-cased, in order."""
     return WORD.findall(text.lower())
+
+
+def peak_span(text: str, peak: int) -> tuple[int, int]:
+    """The characters ``[start, end)`` of the word of ``text`` holding character ``peak``
+    (letters, digits and underscores), or the character alone when it is none of those
+    (punctuation): the span a latent's evidence marks. ``0 <= peak < len(text)``."""
+    start = peak
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_") and text[peak].isalnum():
+        start -= 1
+    end = peak + 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_") and text[peak].isalnum():
+        end += 1
+    return start, end
+
+
+def peak_snippet(text: str, peak: int | None, width: int = 100, mark: tuple[str, str] = ("[", "]"),
+                 spans: list | None = None) -> str:
+    """About ``width`` characters of ``text`` around character ``peak``, the word there
+    between the two strings of ``mark`` (``("", "")``: unmarked), on one line ("...a
+    [golden] retriever..."), or with ``spans`` ([start, end) of every token where a
+    latent fires, ``--store-tokens``) each of those in the window marked; the start of
+    the text when there is no peak (images, or a peak past the text)."""
+    flat = " ".join(text.split()) if peak is None or not 0 <= peak < len(text) else None
+    if flat is not None:
+        return flat[:width] + ("..." if len(flat) > width else "")
+    start, end = peak_span(text, peak)
+    lo, hi = max(0, start - width // 2), min(len(text), end + width // 2)
+    marks = sorted((max(s, lo), min(e, hi)) for s, e in (spans or [(start, end)]) if s < hi and e > lo and e > s)
+    gaps, words, pos = [], [], lo
+    for s, e in marks:
+        if s >= pos:
+            gaps.append(text[pos:s])
+            words.append(f"{mark[0]}{' '.join(text[s:e].split())}{mark[1]}")
+            pos = e
+    gaps.append(text[pos:hi])
+    out = []
+    for i, gap in enumerate(gaps):  # whitespace squashed, a space kept where one was
+        inner = " ".join(gap.split())
+        lead = " " if i > 0 and gap[:1].isspace() else ""
+        trail = " " if i < len(gaps) - 1 and gap[-1:].isspace() and (inner or not lead) else ""
+        out.append(lead + inner + trail)
+        if i < len(words):
+            out.append(words[i])
+    return ("..." if lo else "") + "".join(out) + ("..." if hi < len(text) else "")
 
 
 KEYWORD_SOURCES = ("keywords", WEAK_SOURCE)
@@ -217,26 +258,16 @@ def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 
     return labels.height
 
 
-def relabel(store: Store, sae_id: int | None = None, *, llm: bool = False, latents: list[int] | None = None,
-            log: Log = silent, embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> int:
-    """Recompute the labels of SAE ``sae_id`` (the store's only one when None): keyword
-    labels, or with ``llm`` LLM labels of ``latents`` (default: the 50 most frequent);
+def relabel(store: Store, sae_id: int | None = None, *, log: Log = silent,
+            embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> int:
+    """Recompute the keyword labels of SAE ``sae_id`` (the store's only one when None);
     with ``embed_texts``, then score every label (:func:`score_labels`). Returns how many
-    latents got a label."""
+    latents got a label. LLM labels and their LLM scores: :func:`saedata.label.llm.llm_relabel`."""
     sae_id = store.resolve_sae(sae_id)
-    if not llm:
-        n = label_latents(store, sae_id)
-        log(f"labelled {n} latents with keywords")
-        _score(store, sae_id, embed_texts, log)
-        return n
-    if latents is None:
-        latents = (store.latents(sae_id).filter(pl.col("freq") > 0).sort("freq", descending=True, maintain_order=True)
-                   .head(50)["latent"].to_list())
-    labels = llm_labels(store, sae_id, latents)
-    store.set_labels(sae_id, labels)
-    log(f"labelled {labels.height} latents with {labels['label_source'][0] if labels.height else 'the LLM'}")
+    n = label_latents(store, sae_id)
+    log(f"labelled {n} latents with keywords")
     _score(store, sae_id, embed_texts, log)
-    return labels.height
+    return n
 
 
 def _score(store: Store, sae_id: int, embed_texts: Callable[[list[str]], np.ndarray] | None, log: Log) -> None:
@@ -248,80 +279,6 @@ def _score(store: Store, sae_id: int, embed_texts: Callable[[list[str]], np.ndar
     if s.len():
         log(f"scored {s.len()} labels: median {s.median():.2f}; {int((s >= 0.75).sum())} at 0.75 or more "
             "(0.5: the label tells nothing about where the latent fires)")
-
-
-# -- optional LLM labeller ------------------------------------------------------------
-
-LLM_ENV = ("SAEDATA_LLM_BASE_URL", "SAEDATA_LLM_MODEL", "SAEDATA_LLM_API_KEY")
-
-
-def llm_labels(
-    store: Store,
-    sae_id: int,
-    latents: list[int],
-    base_url: str | None = None,
-    model: str | None = None,
-    api_key: str | None = None,
-    n_examples: int = 8,
-    timeout: float = 60.0,
-) -> pl.DataFrame:
-    """Label latents with an LLM through an OpenAI-compatible ``/chat/completions`` endpoint.
-
-    The endpoint, model and key come from the arguments or from the environment
-    variables SAEDATA_LLM_BASE_URL, SAEDATA_LLM_MODEL and SAEDATA_LLM_API_KEY. Each
-    latent's prompt holds its top documents (trimmed) and its keyword label.
-    Returns (latent, label, label_source='llm:<model>').
-    """
-    base_url = base_url or os.environ.get("SAEDATA_LLM_BASE_URL")
-    model = model or os.environ.get("SAEDATA_LLM_MODEL")
-    api_key = api_key or os.environ.get("SAEDATA_LLM_API_KEY", "")
-    if not base_url or not model:
-        raise ConfigError(
-            "the LLM labeller needs an endpoint and a model: set SAEDATA_LLM_BASE_URL and "
-            "SAEDATA_LLM_MODEL (any OpenAI-compatible server)"
-        )
-    out_latents, out_labels = [], []
-    keywords = dict(store.latents(sae_id).select("latent", "label").iter_rows())
-    for latent in latents:
-        docs = store.macro("top_docs", sae_id, int(latent), n=n_examples)
-        if docs.height == 0:
-            continue
-        kw = keywords.get(int(latent))
-        examples = "\n".join(f"- {t[:300]!r}" for t in docs["text"].to_list())
-        prompt = (
-            "These documents most strongly activate one feature of a sparse autoencoder"
-            + (f" (keywords: {kw})" if kw else "")
-            + ":\n"
-            + examples
-            + "\nName the concept the feature detects in at most six words. Answer with the name only."
-        )
-        out_latents.append(int(latent))
-        out_labels.append(_chat(base_url, model, api_key, prompt, timeout))
-    return pl.DataFrame(
-        {
-            "latent": pl.Series(out_latents, dtype=pl.Int32),
-            "label": pl.Series(out_labels, dtype=pl.String),
-            "label_source": pl.Series([f"llm:{model}"] * len(out_latents), dtype=pl.String),
-        }
-    )
-
-
-def _chat(base_url: str, model: str, api_key: str, prompt: str, timeout: float) -> str:
-    body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
-    ).encode()
-    req = urllib.request.Request(
-        base_url.rstrip("/") + "/chat/completions",
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            payload = json.loads(resp.read())
-        text = payload["choices"][0]["message"]["content"]
-    except (urllib.error.URLError, OSError, KeyError, IndexError, json.JSONDecodeError) as e:
-        raise SaedataError(f"LLM labeller at {base_url} failed: {e}") from e
-    return " ".join(str(text).split()).strip(" .\"'")[:120]
 
 
 # -- label scores, offline ----------------------------------------------------------------
