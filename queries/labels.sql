@@ -1,6 +1,7 @@
 -- saedata concept store: offline keyword labels.
 
--- keyword_terms(sae, top_docs := 64, n_words := 3, src := 'activations'): the terms that
+-- keyword_terms(sae, top_docs := 64, n_words := 3, src := 'activations', words := 'word_counts',
+-- ds := NULL): the terms that
 -- label each latent of SAE `sae`. A latent's evidence is the word where it peaked in each
 -- of its `top_docs` strongest documents (and the word before it); images, which have no
 -- text position, give every word of their path. Each word is scored by its contribution
@@ -10,14 +11,18 @@
 -- its occurrences and the first word is not a corpus-wide filler; a latent with no
 -- contrastive word keeps its commonest words (contrastive = false: a weak label).
 -- `src` is where the strongest rows are picked from: 'activations', or in a shard folder
--- 'label_candidates' (every part's strongest rows, which hold the overall ones).
+-- 'label_candidates' (every part's strongest rows, which hold the overall ones). With `ds`
+-- (dataset ids) the evidence and the background are those datasets' documents alone,
+-- `words` then naming a relation (sae_id, word, df) of their document frequencies.
 -- Returns (latent, term, c, n, score, contrastive, rk), rk the term's rank in the label.
 --   SELECT latent, string_agg(term, ' / ' ORDER BY rk) FROM keyword_terms(1) GROUP BY latent;
-CREATE OR REPLACE MACRO keyword_terms(sae, top_docs := 64, n_words := 3, src := 'activations') AS TABLE
+CREATE OR REPLACE MACRO keyword_terms(sae, top_docs := 64, n_words := 3, src := 'activations',
+                                      words := 'word_counts', ds := NULL) AS TABLE
 WITH top AS (
     SELECT a.latent, a.doc_id, a.peak
     FROM query_table(src) AS a
     WHERE a.sae_id = sae
+      AND (ds IS NULL OR a.doc_id IN (SELECT doc_id FROM documents WHERE list_contains(ds, dataset_id)))
     QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= top_docs
 ),
 evidence AS (
@@ -35,9 +40,10 @@ evidence AS (
 n_ev AS (SELECT latent, count(DISTINCT doc_id) AS n FROM evidence GROUP BY latent),
 total AS (
     SELECT greatest(count(*), 1) AS n_docs
-    FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = sae
+    FROM documents JOIN datasets USING (dataset_id)
+    WHERE datasets.sae_id = sae AND (ds IS NULL OR list_contains(ds, documents.dataset_id))
 ),
-df AS (SELECT word, sum(df) AS df FROM word_counts WHERE sae_id = sae GROUP BY word),
+df AS (SELECT word, sum(df) AS df FROM query_table(words) WHERE sae_id = sae GROUP BY word),
 top_prev AS (
     -- each word's commonest previous word (ties: the first alphabetically, so labels are
     -- the same on every run)
@@ -76,15 +82,15 @@ FROM scored
 QUALIFY rk <= n_words AND (contrastive OR NOT bool_or(score > 0) OVER (PARTITION BY latent))
 ORDER BY latent, rk;
 
--- top_texts(sae, latent_ids, n := 64, src := 'activations'): the texts of the `n`
+-- top_texts(sae, latent_ids, n := 64, src := 'activations', ds := NULL): the texts of the `n`
 -- strongest documents of each latent of `latent_ids` (ties: the lower doc_id), to find the
 -- words that tell apart latents whose peak words are the same.
 --   SELECT latent, count(*) FROM top_texts(1, [4, 41]) GROUP BY latent;
-CREATE OR REPLACE MACRO top_texts(sae, latent_ids, n := 64, src := 'activations') AS TABLE
+CREATE OR REPLACE MACRO top_texts(sae, latent_ids, n := 64, src := 'activations', ds := NULL) AS TABLE
 SELECT a.latent, a.doc_id, d.text
 FROM query_table(src) AS a
 JOIN documents AS d USING (doc_id)
-WHERE a.sae_id = sae AND a.latent IN (SELECT unnest(latent_ids))
+WHERE a.sae_id = sae AND a.latent IN (SELECT unnest(latent_ids)) AND (ds IS NULL OR list_contains(ds, d.dataset_id))
 QUALIFY row_number() OVER (PARTITION BY a.latent ORDER BY abs(a.value) DESC, a.doc_id) <= n
 ORDER BY a.latent, a.doc_id;
 

@@ -299,8 +299,11 @@ def _stored_copy(store: Any, path: str, name: str, input_args: dict[str, Any]) -
 
 
 def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, llm: bool = False,
-            latents: list[int] | None = None, score: bool = False, log: Log = silent) -> int:
-    """Recompute latent labels in the store ``db``: offline contrastive keywords, and with
+            latents: list[int] | None = None, score: bool = False, dataset: str | None = None,
+            log: Log = silent) -> int:
+    """Recompute latent labels in the store ``db``: offline contrastive keywords (against
+    the background of ``dataset`` alone when given: its documents' evidence and word
+    frequencies, label sources "keywords:NAME"), and with
     ``score`` then score every label offline (:func:`saedata.label.score_labels`, labels
     and documents embedded by the default reader); or with ``llm`` label ``latents``
     (default the 50 most frequent) with an LLM at the endpoint the environment names, and
@@ -317,7 +320,7 @@ def relabel(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, 
             from saedata.embed.models import text_vectors
 
             embed_texts = text_vectors
-        return run(store, sae_id, log=log, embed_texts=embed_texts)
+        return run(store, sae_id, log=log, embed_texts=embed_texts, dataset=dataset)
 
 
 def llm_label(db: str | os.PathLike = "run.duckdb", sae_id: int | None = None, *, latents: list[int] | None = None,

@@ -201,3 +201,39 @@ def test_a_phrase_never_starts_with_punctuation(tmp_path):
         assert '" nf2' in store.macro("keyword_terms", 1)["term"].to_list()  # what the macro proposes
         (label,) = keyword_labels(store, 1)["label"].to_list()
     assert label.split(" / ")[0] == "nf2" and '"' not in label
+
+
+def test_labels_against_one_dataset(demo_store, tmp_path):
+    """saedata label --dataset b: evidence and background from b alone, said in label_source;
+    a plain relabel puts the store-wide labels back."""
+    from click.testing import CliRunner
+
+    from saedata.cli import main
+    from tests.helpers import copy_demo_store
+
+    db = copy_demo_store(demo_store, tmp_path)
+    with Store(db, read_only=True) as store:
+        before = store.latents(1).select("latent", "label", "label_source")
+    runner = CliRunner()
+    out = runner.invoke(main, ["label", "--db", str(db), "--dataset", "b"])
+    assert out.exit_code == 0, out.output
+    assert "against dataset 'b'" in out.stderr
+    with Store(db, read_only=True) as store:
+        after = store.latents(1).select("latent", "label", "label_source")
+        # evidence from b alone: a latent that never fires in b gets no label from it
+        fires_in_b = set(store.sql("SELECT DISTINCT latent FROM activations JOIN documents USING (doc_id) "
+                                   "WHERE dataset_id = 2")["latent"].to_list())
+    sources = set(after["label_source"].drop_nulls().to_list())
+    assert sources <= {"keywords:b", "frequent-words:b"} and "keywords:b" in sources
+    labelled = set(after.filter(pl.col("label").is_not_null())["latent"].to_list())
+    assert labelled <= fires_in_b
+    changed = before.join(after, on="latent").filter(pl.col("label") != pl.col("label_right"))
+    assert changed.height > 50  # another background, other words stand out
+    assert weak_label("did / played", "frequent-words:b") and not weak_label("fantastic", "keywords:b")
+    assert runner.invoke(main, ["label", "--db", str(db)]).exit_code == 0
+    with Store(db, read_only=True) as store:
+        assert store.latents(1).select("latent", "label", "label_source").equals(before)
+    bad = runner.invoke(main, ["label", "--db", str(db), "--dataset", "nope"])
+    assert bad.exit_code == 1 and bad.stderr.count("\n") == 1 and "no dataset 'nope'" in bad.stderr
+    both = runner.invoke(main, ["label", "--db", str(db), "--dataset", "b", "--llm"])
+    assert both.exit_code == 2 and "--dataset makes keyword labels" in both.stderr

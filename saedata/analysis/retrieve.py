@@ -53,7 +53,7 @@ import polars as pl
 from scipy import sparse
 
 from saedata.analysis.scope import LatentMatrix, Models, Scope, latent_matrix, opened, resolve_scope
-from saedata.analysis.words import content_words, forms, weak_label, words
+from saedata.analysis.words import WEAK_SOURCE, content_words, forms, source_kind, weak_label, words
 from saedata.errors import ConfigError, NotFoundError
 from saedata.store import Store
 
@@ -344,7 +344,7 @@ def label_match_share(labels: list[str | None], sources: list[str | None], query
     if not query_forms:
         return share
     for i, (label, src) in enumerate(zip(labels, sources)):
-        if not label or src == "frequent-words":
+        if not label or source_kind(src) == WEAK_SOURCE:
             continue
         terms = [t for t in label.split(" / ") if t.strip()]
         hits = sum(1 for t in terms if query_forms & set(words(t)))

@@ -11,9 +11,9 @@ and are re-exported here; the label *evidence* words follow the ``word_at`` SQL 
 
 from __future__ import annotations
 
-from saedata.label import STOPWORDS, WEAK_SOURCE, WORD, weak_label, words
+from saedata.label import STOPWORDS, WEAK_SOURCE, WORD, source_kind, weak_label, words
 
-__all__ = ["STOPWORDS", "WEAK_SOURCE", "WORD", "content_words", "forms", "label_words", "matching_forms",
+__all__ = ["STOPWORDS", "WEAK_SOURCE", "WORD", "source_kind", "content_words", "forms", "label_words", "matching_forms",
            "weak_label", "words"]
 
 def content_words(text: str) -> set[str]:

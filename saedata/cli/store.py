@@ -186,9 +186,12 @@ def export(ctx, table, path, db):
               help="With --llm: seed of the documents each prompt shows (same seed -> same prompts).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
               help="With --llm: requests in flight at once.")
+@click.option("--dataset", default=None,
+              help="Keyword labels against this dataset alone: its documents' evidence and word frequencies "
+                   "(label source keywords:DATASET) [default: the whole store's].")
 @quiet_option
 @click.pass_context
-def label(ctx, db, sae_id, llm, latent_ids, score, llm_url, llm_model, seed, concurrency):
+def label(ctx, db, sae_id, llm, latent_ids, score, llm_url, llm_model, seed, concurrency, dataset):
     """(Re)compute latent labels: offline contrastive keywords, or an LLM with --llm.
 
     With --llm every request (prompt, reply, tokens) is kept in the table llm_calls, and
@@ -201,8 +204,10 @@ def label(ctx, db, sae_id, llm, latent_ids, score, llm_url, llm_model, seed, con
              if source(name) != click.core.ParameterSource.DEFAULT]
     if not llm and (given or latent_ids):
         raise click.UsageError(f"{(given or ['--latents'])[0]} goes with --llm")
+    if llm and dataset is not None:
+        raise click.UsageError("--dataset makes keyword labels; an LLM label reads each latent's own evidence")
     if not llm:
-        saedata.relabel(db, sae_id, score=score, log=log(ctx))
+        saedata.relabel(db, sae_id, score=score, dataset=dataset, log=log(ctx))
         return
     run = saedata.llm_label(db, sae_id, latents=latent_ids, score=score, base_url=llm_url, model=llm_model,
                             seed=seed, workers=concurrency, **progress(ctx))

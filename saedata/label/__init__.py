@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import polars as pl
 
 from saedata.console import Log, silent
+from saedata.errors import ConfigError
 
 if TYPE_CHECKING:
     from saedata.store import Store
@@ -64,9 +66,15 @@ def weak_label(label: str | None, source: str | None = None) -> bool:
     A latent with no label at all is not weak: nothing is known about it."""
     if not label:
         return False
-    if source == WEAK_SOURCE:
+    if source_kind(source) == WEAK_SOURCE:
         return True
     return all(_filler(w) for w in words(label))
+
+
+def source_kind(source: str | None) -> str | None:
+    """What made a label, without its qualifier: "keywords" of "keywords:a" (a label made
+    against dataset a's background), "llm" of "llm:gpt-4o-mini"."""
+    return source.split(":", 1)[0] if source else source
 
 
 def _filler(word: str) -> bool:
@@ -142,7 +150,7 @@ def word_document_frequency(texts: list[str]) -> pl.DataFrame:
 
 
 def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3,
-                   candidates: str = "activations") -> pl.DataFrame:
+                   candidates: str = "activations", datasets: Sequence[int] | None = None) -> pl.DataFrame:
     """Contrastive keyword labels for every latent with evidence: (latent, label, label_source).
 
     A ``keywords`` label holds no stopword, punctuation mark (but ``?`` and ``!``), single
@@ -160,10 +168,24 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
     ``frequent-words`` to say the label is weak. ``candidates`` is the relation the
     strongest rows per latent are picked from: ``activations``, or in a shard folder
     ``label_candidates`` (every part's strongest rows, which hold the overall ones).
+    With ``datasets`` (ids), the evidence is those datasets' documents and the background
+    their word frequencies alone (label sources "keywords:NAME", "frequent-words:NAME"):
+    what a latent means in one corpus against that corpus, not against the store.
     """
     if candidates not in ("activations", "label_candidates"):
         raise ValueError(f"candidates must be activations or label_candidates, not {candidates!r}")
-    rows = store.macro("keyword_terms", sae_id, top_docs=top_docs, n_words=n_words * CANDIDATE_TERMS, src=candidates)
+    words, ds, suffix = "word_counts", None, ""
+    if datasets is not None:
+        ds = [int(d) for d in datasets]
+        counts = [word_document_frequency(texts) for texts in store.texts(sae_id, only=ds)]
+        frame = (pl.concat(counts).group_by("word").agg(pl.col("df").sum()) if counts
+                 else pl.DataFrame(schema={"word": pl.String, "df": pl.Int64}))
+        store.temp_table("_label_words", frame.with_columns(sae_id=pl.lit(sae_id, pl.Int32)))
+        words = "_label_words"
+        names = dict(store.datasets().select("dataset_id", "name").iter_rows())
+        suffix = ":" + ",".join(names[d] for d in ds)
+    rows = store.macro("keyword_terms", sae_id, top_docs=top_docs, n_words=n_words * CANDIDATE_TERMS, src=candidates,
+                       words=words, ds=ds)
     schema = {"latent": pl.Int32, "label": pl.String, "label_source": pl.String}
     if rows.height == 0:
         return pl.DataFrame(schema=schema)
@@ -179,12 +201,12 @@ def keyword_labels(store: Store, sae_id: int, top_docs: int = 64, n_words: int =
         strong = [t for t in terms if contrastive[t] and (t.rsplit(" ", 1)[-1] in ("?", "!")
                                                           or not weak_label(t.rsplit(" ", 1)[-1]))]
         if strong:
-            chosen[int(latent)] = (strong[:n_words], strong[n_words:], "keywords")
+            chosen[int(latent)] = (strong[:n_words], strong[n_words:], "keywords" + suffix)
         else:  # nothing over-represented but stopwords, punctuation, digits: say what it fires on, as weak
-            chosen[int(latent)] = (terms[:n_words], terms[n_words:], WEAK_SOURCE)
+            chosen[int(latent)] = (terms[:n_words], terms[n_words:], WEAK_SOURCE + suffix)
     first = Counter(" / ".join(terms) for terms, _, _ in chosen.values())
     clashing = [lat for lat, (terms, _, _) in chosen.items() if first[" / ".join(terms)] > 1]
-    context = _context_words(store, sae_id, clashing, top_docs, candidates) if clashing else {}
+    context = _context_words(store, sae_id, clashing, top_docs, candidates, words, ds) if clashing else {}
     labels = _distinct_labels({lat: (terms, spare + context.get(lat, [])) for lat, (terms, spare, _) in chosen.items()})
     latents = sorted(chosen)
     return pl.DataFrame({"latent": latents, "label": [labels[lat] for lat in latents],
@@ -198,18 +220,20 @@ def _phrase(term: str) -> str:
 
 
 def _context_words(store: Store, sae_id: int, latents: list[int], top_docs: int, src: str,
-                   n: int = 8) -> dict[int, list[str]]:
+                   words: str = "word_counts", ds: list[int] | None = None, n: int = 8) -> dict[int, list[str]]:
     """For each of ``latents``, the ``n`` words most over-represented in its strongest
     documents as wholes (not only at the peak), scored as the label terms are (share of
     those documents p against document frequency q: p ln(p / q)), filler words left out:
     what tells apart latents whose peak words are the same ("font" in bitmap fonts, in
     CJK fonts)."""
-    texts = store.macro("top_texts", sae_id, [int(lat) for lat in latents], n=top_docs, src=src)
+    texts = store.macro("top_texts", sae_id, [int(lat) for lat in latents], n=top_docs, src=src, ds=ds)
     if texts.height == 0:
         return {}
-    df = dict(store.sql("SELECT word, sum(df)::BIGINT FROM word_counts WHERE sae_id = ? GROUP BY word", [sae_id]).rows())
-    (n_docs,) = store.one("SELECT count(*) FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = ?",
-                          [sae_id]) or (0,)
+    df = dict(store.sql("SELECT word, sum(df)::BIGINT FROM query_table(?) WHERE sae_id = ? GROUP BY word",
+                        [words, sae_id]).rows())
+    (n_docs,) = store.one("SELECT count(*) FROM documents JOIN datasets USING (dataset_id) WHERE datasets.sae_id = ? "
+                          "AND (?::INTEGER[] IS NULL OR list_contains(?::INTEGER[], documents.dataset_id))",
+                          [sae_id, ds, ds]) or (0,)
     out: dict[int, list[str]] = {}
     for (latent,), group in texts.group_by("latent"):
         docs = group["text"].to_list()
@@ -251,21 +275,31 @@ def _distinct_labels(terms: dict[int, tuple[list[str], list[str]]], rounds: int 
     return {lat: " / ".join(t) for lat, t in current.items()}
 
 
-def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3) -> int:
-    """Compute keyword labels for an SAE and write them; returns how many latents got one."""
-    labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words)
+def label_latents(store: Store, sae_id: int, top_docs: int = 64, n_words: int = 3,
+                  datasets: Sequence[int] | None = None) -> int:
+    """Compute keyword labels for an SAE (against the background of ``datasets`` alone when
+    given) and write them; returns how many latents got one."""
+    labels = keyword_labels(store, sae_id, top_docs=top_docs, n_words=n_words, datasets=datasets)
     store.set_labels(sae_id, labels, replace=KEYWORD_SOURCES)
     return labels.height
 
 
 def relabel(store: Store, sae_id: int | None = None, *, log: Log = silent,
-            embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> int:
-    """Recompute the keyword labels of SAE ``sae_id`` (the store's only one when None);
-    with ``embed_texts``, then score every label (:func:`score_labels`). Returns how many
+            embed_texts: Callable[[list[str]], np.ndarray] | None = None, dataset: str | None = None) -> int:
+    """Recompute the keyword labels of SAE ``sae_id`` (the store's only one when None),
+    against the whole store's background or, with ``dataset``, that dataset's alone; with
+    ``embed_texts``, then score every label (:func:`score_labels`). Returns how many
     latents got a label. LLM labels and their LLM scores: :func:`saedata.label.llm.llm_relabel`."""
+    datasets = None
+    if dataset is not None:
+        state = store.dataset_state(dataset)
+        sae_id = state.sae_id if sae_id is None else sae_id
+        if state.sae_id != store.resolve_sae(sae_id):
+            raise ConfigError(f"dataset {dataset!r} was embedded with SAE {state.sae_id}, not SAE {sae_id}")
+        datasets = [state.dataset_id]
     sae_id = store.resolve_sae(sae_id)
-    n = label_latents(store, sae_id)
-    log(f"labelled {n} latents with keywords")
+    n = label_latents(store, sae_id, datasets=datasets)
+    log(f"labelled {n} latents with keywords" + (f" against dataset {dataset!r}" if dataset else ""))
     _score(store, sae_id, embed_texts, log)
     return n
 

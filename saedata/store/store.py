@@ -550,15 +550,30 @@ class Store:
             con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
             con.execute("DROP TABLE IF EXISTS activations_by_latent")
 
-    def texts(self, sae_id: int, without: int | None = None, batch: int = 4096) -> Iterator[list[str]]:
+    def texts(self, sae_id: int, without: int | None = None, batch: int = 4096,
+              only: Sequence[int] | None = None) -> Iterator[list[str]]:
         """The texts of the documents embedded with SAE ``sae_id`` (but those of dataset
-        ``without``), ``batch`` at a time, as committed (a cursor of its own)."""
+        ``without``; of the datasets ``only`` alone when given), ``batch`` at a time, as
+        committed (a cursor of its own)."""
         cursor = self.con.cursor()
         cursor.execute("SELECT d.text FROM documents AS d JOIN datasets AS ds USING (dataset_id) "
-                       "WHERE ds.sae_id = ? AND ds.dataset_id IS DISTINCT FROM ? ORDER BY d.doc_id",
-                       [sae_id, without])
+                       "WHERE ds.sae_id = ? AND ds.dataset_id IS DISTINCT FROM ? "
+                       "AND (?::INTEGER[] IS NULL OR list_contains(?::INTEGER[], ds.dataset_id)) ORDER BY d.doc_id",
+                       [sae_id, without, None if only is None else list(only), None if only is None else list(only)])
         while rows := cursor.fetchmany(batch):
             yield [r[0] for r in rows]
+
+    def temp_table(self, name: str, frame: pl.DataFrame) -> None:
+        """(Re)create the session's TEMP table ``name`` (an identifier chosen by saedata, never
+        by a user) holding ``frame``: a relation a macro can be pointed at; it works on a
+        store opened read-only too and is gone when the store closes."""
+        if not re.fullmatch(r"_\w+", name):
+            raise ValueError(f"temp table names start with an underscore: {name!r}")
+        self.con.register("_frame", frame.to_arrow())
+        try:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _frame")
+        finally:
+            self.con.unregister("_frame")
 
     def replace_word_counts(self, sae_id: int, word_counts: pl.DataFrame) -> None:
         """Set SAE ``sae_id``'s background word counts to ``word_counts`` (word, df)."""
@@ -759,7 +774,8 @@ class Store:
                         "WHERE sae_id = ?", [sae_id])
             if replace:
                 con.execute("UPDATE latents SET label = NULL, label_source = NULL "
-                            "WHERE sae_id = ? AND list_contains(?, label_source)", [sae_id, list(replace)])
+                            "WHERE sae_id = ? AND list_contains(?, split_part(label_source, ':', 1))",
+                            [sae_id, list(replace)])
             con.register("_labels", labels.select("latent", "label", "label_source").to_arrow())
             try:
                 con.execute(
