@@ -234,7 +234,7 @@ def _restrict(store: Store, sae_id: int, label_pattern: str | None, latents: lis
 
 
 COOCCUR_BLOCK = 512
-"""Latent columns per block of the sparse product A.T @ A[:, block]: the memory bound."""
+"""Latent columns per block of the sparse product A[:, block].T @ A[:, :block end]: the memory bound."""
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,10 @@ def pair_counts(A: sparse.spmatrix, min_support: int, keep: list[int] | None = N
     (and in ``keep`` when given). The counts of the ``cooccur`` macro, from a sparse
     matrix product in blocks of ``COOCCUR_BLOCK`` columns, each against the columns
     before it and itself only (i < j: half of ``A.T @ A``; each block's product is at
-    most n_latents x COOCCUR_BLOCK non-zeros)."""
+    most COOCCUR_BLOCK x n_latents non-zeros). A block's latents are the rows of its
+    product, so each document's codes are read as one run (its latents up to the block's
+    end), which keeps the product fast when the documents are many (measured on 30,000
+    documents: 42-48 s against 54-93 s with the block's latents as columns)."""
     A = sparse.csc_matrix(A, dtype=np.int32)
     A.data[:] = 1
     support = np.asarray(A.sum(axis=0)).ravel()
@@ -273,15 +276,14 @@ def pair_counts(A: sparse.spmatrix, min_support: int, keep: list[int] | None = N
     if keep is not None:
         cols = np.intersect1d(cols, np.asarray(keep, dtype=np.int64))
     Ac = A[:, cols]
-    At = Ac.T.tocsr()
+    rows_of = Ac.tocsr()  # documents x latents: row slices below a block's end are runs
     parts_i, parts_j, parts_n = [], [], []
     for start in range(0, len(cols), COOCCUR_BLOCK):
         stop = min(start + COOCCUR_BLOCK, len(cols))
-        # only the rows i < stop can pair with a column j of the block as i < j: half the work
-        block = At[:stop] @ Ac[:, start:stop]  # CSR (stop, block)
+        block = Ac[:, start:stop].T.tocsr() @ rows_of[:, :stop]  # CSR (block, stop): j of block vs i < stop
         at = np.flatnonzero(block.data >= min_support)  # most pairs are rarer than that: drop them first
-        i = np.searchsorted(block.indptr, at, side="right") - 1
-        j = block.indices[at] + start
+        j = np.searchsorted(block.indptr, at, side="right") - 1 + start
+        i = block.indices[at]
         upper = i < j
         parts_i.append(i[upper])
         parts_j.append(j[upper])
