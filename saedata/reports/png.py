@@ -160,3 +160,27 @@ def image_grid(images, row_labels: list[str] | None = None, col_labels: list[str
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def frontier(xs: list[float], ys: list[float], labels: list[str], title: str = "", xlabel: str = "",
+             ylabel: str = ""):
+    """Labelled points joined in order of x (e.g. SAEs' FVU against mean L0: the
+    sparsity-reconstruction frontier); points with a NaN are left out."""
+    import math
+
+    fig, ax = new_figure(7, 4.5)
+    points = sorted((x, y, lab) for x, y, lab in zip(xs, ys, labels) if not (math.isnan(x) or math.isnan(y)))
+    if points:
+        px, py, _ = zip(*points)
+        ax.plot(px, py, color="#bbbbbb", lw=1, zorder=1)
+        ax.scatter(px, py, color="#1b9e77", s=36, zorder=2)
+        for x, y, lab in points:
+            ax.annotate(lab if len(lab) <= 40 else "..." + lab[-37:], (x, y), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
