@@ -52,7 +52,7 @@ class EvalResult:
 
     table: pl.DataFrame
     """One row per SAE, in the order given: sae, activation, d_sae, fvu, l0, l0_std, l0_p10,
-    l0_p90, dead, dense, afa_ratio, eps_lbo, coherence_max, coherence_mean; separability
+    l0_p90, dead, dense, afa_ratio, eps_lbo, coh_max, coh_mean (decoder coherence); js_sep
     (the mean over concepts of the best latent's JS distance) with concepts; label_score
     (median label score in the store) when an SAE is registered in the store given."""
     concepts: pl.DataFrame
@@ -176,13 +176,13 @@ def evaluate_activations(
         row: dict[str, Any] = {"sae": name, "activation": sae.cfg.activation, "d_sae": sae.d_sae, "fvu": m.fvu,
                                "l0": m.l0, "l0_std": m.l0_std, "l0_p10": m.l0_p10, "l0_p90": m.l0_p90,
                                "dead": m.dead, "dense": m.dense, "afa_ratio": m.afa_ratio, "eps_lbo": m.epsilon_lbo,
-                               "coherence_max": m.coherence_max, "coherence_mean": m.coherence_mean}
+                               "coh_max": m.coherence_max, "coh_mean": m.coherence_mean}
         if concepts is not None:
             doc, lat, val = (torch.cat(parts) for parts in zip(*pooled)) if pooled else \
                 (torch.zeros(0, dtype=torch.int64),) * 3
             sep = js_separability(doc.long(), lat.long(), val, concepts.doc_concept, len(concepts.values), sae.d_sae)
             best = sep.best_js[~torch.isnan(sep.best_js)]
-            row["separability"] = float(best.mean()) if best.numel() else float("nan")
+            row["js_sep"] = float(best.mean()) if best.numel() else float("nan")
             concept_rows += [{"sae": name, "concept": c, "n_docs": int(sep.n_with[i]),
                               "n_without": int(sep.n_without[i]), "best_latent": int(sep.best_latent[i]),
                               "js": float(sep.best_js[i])} for i, c in enumerate(concepts.values)]

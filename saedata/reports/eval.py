@@ -14,7 +14,7 @@ COLUMNS = """fvu: fraction of variance unexplained (0 = perfect reconstruction, 
 l0: mean active latents per token (l0_std, l0_p10, l0_p90: its spread over tokens); dead: share of latents that
 never fired on these tokens; dense: share that fired on more than 10% of them; afa_ratio: mean ||decoder-weighted
 codes|| / ||input|| (1 = norm-matched); eps_lbo: lower bound on the decoder's quasi-orthogonality implied by the
-codes; coherence_max / coherence_mean: largest and mean |cos| between two decoder atoms; separability: mean over
+codes; coh_max / coh_mean: largest and mean |cos| between two decoder atoms; js_sep: mean over
 concepts of the best latent's Jensen-Shannon distance (base 2: 0 = same distribution with and without the concept,
 1 = disjoint); label_score: median label score of the SAE's latents in the store."""
 
@@ -30,8 +30,8 @@ def write_eval_report(result: EvalResult, path: str | os.PathLike, title: str | 
                        f"{where}{docs}{reader}."))
     fig = frontier(t["l0"].to_list(), t["fvu"].to_list(), t["sae"].to_list(), title="Sparsity against reconstruction",
                    xlabel="mean L0 (active latents per token)", ylabel="FVU (lower is better)")
-    blocks += [Figure(fig, "Each point is an SAE; down and to the left is better."), Text("Metrics", 2),
-               Table(t, float_digits=4), Text(" ".join(COLUMNS.split()))]
+    caption = "Each point is an SAE; down and to the left is better; the line joins the SAEs no other beats on both."
+    blocks += [Figure(fig, caption), Text("Metrics", 2), Table(t, float_digits=4), Text(" ".join(COLUMNS.split()))]
     if result.concepts.height:
         blocks += [Text(f"Concepts: values of {result.concept}", 2),
                    Text("For each concept, the latent whose max-pooled activation is distributed most differently "

@@ -141,7 +141,7 @@ def test_evaluate_activations_pools_documents_and_finds_the_concept_latent():
     c = result.concepts
     assert c["best_latent"].to_list() == [1, 1] or c["best_latent"].to_list() == [1, 2]
     assert c["js"].to_list() == pytest.approx([1.0, 1.0])
-    assert result.table["separability"].item() == pytest.approx(1.0)
+    assert result.table["js_sep"].item() == pytest.approx(1.0)
     assert result.table["dead"].item() == 0.25 and result.n_docs == n_docs
     # documents in any order give the same result (pooling never splits a document's tokens)
     perm = torch.randperm(x.shape[0])
@@ -166,7 +166,7 @@ def test_trained_sae_beats_random_init_on_fvu():
     assert fvus["trained"] < 0.25 * fvus["random"], fvus  # observed: 0.06 vs 0.61
     assert result.table["l0"].to_list() == pytest.approx([2.0, 2.0], abs=0.05)
     assert result.table.columns[:4] == ["sae", "activation", "d_sae", "fvu"]
-    assert "separability" not in result.table.columns and result.concepts.height == 0
+    assert "js_sep" not in result.table.columns and result.concepts.height == 0
 
 
 def test_saes_that_disagree_are_refused():
