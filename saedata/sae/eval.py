@@ -110,9 +110,9 @@ class SAEEvaluator:
         if n == 0:
             return codes
         # FVU: squared error, and the spread about the running mean merged batch by batch
-        self.err += float((x - recon).pow(2).sum())
-        batch_mean = x.mean(0)
-        batch_m2 = float((x - batch_mean).pow(2).sum())
+        self.err += float(torch.nn.functional.mse_loss(recon, x, reduction="sum"))
+        batch_var, batch_mean = torch.var_mean(x, 0, correction=0)
+        batch_m2 = float(batch_var.sum()) * n
         delta = batch_mean.double() - self.mean
         total = self.n + n
         self.m2 += batch_m2 + float(delta.pow(2).sum()) * self.n * n / total
@@ -258,22 +258,27 @@ def js_separability(doc: Tensor, latent: Tensor, value: Tensor, doc_concept: Ten
     ``doc``, ``latent``, ``value`` (nnz,): the non-zero pooled codes (one entry per
     document and latent); ``doc_concept`` (n_docs,) int64: the concept of each document
     (``0 .. n_concepts - 1``), -1 for a document left out (no label). A document with no
-    entry for a latent has pooled value 0 there.
+    entry for a latent has pooled value 0 there. ``bins``: non-zero bins per latent
+    (default: :func:`histogram_bins`).
     """
-    doc, latent, value = doc.cpu().long(), latent.cpu().long(), value.cpu().double()
+    doc, latent, value = doc.cpu().long(), latent.cpu().long(), value.cpu().float()
     doc_concept = doc_concept.cpu().long()
     labelled = doc_concept >= 0
     n_with = torch.bincount(doc_concept[labelled], minlength=n_concepts)[:n_concepts]
     n_without = int(labelled.sum()) - n_with
     bins = bins or histogram_bins(n_with, n_without)
-    keep = labelled[doc] & (value != 0)
-    doc, latent, value = doc[keep], latent[keep], value[keep]
+    concept = doc_concept[doc]
+    keep = (concept >= 0) & (value != 0)
+    if not bool(keep.all()):
+        concept, latent, value = concept[keep], latent[keep], value[keep]
     # shared bins per latent: 0 is bin 0; non-zero values fall in 1..bins over [lo, hi]
-    lo = torch.zeros(d_sae, dtype=torch.float64).scatter_reduce(0, latent, value, "amin", include_self=True)
-    hi = torch.zeros(d_sae, dtype=torch.float64).scatter_reduce(0, latent, value, "amax", include_self=True)
-    width = (hi - lo).clamp_min(1e-300)
-    b = ((value - lo[latent]) / width[latent] * bins).floor().long().clamp(0, bins - 1) + 1
-    key = (doc_concept[doc] * d_sae + latent) * (bins + 1) + b
+    hi = torch.zeros(d_sae).scatter_reduce(0, latent, value, "amax")
+    lo = torch.zeros(d_sae)
+    if value.numel() and float(value.min()) < 0:
+        lo = lo.scatter_reduce(0, latent, value, "amin")
+    scale = bins / (hi - lo).clamp_min(1e-30)
+    b = (value - lo[latent]).mul_(scale[latent]).floor_().clamp_(0, bins - 1).long().add_(1)
+    key = concept.mul(d_sae).add_(latent).mul_(bins + 1).add_(b)
     with_c = torch.bincount(key, minlength=n_concepts * d_sae * (bins + 1)).reshape(n_concepts, d_sae, bins + 1)
     with_c = with_c.double()
     all_c = with_c.sum(0, keepdim=True)

@@ -53,8 +53,9 @@ def mean_l0(codes: SparseCodes | Tensor) -> Tensor:
 def fire_counts(codes: SparseCodes | Tensor, d_sae: int) -> Tensor:
     """(d_sae,) int64: how many rows of the batch activate each latent (value != 0)."""
     if isinstance(codes, SparseCodes):
-        active = codes.values != 0
-        return torch.bincount(codes.indices[active].reshape(-1), minlength=d_sae)
+        # inactive entries (padding) go to one extra bin, dropped: no masked copy of the indices
+        routed = torch.where(codes.values != 0, codes.indices, d_sae)
+        return torch.bincount(routed.reshape(-1), minlength=d_sae + 1)[:d_sae]
     return (codes != 0).sum(0).to(torch.int64)
 
 
@@ -91,13 +92,13 @@ def _atom_norms(codes: SparseCodes | Tensor, W_dec: Tensor, b_dec: Tensor | None
     return l1, l2_sq
 
 
-def _ratio(l2_sq: Tensor, z: Tensor) -> Tensor:
-    return l2_sq.sqrt() / z.norm(dim=-1).clamp_min(1e-12)
+def _ratio(l2_sq: Tensor, z_norm: Tensor) -> Tensor:
+    return l2_sq.sqrt() / z_norm.clamp_min(1e-12)
 
 
-def _epsilon(l1: Tensor, l2_sq: Tensor, z: Tensor) -> Tensor:
+def _epsilon(l1: Tensor, l2_sq: Tensor, z_norm: Tensor) -> Tensor:
     cross = l1.pow(2) - l2_sq  # sum_{i != j} |f~_i f~_j|
-    gap = (z.pow(2).sum(-1) - l2_sq).abs()
+    gap = (z_norm.pow(2) - l2_sq).abs()
     out = gap / cross
     return torch.where(cross > 1e-12 * l2_sq.clamp_min(1e-30), out, torch.full_like(out, float("nan")))
 
@@ -111,7 +112,7 @@ def afa_ratio(
     ``z`` (n, d_in) is the vector the codes reconstruct (normalised units); pass ``b_dec``
     to count the decoder bias as an atom (then ``z`` is the uncentred input).
     """
-    return _ratio(_atom_norms(codes, W_dec, b_dec)[1], z)
+    return _ratio(_atom_norms(codes, W_dec, b_dec)[1], z.norm(dim=-1))
 
 
 def epsilon_lbo(
@@ -120,7 +121,7 @@ def epsilon_lbo(
     """Per-input lower bound on quasi-orthogonality (n,):
     ``| ||z||^2 - ||f~||^2 | / (||f~||_1^2 - ||f~||_2^2)``; NaN where fewer than two atoms
     are active (no cross terms, no bound). See the module docstring."""
-    return _epsilon(*_atom_norms(codes, W_dec, b_dec), z)
+    return _epsilon(*_atom_norms(codes, W_dec, b_dec), z.norm(dim=-1))
 
 
 def afa_terms(
@@ -130,7 +131,8 @@ def afa_terms(
     """(:func:`afa_ratio`, :func:`epsilon_lbo`) of the same inputs, the weighted codes
     computed once; ``dec_norm`` (d_sae,): ``W_dec.norm(dim=1)``, when already known."""
     l1, l2_sq = _atom_norms(codes, W_dec, b_dec, dec_norm)
-    return _ratio(l2_sq, z), _epsilon(l1, l2_sq, z)
+    z_norm = z.norm(dim=-1)
+    return _ratio(l2_sq, z_norm), _epsilon(l1, l2_sq, z_norm)
 
 
 class AFAScore(NamedTuple):
