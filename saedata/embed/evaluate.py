@@ -41,11 +41,6 @@ MIN_CONCEPT_DOCS = 5
 """A value of the concept field is scored when at least this many documents read hold it
 (and this many do not)."""
 
-SAESpec = str | os.PathLike | Any
-"""An SAE to evaluate: a path :func:`~saedata.sae.load_sae` reads (directory, Goodfire
-file, ``hf://``), or a loaded :class:`~saedata.sae.SparseAutoencoder`."""
-
-
 @dataclass
 class EvalResult:
     """SAEs evaluated on the same token activations."""
@@ -86,11 +81,12 @@ class ConceptLabels(NamedTuple):
 
     field: str
     values: list[str]
-    """Concept names (the field's values as text), in order of first appearance."""
+    """The field's values as text, in order of first appearance."""
     doc_concept: torch.Tensor
     """(n_docs,) int64: each document's index into ``values``; -1 where unlabelled."""
     skipped: list[str]
-    """Values held by fewer than ``min_docs`` documents (or all but fewer), not scored."""
+    """Values held by fewer than ``min_docs`` documents (or all but fewer): not scored as
+    concepts (their documents still count as documents without the others)."""
 
 
 def concept_labels(docs: Sequence[Document], field_name: str, min_docs: int = MIN_CONCEPT_DOCS,
@@ -100,7 +96,7 @@ def concept_labels(docs: Sequence[Document], field_name: str, min_docs: int = MI
     A document without the field (or with null) is unlabelled. InputError when no document
     has the field, or one holds a list or object there; ConfigError when the field has
     more than MAX_CONCEPT_VALUES values. Values held by fewer than ``min_docs`` documents,
-    or by all but fewer, are left out (and listed in ``skipped``)."""
+    or by all but fewer, are listed in ``skipped``."""
     import torch
 
     raw = [d.meta.get(field_name) for d in docs]
@@ -122,11 +118,11 @@ def concept_labels(docs: Sequence[Document], field_name: str, min_docs: int = MI
         raise ConfigError(f"--concept {field_name} has {len(counts)} distinct values; give a categorical field "
                           f"(at most {MAX_CONCEPT_VALUES} values)")
     n = len(present)
-    kept = [c for c, k in counts.items() if k >= min_docs and n - k >= min_docs]
-    index = {c: i for i, c in enumerate(kept)}
-    doc_concept = torch.tensor([index.get(name, -1) if v is not None else -1 for name, v in zip(names, raw)],
+    index = {c: i for i, c in enumerate(counts)}
+    doc_concept = torch.tensor([index[name] if v is not None else -1 for name, v in zip(names, raw)],
                                dtype=torch.int64)
-    return ConceptLabels(field_name, kept, doc_concept, [c for c in counts if c not in index])
+    skipped = [c for c, k in counts.items() if k < min_docs or n - k < min_docs]
+    return ConceptLabels(field_name, list(counts), doc_concept, skipped)
 
 
 def evaluate_activations(
@@ -181,11 +177,13 @@ def evaluate_activations(
             doc, lat, val = (torch.cat(parts) for parts in zip(*pooled)) if pooled else \
                 (torch.zeros(0, dtype=torch.int64),) * 3
             sep = js_separability(doc.long(), lat.long(), val, concepts.doc_concept, len(concepts.values), sae.d_sae)
-            best = sep.best_js[~torch.isnan(sep.best_js)]
+            scored = [i for i, c in enumerate(concepts.values) if c not in concepts.skipped]
+            best = sep.best_js[scored]
+            best = best[~torch.isnan(best)]
             row["js_sep"] = float(best.mean()) if best.numel() else float("nan")
-            concept_rows += [{"sae": name, "concept": c, "n_docs": int(sep.n_with[i]),
+            concept_rows += [{"sae": name, "concept": concepts.values[i], "n_docs": int(sep.n_with[i]),
                               "n_without": int(sep.n_without[i]), "best_latent": int(sep.best_latent[i]),
-                              "js": float(sep.best_js[i])} for i, c in enumerate(concepts.values)]
+                              "js": float(sep.best_js[i])} for i in scored]
         rows.append(row)
     bar.close()
     n_docs = int(doc_index.max()) + 1 if doc_index is not None and doc_index.numel() else 0
@@ -221,7 +219,7 @@ def check_saes(saes: Sequence[SparseAutoencoder], names: Sequence[str] | None = 
 
 
 def eval_saes(
-    saes: Sequence[SAESpec],
+    saes: Sequence[str | os.PathLike | SparseAutoencoder],
     corpus: str | os.PathLike,
     *,
     tokens: int = EVAL_TOKENS,
@@ -235,7 +233,8 @@ def eval_saes(
 ) -> EvalResult:
     """Evaluate SAEs on the same token activations of ``corpus``, read once.
 
-    The reader is the one the SAEs record (``reader_cfg`` fills what they do not: model,
+    ``saes``: paths :func:`~saedata.sae.load_sae` reads (directories of any format, Goodfire
+    files, ``hf://``), or loaded :class:`~saedata.sae.SparseAutoencoder` objects. The reader is the one the SAEs record (``reader_cfg`` fills what they do not: model,
     layer, device, ...); SAEs of different widths, readers, layers or hook points are an
     error, as is an SAE whose d_in is not the reader's width. At most ``tokens`` tokens
     are read, from documents sampled evenly over the corpus. ``concept``: a categorical
@@ -254,10 +253,12 @@ def eval_saes(
     if tokens <= 0:
         raise ConfigError(f"--tokens must be positive, got {tokens}")
     source = os.fspath(corpus)
-    if source != "-":  # a missing file or a bad first line fails before any model loads
-        first = next(iter(open_corpus(source, input_cfg)), [])
-        if concept is not None:
-            concept_labels(first, concept, min_docs=0, source=source)
+    if source != "-":  # a missing file, a bad first line or an unknown field fails before any model loads
+        batches = iter(open_corpus(source, input_cfg))
+        first = next(batches, [])
+        if concept is not None and (any(concept in d.meta for d in first)
+                                    or not any(concept in d.meta for batch in batches for d in batch)):
+            concept_labels(first, concept, min_docs=0, source=source)  # InputError when nowhere
     loaded = [s if isinstance(s, torch.nn.Module) else load_sae(_resolve(s)) for s in saes]
     names = [os.fspath(s) if not isinstance(s, torch.nn.Module) else _sae_name(s, i) for i, s in enumerate(saes)]
     check_saes(loaded, names)  # type: ignore[arg-type]
@@ -312,7 +313,7 @@ def _contiguous(doc_index: torch.Tensor) -> bool:
     return runs == doc_index.unique().numel()
 
 
-def _resolve(spec: SAESpec) -> Path:
+def _resolve(spec: str | os.PathLike) -> Path:
     from saedata.sae.formats import resolve_sae
 
     return resolve_sae(spec)
@@ -329,7 +330,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _add_label_scores(result: EvalResult, saes: Sequence[SAESpec], db: str | os.PathLike) -> None:
+def _add_label_scores(result: EvalResult, saes: Sequence[Any], db: str | os.PathLike) -> None:
     """Add label_score (median of the store's label scores) to the table, and the best
     latents' labels to the concept table, for the SAEs registered in the store ``db``."""
     from saedata.sae.formats import sae_fingerprint

@@ -47,3 +47,19 @@ def test_eval_saes_on_loaded_and_in_memory_saes(corpus, tiny_bert, tmp_path):
     with pytest.raises(DimensionMismatchError, match="expects d_in=16"):
         saedata.eval_saes([SparseAutoencoder(SAEConfig(d_in=16, d_sae=64, k=4))], corpus,
                           reader_cfg=ReaderConfig(model=tiny_bert, device="cpu"))
+
+
+def test_a_concept_field_only_later_in_the_corpus_is_found(tmp_path, tiny_bert):
+    from saedata.demo import make_corpus, write_jsonl
+
+    docs = make_corpus(60, seed=2)
+    for d in docs[:20]:
+        del d["topic"]
+    corpus = write_jsonl(docs, tmp_path / "late.jsonl")
+    result = saedata.eval_saes([SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, k=4))], corpus, concept="topic",
+                               input_cfg=InputConfig(batch_size=10),
+                               reader_cfg=ReaderConfig(model=tiny_bert, device="cpu"))
+    # the 40 labelled documents: with or without each concept scored (rare topics are not scored,
+    # but their documents count as without the others)
+    assert result.concepts.height >= 1 and result.concepts["n_docs"].sum() < 40
+    assert (result.concepts["n_docs"] + result.concepts["n_without"]).to_list() == [40] * result.concepts.height

@@ -187,8 +187,8 @@ def test_concept_labels():
             for i in range(34)]
     docs.append(Document("rare", "t", {"topic": "rare"}, 35))
     labels = concept_labels(docs, "topic")
-    assert labels.values == ["x", "y", "z"] and labels.skipped == ["rare"]
-    assert labels.doc_concept[:4].tolist() == [0, 1, 2, 0] and labels.doc_concept[30:].tolist() == [-1] * 5
+    assert labels.values == ["x", "y", "z", "rare"] and labels.skipped == ["rare"]
+    assert labels.doc_concept[:4].tolist() == [0, 1, 2, 0] and labels.doc_concept[30:].tolist() == [-1] * 4 + [3]
     with pytest.raises(InputError, match="no document has this field \\(fields: n, topic\\)"):
         concept_labels(docs, "colour")
     with pytest.raises(ConfigError, match="60 distinct values"):
