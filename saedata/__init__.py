@@ -47,6 +47,7 @@ __all__ = [
     "diff_files",
     "embed",
     "embed_ray",
+    "eval_saes",
     "export_sae",
     "import_shards",
     "latent_page",
@@ -78,6 +79,7 @@ _LAZY = {
     "open_corpus": ("saedata.corpus", "open_corpus"),
     "load_sae": ("saedata.sae.formats", "load_sae"),
     "export_sae": ("saedata.sae.formats", "export_sae"),
+    "eval_saes": ("saedata.embed.evaluate", "eval_saes"),
     "diff": ("saedata.analysis.diff", "diff"),
     "associate": ("saedata.analysis.associate", "associate"),
     "correlate": ("saedata.analysis.correlate", "correlate"),
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
     from saedata.analysis.probe import OODReport, ProbeReport
     from saedata.analysis.retrieve import SearchResult
     from saedata.corpus import open_corpus, read_documents
+    from saedata.embed.evaluate import eval_saes
     from saedata.embed.finish import import_shards
     from saedata.embed.local import embed
     from saedata.embed.ray import embed_ray

@@ -10,13 +10,16 @@ from saedata.cli.options import (
     COUNT,
     Real,
     db_option,
+    emit,
     example,
+    format_option,
     input_options,
     log,
     progress,
     quiet_option,
     reader_options,
     replace_option,
+    report_option,
     train_options,
 )
 from saedata.config import CHAT_TOKENS, DTYPES, EXPORT_FORMATS, POOLINGS
@@ -180,12 +183,54 @@ def pool(ctx, dataset, pooling, db):
 
 @main.group(cls=Group, epilog=example("saedata sae export run.sae for-saelens/ --to saelens"))
 def sae() -> None:
-    """Work with SAE directories: export one for SAELens or EleutherAI sparsify.
+    """Work with SAE directories: evaluate and compare them, export one for SAELens or sparsify.
 
     \b
+    saedata sae eval run.sae other.sae --corpus heldout.jsonl   # FVU, L0, dead latents, ...
     saedata sae export run.sae for-saelens/ --to saelens    # SAE.load_from_disk("for-saelens")
     saedata sae export run.sae layers.5 --to sparsify       # SparseCoder.load_from_disk("layers.5")
     """
+
+
+@sae.command("eval", epilog=example("saedata sae eval run.sae --corpus b.jsonl --concept topic --report eval.html"))
+@click.argument("saes", nargs=-1, required=True)
+@click.option("--corpus", required=True, help="Held-out corpus to read token activations from (not the one the "
+                                              "SAEs were trained on).")
+@click.option("--tokens", type=COUNT, default=200_000, show_default=True,
+              help="Most token activations to read (documents sampled evenly over the corpus).")
+@click.option("--concept", "concept", default=None,
+              help="Categorical metadata field: each of its values is a concept, and every SAE gets the mean over "
+                   "concepts of its best latent's JS distance between documents with and without it.")
+@click.option("--db", default=None, type=click.Path(),
+              help="A store the SAEs may be registered in: adds the median label score of each SAE found there.")
+@format_option
+@report_option("Also write an offline HTML report (FVU against mean L0 across the SAEs) to this file.")
+@reader_options
+@input_options
+@quiet_option
+@click.pass_context
+def sae_eval(ctx, saes, corpus, tokens, concept, db, fmt, report_path, **kw):
+    """Evaluate SAEs on the same token activations of a held-out corpus.
+
+    SAES are directories (saedata, SAELens, sparsify), Goodfire .pth files or hf:// paths,
+    all reading the same reader, layer and width. One row per SAE: fvu (fraction of
+    variance unexplained), l0 (mean active latents per token) with its std, p10 and p90,
+    dead (never fired) and dense (fired on > 10% of tokens) latent fractions, afa_ratio and
+    eps_lbo (norm matching, quasi-orthogonality bound), coh_max / coh_mean (|cos| between
+    decoder atoms); js_sep with --concept (mean over concepts of the best latent's
+    Jensen-Shannon distance); label_score with --db. JSON adds each concept's best latent.
+    """
+    from saedata.cli.options import configs
+
+    result = saedata.eval_saes(list(saes), corpus, tokens=tokens, concept=concept, db=db, **configs(kw),
+                               **progress(ctx))
+    if fmt == "json":
+        click.echo(result.to_json())
+    else:
+        emit(result.table, fmt)
+    if report_path:
+        saedata.write_report(result, report_path)
+        log(ctx)(f"wrote {report_path}")
 
 
 @sae.command("export", epilog=example("saedata sae export run.sae for-saelens/ --to saelens"))

@@ -16,11 +16,11 @@ import itertools
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
-from saedata.corpus import corpus_size, is_image_source, open_corpus, rechunk
+from saedata.corpus import Document, corpus_size, is_image_source, open_corpus, rechunk
 from saedata.embed.encode import reader_texts
 from saedata.errors import InputError
 
@@ -49,6 +49,18 @@ of the tests (batches of 1,024 and fewer tokens, under 100 steps) rates above 2x
 latents less specific, hence the rate per token is kept for smaller batches."""
 
 
+class ReadActivations(NamedTuple):
+    """Token activations read from corpora, and (when asked for) whose they are."""
+
+    chunks: list[torch.Tensor]
+    """(n_tokens_i, d_model) float32 rows on CPU, one chunk per batch read."""
+    doc_index: list[torch.Tensor]
+    """(n_tokens_i,) int64 per chunk: the position in ``docs`` of each row's document
+    (empty unless ``keep_docs``)."""
+    docs: list[Document]
+    """The documents read, in order (empty unless ``keep_docs``)."""
+
+
 def collect_activations(
     sources: str | list[str],
     reader: Reader,
@@ -59,14 +71,30 @@ def collect_activations(
     keep: ReadCache | None = None,
 ) -> list[torch.Tensor]:
     """Reader activations of the corpora's tokens, as chunks of (n_tokens, d_model)
-    float32 rows on CPU.
+    float32 rows on CPU (:func:`read_activations`' chunks)."""
+    return read_activations(sources, reader, input_cfg, max_tokens, progress, read_docs, keep).chunks
+
+
+def read_activations(
+    sources: str | list[str],
+    reader: Reader,
+    input_cfg: InputConfig = InputConfig(),
+    max_tokens: int = MAX_CACHED_TOKENS,
+    progress: bool = False,
+    read_docs: int | None = None,
+    keep: ReadCache | None = None,
+    keep_docs: bool = False,
+    purpose: str = "to train an SAE on",
+) -> ReadActivations:
+    """Reader activations of the corpora's tokens, and with ``keep_docs`` the documents
+    read and each row's document.
 
     Reads at most ``max_tokens`` tokens; when the corpora are larger, every j-th document
     is read, with j set from the token count of the first documents. ``read_docs``: read
     each corpus ``read_docs`` documents at a time, as embedding does (default: all the
     corpora together, ``input_cfg.batch_size`` at a time); with ``keep``, what was read is
     kept there for embedding to take, when every document was read whole (else ``keep``
-    is emptied).
+    is emptied). InputError "no documents {purpose}" when nothing was read.
     """
     corpora = [open_corpus(s, input_cfg) for s in ([sources] if isinstance(sources, str) else sources)]
     sizes = [corpus_size(c) for c in corpora]
@@ -76,12 +104,15 @@ def collect_activations(
     else:
         batches = rechunk(itertools.chain.from_iterable(corpora), input_cfg.batch_size)
     chunks: list[torch.Tensor] = []
+    doc_index: list[torch.Tensor] = []
+    kept_docs: list[Document] = []
     n = 0
     stride = 1
     seen = 0
     bar = progress_bar(max_tokens, "read activations", progress, unit="tok")
     for docs in batches:
-        picked, _ = reader_texts([d for i, d in enumerate(docs, start=seen) if i % stride == 0], reader)
+        chosen = [d for i, d in enumerate(docs, start=seen) if i % stride == 0]
+        picked, _ = reader_texts(chosen, reader)
         seen += len(docs)
         if not picked:
             continue
@@ -91,6 +122,7 @@ def collect_activations(
             # Decide the sampling stride from the first batch's tokens per document.
             per_doc = max(acts.shape[0] / len(picked), 1.0)
             stride = max(1, math.ceil(total * per_doc / max_tokens))
+        rows = batch.doc_index.cpu() + len(kept_docs)
         take = min(acts.shape[0], max_tokens - n)
         if keep is not None:
             if stride == 1 and take == acts.shape[0] and len(picked) == len(docs):
@@ -103,8 +135,11 @@ def collect_activations(
             import torch
 
             idx = torch.linspace(0, acts.shape[0] - 1, take).long()
-            acts = acts[idx]
+            acts, rows = acts[idx], rows[idx]
         chunks.append(acts)
+        if keep_docs:
+            doc_index.append(rows)
+            kept_docs.extend(chosen)
         n += take
         bar.update(take)
         if n >= max_tokens:
@@ -113,9 +148,9 @@ def collect_activations(
             break
     bar.close()
     if n == 0:
-        raise InputError("no documents to train an SAE on (the corpus is empty or blank)",
+        raise InputError(f"no documents {purpose} (the corpus is empty or blank)",
                          path=" + ".join(c.source for c in corpora))
-    return chunks
+    return ReadActivations(chunks, doc_index, kept_docs)
 
 
 def train(

@@ -18,7 +18,8 @@ def write_report(result: Any, path: str | os.PathLike, **kwargs: Any) -> Path | 
     """Write the offline HTML report of an analysis result to ``path``; returns the path.
 
     A :class:`~saedata.analysis.diff.DiffResult` (``top``: latents in the chart), a
-    correlate or metadata result, a latent's page, or a cluster result (``png``: where its 2-D map goes,
+    correlate or metadata result, a latent's page, an SAE evaluation
+    (:func:`saedata.eval_saes`), or a cluster result (``png``: where its 2-D map goes,
     default beside the report; to a ``.png`` path, a cluster result writes the map alone,
     or nothing and returns None when it has no map).
     """
@@ -26,6 +27,7 @@ def write_report(result: Any, path: str | os.PathLike, **kwargs: Any) -> Path | 
     from saedata.analysis.correlate import CorrelateResult, MetadataResult
     from saedata.analysis.diff import DiffResult
     from saedata.analysis.latent import LatentPage
+    from saedata.embed.evaluate import EvalResult
 
     if isinstance(result, DiffResult):
         from saedata.reports.diff import diff_report
@@ -43,6 +45,10 @@ def write_report(result: Any, path: str | os.PathLike, **kwargs: Any) -> Path | 
         from saedata.reports.correlate import write_metadata_report
 
         return write_metadata_report(result, path, **kwargs)
+    if isinstance(result, EvalResult):
+        from saedata.reports.eval import write_eval_report
+
+        return write_eval_report(result, path, **kwargs)
     if isinstance(result, ClusterResult):
         from saedata.reports.cluster import write_cluster_map, write_cluster_report
 

@@ -160,3 +160,38 @@ def image_grid(images, row_labels: list[str] | None = None, col_labels: list[str
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def frontier(xs: list[float], ys: list[float], labels: list[str], title: str = "", xlabel: str = "",
+             ylabel: str = ""):
+    """Labelled points, lower is better on both axes (e.g. SAEs' FVU against mean L0), with
+    the Pareto frontier (the points no other point beats on both) joined by a line and
+    in colour; points with a NaN are left out."""
+    import math
+
+    fig, ax = new_figure(7, 4.5)
+    points = sorted((x, y, lab) for x, y, lab in zip(xs, ys, labels) if not (math.isnan(x) or math.isnan(y)))
+    best, front = math.inf, []
+    for x, y, lab in points:  # by x: on the frontier when lower than every point left of it
+        if y < best:
+            front.append((x, y, lab))
+            best = y
+    others = [p for p in points if p not in front]
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="#1b9e77", lw=1, zorder=1, label="frontier")
+        ax.scatter([p[0] for p in front], [p[1] for p in front], color="#1b9e77", s=36, zorder=2)
+    if others:
+        ax.scatter([p[0] for p in others], [p[1] for p in others], color="#999999", s=36, zorder=2,
+                   label="beaten on both")
+        ax.legend(fontsize=8, frameon=False)
+    for x, y, lab in points:
+        ax.annotate(lab if len(lab) <= 40 else "..." + lab[-37:], (x, y), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.margins(0.15)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

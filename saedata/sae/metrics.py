@@ -53,8 +53,9 @@ def mean_l0(codes: SparseCodes | Tensor) -> Tensor:
 def fire_counts(codes: SparseCodes | Tensor, d_sae: int) -> Tensor:
     """(d_sae,) int64: how many rows of the batch activate each latent (value != 0)."""
     if isinstance(codes, SparseCodes):
-        active = codes.values != 0
-        return torch.bincount(codes.indices[active].reshape(-1), minlength=d_sae)
+        # inactive entries (padding) go to one extra bin, dropped: no masked copy of the indices
+        routed = torch.where(codes.values != 0, codes.indices, d_sae)
+        return torch.bincount(routed.reshape(-1), minlength=d_sae + 1)[:d_sae]
     return (codes != 0).sum(0).to(torch.int64)
 
 
@@ -73,16 +74,33 @@ def dead_fraction(stats: Tensor, dead_tokens: int | None = None) -> float:
     return float((stats >= dead_tokens).float().mean())
 
 
-def _weighted_atoms(codes: SparseCodes | Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
-    """(n, m[+1]) decoder-norm-weighted codes f_j ||d_j||, plus ||b_dec|| as a last atom."""
-    dec_norm = W_dec.norm(dim=1)
+def _atom_norms(codes: SparseCodes | Tensor, W_dec: Tensor, b_dec: Tensor | None,
+                dec_norm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(||f~_n||_1, ||f~_n||_2^2), each (n,): the L1 norm and squared L2 norm of the
+    decoder-norm-weighted codes f_j ||d_j||, with ||b_dec|| as one more atom when given.
+    ``dec_norm`` (d_sae,): the decoder row norms, when already known."""
+    if dec_norm is None:
+        dec_norm = W_dec.norm(dim=1)
     if isinstance(codes, SparseCodes):
         atoms = codes.values * dec_norm[codes.indices]
     else:
         atoms = codes * dec_norm
+    l1, l2_sq = atoms.abs().sum(-1), atoms.pow(2).sum(-1)
     if b_dec is not None:
-        atoms = torch.cat([atoms, b_dec.norm().expand(atoms.shape[0], 1)], dim=1)
-    return atoms
+        b = b_dec.norm()
+        l1, l2_sq = l1 + b, l2_sq + b * b
+    return l1, l2_sq
+
+
+def _ratio(l2_sq: Tensor, z_norm: Tensor) -> Tensor:
+    return l2_sq.sqrt() / z_norm.clamp_min(1e-12)
+
+
+def _epsilon(l1: Tensor, l2_sq: Tensor, z_norm: Tensor) -> Tensor:
+    cross = l1.pow(2) - l2_sq  # sum_{i != j} |f~_i f~_j|
+    gap = (z_norm.pow(2) - l2_sq).abs()
+    out = gap / cross
+    return torch.where(cross > 1e-12 * l2_sq.clamp_min(1e-30), out, torch.full_like(out, float("nan")))
 
 
 def afa_ratio(
@@ -94,8 +112,7 @@ def afa_ratio(
     ``z`` (n, d_in) is the vector the codes reconstruct (normalised units); pass ``b_dec``
     to count the decoder bias as an atom (then ``z`` is the uncentred input).
     """
-    atoms = _weighted_atoms(codes, W_dec, b_dec)
-    return atoms.norm(dim=-1) / z.norm(dim=-1).clamp_min(1e-12)
+    return _ratio(_atom_norms(codes, W_dec, b_dec)[1], z.norm(dim=-1))
 
 
 def epsilon_lbo(
@@ -104,12 +121,18 @@ def epsilon_lbo(
     """Per-input lower bound on quasi-orthogonality (n,):
     ``| ||z||^2 - ||f~||^2 | / (||f~||_1^2 - ||f~||_2^2)``; NaN where fewer than two atoms
     are active (no cross terms, no bound). See the module docstring."""
-    atoms = _weighted_atoms(codes, W_dec, b_dec)
-    l2_sq = atoms.pow(2).sum(-1)
-    cross = atoms.abs().sum(-1).pow(2) - l2_sq  # sum_{i != j} |f~_i f~_j|
-    gap = (z.pow(2).sum(-1) - l2_sq).abs()
-    out = gap / cross
-    return torch.where(cross > 1e-12 * l2_sq.clamp_min(1e-30), out, torch.full_like(out, float("nan")))
+    return _epsilon(*_atom_norms(codes, W_dec, b_dec), z.norm(dim=-1))
+
+
+def afa_terms(
+    codes: SparseCodes | Tensor, z: Tensor, W_dec: Tensor, b_dec: Tensor | None = None,
+    dec_norm: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(:func:`afa_ratio`, :func:`epsilon_lbo`) of the same inputs, the weighted codes
+    computed once; ``dec_norm`` (d_sae,): ``W_dec.norm(dim=1)``, when already known."""
+    l1, l2_sq = _atom_norms(codes, W_dec, b_dec, dec_norm)
+    z_norm = z.norm(dim=-1)
+    return _ratio(l2_sq, z_norm), _epsilon(l1, l2_sq, z_norm)
 
 
 class AFAScore(NamedTuple):
@@ -138,8 +161,9 @@ def afa_score(sae: SparseAutoencoder, x: Tensor, batch_size: int = 4096) -> AFAS
         xb = x[start : start + batch_size].to(sae.device, torch.float32)
         codes = sae.encode_sparse(xb)
         z = xb * sae.input_scale
-        ratios.append(afa_ratio(codes, z, sae.W_dec, sae.b_dec).cpu())
-        eps.append(epsilon_lbo(codes, z, sae.W_dec, sae.b_dec).cpu())
+        ratio, epsilon = afa_terms(codes, z, sae.W_dec, sae.b_dec)
+        ratios.append(ratio.cpu())
+        eps.append(epsilon.cpu())
     ratio = torch.cat(ratios) if ratios else torch.zeros(0)
     epsilon = torch.cat(eps) if eps else torch.zeros(0)
     defined = epsilon[~torch.isnan(epsilon)]
