@@ -204,6 +204,34 @@ def matching_pursuit(residual: Tensor, W_dec: Tensor, steps: int, stop: float = 
     return SparseCodes(values, indices)
 
 
+def keep_top_positive(z: Tensor, k: int) -> Tensor:
+    """The Euclidean projection of each row of ``z`` (n, d_sae) onto the non-negative,
+    at-most-``k``-sparse vectors: its ``k`` largest entries, ReLU'd, the rest zero (dense)."""
+    values, indices = z.topk(min(k, z.shape[-1]), dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter(-1, indices, F.relu(values))
+
+
+def snmf(pre: Tensor, residual: Tensor, W_dec: Tensor, k: int, steps: int, lipschitz: float) -> SparseCodes:
+    """Codes of a semi-NMF dictionary (:mod:`saedata.sae.snmf`): non-negative, at most
+    ``k`` per row, fitted to reconstruct ``residual`` (n, d_in) from the rows of ``W_dec``
+
+        z_0     = P_k(pre)                                      pre = r W_enc + b_enc: the projections
+        z_{t+1} = P_k(z_t - (z_t W_dec - r) W_dec^T / L)         t < steps, L = ||W_dec||_2^2
+
+    ``P_k`` (:func:`keep_top_positive`) keeps the ``k`` largest positive entries. A step is
+    projected gradient descent on ``||r - z W_dec||^2`` with the step size ``1/L`` of its
+    Lipschitz constant (iterative hard thresholding, Blumensath and Davies 2008, with
+    codes kept non-negative as semi-NMF keeps them): it minimises a quadratic that lies
+    above the error and touches it at ``z_t``, so no step raises the error of a row.
+    ``lipschitz`` is ``L``, the largest eigenvalue of ``W_dec W_dec^T``. Returns ``(n, k)``
+    codes (zeros where fewer than ``k`` are positive)."""
+    z = keep_top_positive(pre, k)
+    for _ in range(steps):
+        z = keep_top_positive(z - (z @ W_dec - residual) @ W_dec.T / lipschitz, k)
+    values, indices = z.topk(min(k, z.shape[-1]), dim=-1, sorted=False)
+    return SparseCodes(values, indices)
+
+
 ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "relu": relu,
     "jumprelu": jumprelu,
@@ -212,5 +240,6 @@ ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "abstopk": abstopk,
     "topafa": topafa,
     "mp": matching_pursuit,
+    "snmf": snmf,
 }
 """Activation name (as in ``SAEConfig.activation``) -> function."""
