@@ -77,9 +77,9 @@ class SAEConfig(_Serialisable):
     """Width of the rectangle kernel of JumpReLU's straight-through threshold gradient."""
     topafa_max_k: int | None = None
     """Upper bound on active latents per token for topafa (default: d_in)."""
-    snmf_steps: int = 20
+    snmf_steps: int = 5
     """snmf only: projected-gradient steps from the projection codes towards the best
-    non-negative, k-sparse codes over the decoder (0: the projections alone). Like k, it
+    non-negative, k-sparse codes over the decoder (0: the projections, best scaled). Like k, it
     may change after training."""
     reader: str | None = None
     """Reader model id or path whose activations the SAE was trained on (metadata)."""
