@@ -15,8 +15,12 @@ from typing import Any, Literal
 
 from saedata.errors import ConfigError
 
-Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp"]
-ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp")
+Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp", "snmf"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp", "snmf")
+Method = Literal["sae", "snmf", "gsae"]
+METHODS: tuple[str, ...] = ("sae", "snmf", "gsae")
+"""How ``saedata train`` learns the dictionary: an SAE by gradient descent, a semi-NMF
+factorisation (:mod:`saedata.sae.snmf`) or a gradient SAE (:mod:`saedata.sae.gsae`)."""
 Pooling = Literal["max", "mean", "sum", "count"]
 POOLINGS: tuple[str, ...] = ("max", "mean", "sum", "count")
 ChatTokens = Literal["assistant", "all"]
@@ -59,10 +63,11 @@ class SAEConfig(_Serialisable):
     """Number of latents (dictionary size); typically 8-32 x d_in."""
     activation: Activation = "topk"
     """Sparsifying activation: relu (L1-trained), jumprelu, topk, batchtopk, abstopk, topafa,
-    or mp (matching pursuit: the decoder unrolled as k greedy residual steps)."""
+    mp (matching pursuit: the decoder unrolled as k greedy residual steps), or snmf (the
+    non-negative, k-sparse codes of a semi-NMF dictionary: see ``snmf_steps``)."""
     k: int = 32
-    """Active latents per token for topk/abstopk, mean per token for batchtopk, greedy steps
-    for mp; unused otherwise."""
+    """Active latents per token for topk/abstopk (at most, for snmf), mean per token for
+    batchtopk, greedy steps for mp; unused otherwise."""
     mp_stop: float = 0.0
     """mp only: a token stops once its residual holds less than this share of its squared
     norm (adaptive sparsity; 0 always takes k steps). Like k, it may change after training."""
@@ -72,6 +77,10 @@ class SAEConfig(_Serialisable):
     """Width of the rectangle kernel of JumpReLU's straight-through threshold gradient."""
     topafa_max_k: int | None = None
     """Upper bound on active latents per token for topafa (default: d_in)."""
+    snmf_steps: int = 5
+    """snmf only: projected-gradient steps from the projection codes towards the best
+    non-negative, k-sparse codes over the decoder (0: the projections, best scaled). Like k, it
+    may change after training."""
     reader: str | None = None
     """Reader model id or path whose activations the SAE was trained on (metadata)."""
     layer: int | None = None
@@ -90,10 +99,12 @@ class SAEConfig(_Serialisable):
             raise ConfigError(
                 f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"
             )
-        if self.activation in ("topk", "batchtopk", "abstopk", "mp") and not 0 < self.k <= self.d_sae:
+        if self.activation in ("topk", "batchtopk", "abstopk", "mp", "snmf") and not 0 < self.k <= self.d_sae:
             raise ConfigError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
         if not 0 <= self.mp_stop < 1:
             raise ConfigError(f"mp_stop must be in [0, 1), got {self.mp_stop}")
+        if self.snmf_steps < 0:
+            raise ConfigError(f"snmf_steps must be at least 0, got {self.snmf_steps}")
         if self.topafa_max_k is not None and not 0 < self.topafa_max_k <= self.d_sae:
             raise ConfigError(f"topafa_max_k must be in 1..d_sae={self.d_sae}")
         object.__setattr__(self, "hook", LEGACY_HOOKS.get(self.hook, self.hook))
@@ -163,8 +174,40 @@ class TrainConfig(_Serialisable):
     """Seed for initialisation and shuffling; same data + seed -> same SAE."""
     device: Device = "auto"
     """cpu, cuda, or auto (cuda when available)."""
+    method: Method = "sae"
+    """sae: gradient descent on the SAE objective; snmf: semi-NMF of the activations
+    (Shafran et al. 2025; MLP hook points; makes an snmf SAE whatever ``activation``); gsae: a TopK SAE whose training
+    selection weighs in the next-token loss's gradient (Olmo et al. 2025; causal readers)."""
+    snmf_sparsity: float = 0.1
+    """snmf: share of the input's units (MLP neurons) each feature may combine, the rest
+    set to zero (the paper's winner-take-all); 1 leaves features dense (Ding et al.'s semi-NMF)."""
+    snmf_iters: int = 200
+    """snmf: alternating updates of the factorisation."""
+    gsae_beta: float = 1.0
+    """gsae: weight of the gradient term in the training selection
+    ``topk(pre + beta * pre * |W_dec grad|)``; 0 is plain TopK."""
+    chat_sequential: bool = False
+    """Train on whole chat transcripts in corpus order (FAST, Li et al. 2025): every token
+    of each transcript as its chat template renders it, the special tokens the tokenizer
+    adds (BOS) included, fed to the trainer in order instead of shuffled."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0 < self.snmf_sparsity <= 1:
+            raise ConfigError(f"snmf_sparsity must be in (0, 1], got {self.snmf_sparsity}")
+        if self.snmf_iters <= 0:
+            raise ConfigError(f"snmf_iters must be positive, got {self.snmf_iters}")
+        if not self.gsae_beta >= 0:
+            raise ConfigError(f"gsae_beta must be at least 0, got {self.gsae_beta}")
+        if self.method == "snmf":  # the factorisation makes snmf codes (topk: the option's default)
+            if self.activation not in ("snmf", "topk"):
+                raise ConfigError(f"--method snmf makes snmf codes, not --activation {self.activation}")
+            object.__setattr__(self, "activation", "snmf")
+        elif self.activation == "snmf":
+            raise ConfigError("--activation snmf codes come from a semi-NMF factorisation: use --method snmf")
+        if self.method == "gsae" and self.activation != "topk":
+            raise ConfigError(f"--method gsae trains a TopK SAE, not --activation {self.activation}")
         if self.batch_size <= 0 or self.max_tokens <= 0:
             raise ConfigError("batch_size and max_tokens must be positive")
         if not self.passes > 0:

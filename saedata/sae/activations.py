@@ -204,6 +204,60 @@ def matching_pursuit(residual: Tensor, W_dec: Tensor, steps: int, stop: float = 
     return SparseCodes(values, indices)
 
 
+def keep_top_positive(z: Tensor, k: int) -> Tensor:
+    """The Euclidean projection of each row of ``z`` (n, d_sae) onto the non-negative,
+    at-most-``k``-sparse vectors: its ``k`` largest entries, ReLU'd, the rest zero (dense)."""
+    values, indices = z.topk(min(k, z.shape[-1]), dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter(-1, indices, F.relu(values))
+
+
+def _k_sparse_decode(z: Tensor, k: int, W_dec: Tensor) -> Tensor:
+    """``z W_dec`` for rows ``z`` (n, d_sae) with at most ``k`` non-zeros, through their
+    non-zeros only (n, d_in)."""
+    from saedata.sae.kernels import sparse_decode
+
+    values, indices = z.topk(min(k, z.shape[-1]), dim=-1, sorted=False)
+    return sparse_decode(indices, values, W_dec)
+
+
+def snmf(pre: Tensor, residual: Tensor, W_dec: Tensor, k: int, steps: int, lipschitz: float) -> SparseCodes:
+    """Codes of a semi-NMF dictionary (:mod:`saedata.sae.snmf`): non-negative, at most
+    ``k`` per row, fitted to reconstruct ``residual`` r (n, d_in) from the rows of ``W_dec``
+    by projected gradient descent on ``f(z) = ||r - z W_dec||^2`` over those codes:
+
+        z_0     = a P_k(pre)                          pre = r W_enc + b_enc: the projections,
+                                                      a >= 0 the best scale (f(z_0) <= f(0))
+        g       = (z_t W_dec - r) W_dec^T
+        z_{t+1} = the better of P_k(z_t - g / L)      L = ||W_dec||_2^2 (``lipschitz``)
+                            and P_k(z_t - m g)        m = ||g_S||^2 / ||g_S W_dec||^2, the exact
+                                                      step along g on z_t's support S
+
+    ``P_k`` (:func:`keep_top_positive`) keeps the ``k`` largest positive entries. The first
+    candidate is iterative hard thresholding (Blumensath and Davies 2008) with codes kept
+    non-negative as semi-NMF keeps them: it minimises a quadratic that lies above ``f`` and
+    touches it at ``z_t``, so it cannot raise ``f``; the second, the normalised step of
+    Blumensath and Davies (2010), goes much further when the decoder's rows are correlated
+    (large ``L``). Each row takes the better, so no step raises a row's error. Returns
+    ``(n, k)`` codes (zeros where fewer than ``k`` are positive)."""
+    z = keep_top_positive(pre, k)
+    zd = _k_sparse_decode(z, k, W_dec)
+    scale = ((residual * zd).sum(-1) / zd.pow(2).sum(-1).clamp_min(1e-30)).clamp_min(0).unsqueeze(-1)
+    z, zd = z * scale, zd * scale
+    for _ in range(steps):
+        grad = (zd - residual) @ W_dec.T
+        g_s = grad * (z > 0).to(grad.dtype)
+        curv = _k_sparse_decode(g_s, k, W_dec).pow(2).sum(-1, keepdim=True)
+        step = torch.where(curv > 0, g_s.pow(2).sum(-1, keepdim=True) / curv.clamp_min(1e-30),
+                           torch.full_like(curv, 1.0 / lipschitz))
+        safe = keep_top_positive(z - grad / lipschitz, k)
+        fast = keep_top_positive(z - step * grad, k)
+        safe_d, fast_d = _k_sparse_decode(safe, k, W_dec), _k_sparse_decode(fast, k, W_dec)
+        take_fast = ((fast_d - residual).pow(2).sum(-1) <= (safe_d - residual).pow(2).sum(-1)).unsqueeze(-1)
+        z, zd = torch.where(take_fast, fast, safe), torch.where(take_fast, fast_d, safe_d)
+    values, indices = z.topk(min(k, z.shape[-1]), dim=-1, sorted=False)
+    return SparseCodes(values, indices)
+
+
 ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "relu": relu,
     "jumprelu": jumprelu,
@@ -212,5 +266,6 @@ ACTIVATION_FNS: dict[str, Callable[..., Any]] = {
     "abstopk": abstopk,
     "topafa": topafa,
     "mp": matching_pursuit,
+    "snmf": snmf,
 }
 """Activation name (as in ``SAEConfig.activation``) -> function."""

@@ -4,6 +4,7 @@
     pre  = (x_s - b_dec) W_enc + b_enc            (n, d_sae)
     z    = act(pre)                               relu | jumprelu | topk | batchtopk | abstopk | topafa
     z    = MP(x_s - b_dec; W_dec, k)              mp: k greedy residual steps over the decoder
+    z    = NN-IHT(pre; x_s - b_dec, W_dec, k)     snmf: non-negative k-sparse codes over a semi-NMF decoder
     x^_s = z W_dec + b_dec ;  x^ = x^_s / s       reconstruction in the caller's units
 
 ``s`` is the ``input_scale`` buffer set by the trainer (SAELens' "expected_average_only_in"
@@ -14,7 +15,9 @@ normalised units plus the activation's own term: an L1 penalty weighted by decod
 norm-matching loss (topafa, as in the authors' ``TopAFASAE``, whose encoder has no ``b_enc``;
 here ``b_enc`` exists for every activation and starts at zero). mp has no encoder of its
 own (``W_enc`` and ``b_enc`` are kept, unused, so every SAE has one shape) and no auxiliary
-term: the reconstruction through the unrolled pursuit trains the decoder.
+term: the reconstruction through the unrolled pursuit trains the decoder. snmf SAEs are not
+trained here but made from a semi-NMF factorisation (:mod:`saedata.sae.snmf`); their
+forward has no auxiliary term either.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from saedata.sae import activations as A
 from saedata.sae.activations import SparseCodes
 from saedata.sae.kernels import dense_from_sparse, encoder_gather, sparse_decode
 
-SPARSE_ACTIVATIONS = ("topk", "abstopk", "topafa", "mp")
+SPARSE_ACTIVATIONS = ("topk", "abstopk", "topafa", "mp", "snmf")
 """Activations whose codes come out as :class:`SparseCodes` (fixed or capped count per row)."""
 
 _DEFAULT_TRAIN_CFG = TrainConfig()
@@ -161,7 +164,24 @@ class SparseAutoencoder(nn.Module):
         residual = x.to(self.W_dec.dtype) * self.input_scale - self.b_dec
         return A.matching_pursuit(residual, self.W_dec, self.cfg.k, self.cfg.mp_stop)
 
+    def _snmf_codes(self, x: Tensor) -> SparseCodes:
+        """snmf: non-negative k-sparse codes of (n, d_in) original units over the decoder."""
+        residual = x.to(self.W_dec.dtype) * self.input_scale - self.b_dec
+        return A.snmf(self.pre_acts(x), residual, self.W_dec, self.cfg.k, self.cfg.snmf_steps, self.lipschitz())
+
+    def lipschitz(self) -> float:
+        """``||W_dec||_2^2``, the largest eigenvalue of ``W_dec W_dec^T`` (snmf's step is its
+        inverse); computed once per version of the decoder."""
+        key = (self.W_dec._version, self.W_dec.data_ptr())
+        cached = getattr(self, "_lipschitz", None)
+        if cached is None or cached[0] != key:
+            value = float(torch.linalg.matrix_norm(self.W_dec.detach().float(), ord=2)) ** 2
+            self._lipschitz = cached = (key, max(value, torch.finfo(torch.float32).tiny))
+        return cached[1]
+
     def _codes(self, x: Tensor) -> SparseCodes | Tensor:
+        if self.cfg.activation == "snmf":
+            return self._snmf_codes(x)
         return self._pursue(x) if self.cfg.activation == "mp" else self._activate(self.pre_acts(x), x)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -219,6 +239,8 @@ class SparseAutoencoder(nn.Module):
         x_cent = x_s - self.b_dec
         if act == "mp":  # the decoder is the encoder: no pre-activations, no auxiliary loss
             codes = A.matching_pursuit(x_cent, self.W_dec, self.cfg.k, self.cfg.mp_stop)
+        elif act == "snmf":  # codes fitted over the decoder: no auxiliary loss
+            codes = self._snmf_codes(x)
         elif gather_enc:
             with torch.no_grad():  # the selection needs every pre-activation, the gradient only the kept ones
                 pre = torch.addmm(self.b_enc, x_cent, self.W_enc)
@@ -259,7 +281,7 @@ class SparseAutoencoder(nn.Module):
         elif act == "jumprelu":
             l0_step = A.step(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
             aux = tc.l0_coeff * l0_step
-        elif act == "mp":
+        elif act in ("mp", "snmf"):
             aux = mse.new_zeros(())
         else:
             aux = tc.auxk_alpha * self._auxk_loss(pre.detach(), gather, err, dead_mask, tc, use_sparse)

@@ -95,22 +95,28 @@ def _as_rows(chunk: Any, d_in: int, what: str) -> Tensor:
 
 
 class _TensorBatches:
-    """Batches of a tensor cycled with one seeded permutation per epoch.
+    """Batches of a tensor cycled with one seeded permutation per epoch (``ordered``: the
+    rows in their order, every epoch).
 
     Batch ``i`` holds rows ``[i B, (i+1) B)`` of the concatenated epoch permutations, so any
     batch is computed directly from its index (resuming needs no replay).
     """
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int, buffer_tokens: int):
+    def __init__(self, data: Tensor, batch_size: int, seed: int, buffer_tokens: int, ordered: bool = False):
         self.data = data
         self.n = data.shape[0]
         self.batch_size = batch_size
         self.seed = seed
         self.buffer_tokens = buffer_tokens
+        self.ordered = ordered
         self._epoch = -1
         self._perm = torch.empty(0, dtype=torch.int64)
 
     def _permutation(self, epoch: int) -> Tensor:
+        if self.ordered:
+            if self._perm.numel() != self.n:
+                self._perm = torch.arange(self.n)
+            return self._perm
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
@@ -431,11 +437,13 @@ class SAETrainer:
             data = _as_rows(source, sc.d_in, "training data")
             if data.shape[0] == 0:
                 raise ConfigError("training data has no rows")
-            return _TensorBatches(data, tc.batch_size, tc.seed, tc.buffer_tokens)
+            return _TensorBatches(data, tc.batch_size, tc.seed, tc.buffer_tokens, ordered=tc.chat_sequential)
         if not isinstance(source, Iterable):
             raise ConfigError(
                 f"training source must be a tensor or an iterable of tensors, got {type(source).__name__}"
             )
+        if tc.chat_sequential:
+            raise ConfigError("sequential training keeps the tokens in order: pass them as one tensor, not a stream")
         return _StreamBatches(source, tc.batch_size, tc.buffer_tokens, tc.seed, sc.d_in)
 
     @staticmethod
