@@ -48,7 +48,7 @@ def train(ctx, corpus, out, **kw):
 
 
 @main.command(epilog=example(
-    "saedata embed b.jsonl --name b_again --id-field id",
+    "saedata embed b.jsonl --name b_again --id-field id --store-tokens",
     "saedata embed a.jsonl b.jsonl --sae run.sae --id-field id --engine ray --out shards/ --num-workers 2",
 ))
 @click.argument("corpus", nargs=-1, required=True)
@@ -161,7 +161,7 @@ def import_cmd(ctx, shards, db, datasets):
                f"imported into {db} (SAE {result.sae_id})")
 
 
-@main.command(epilog=example("saedata embed a.jsonl --store-tokens && saedata pool a --pooling mean"))
+@main.command(epilog=example("saedata pool b_again --pooling mean"))
 @click.argument("dataset")
 @click.option("--pooling", type=click.Choice(POOLINGS), required=True,
               help="max (the paper's), mean, sum, or count (tokens the latent fired on).")

@@ -31,7 +31,7 @@ def _commands(group: click.Group = main, path: tuple[str, ...] = ()) -> dict[tup
 COMMANDS = _commands()
 FIRST = [(), ("demo",), ("datasets",)]
 """Run first: the headline diff builds the store the other examples read."""
-LAST = [("train",), ("embed",), ("import",), ("vae",), ("vae", "fit"), ("vae", "probe"), ("probe",),
+LAST = [("train",), ("embed",), ("pool",), ("import",), ("vae",), ("vae", "fit"), ("vae", "probe"), ("probe",),
         ("probe", "codes"), ("probe", "ood")]
 """Run last, in this order: they write (an SAE, shards, a VAE) what the next one reads."""
 
