@@ -280,9 +280,10 @@ def connect_shards(folder: str | os.PathLike, file_access: bool = False) -> duck
             )
         latents_file = folder / "latents.parquet"
         if manifest.labelled and latents_file.exists():
-            con.read_parquet(str(latents_file)).project(
-                "sae_id, latent, label, label_source, freq, max_act, NULL::DOUBLE, NULL::DOUBLE, NULL::DOUBLE"
-            ).insert_into("latents")
+            # the columns a shard folder has; the rest (label scores) stay NULL
+            con.execute("INSERT INTO latents (sae_id, latent, label, label_source, freq, max_act) "
+                        "SELECT sae_id, latent, label, label_source, freq, max_act FROM read_parquet(?)",
+                        [str(latents_file)])
         else:
             con.execute("INSERT INTO latents (sae_id, latent) SELECT ?, range FROM range(?)",
                         [manifest.sae["sae_id"], manifest.sae["d_sae"]])
