@@ -69,8 +69,9 @@ class SparseAutoencoder(nn.Module):
     Parameters: ``W_enc`` (d_in, d_sae), ``b_enc`` (d_sae,), ``W_dec`` (d_sae, d_in) with
     unit-norm rows after training, ``b_dec`` (d_in,); jumprelu adds ``log_threshold``
     (d_sae,) exposed as ``threshold``. Buffers: ``input_scale`` (scalar) and, for
-    batchtopk, the running estimate of the smallest activation the batch top-k keeps,
-    exposed as ``threshold`` and used like a JumpReLU threshold in eval mode.
+    batchtopk, the estimate of the smallest activation the batch top-k keeps (running while
+    training; :meth:`calibrate_batch_threshold` sets it from the final weights), exposed as
+    ``threshold`` and used like a JumpReLU threshold in eval mode.
     """
 
     def __init__(self, cfg: SAEConfig):
@@ -351,6 +352,21 @@ class SparseAutoencoder(nn.Module):
             self.batch_threshold.copy_(smallest)
         else:
             self.batch_threshold.mul_(1 - rate).add_(rate * smallest)
+
+    @torch.no_grad()
+    def calibrate_batch_threshold(self, x: Tensor, batch_size: int) -> None:
+        """batchtopk: set the inference threshold to the mean, over batches of ``batch_size``
+        rows of ``x`` (n, d_in), of the smallest value the batch top-k keeps (Bussmann et al.'s
+        estimator, with the final weights). Training's running estimate weighs its early,
+        untrained batches for hundreds of steps; this one makes eval's mean L0 about k."""
+        smallest = []
+        for start in range(0, x.shape[0], batch_size):
+            z = A.batchtopk(self.pre_acts(x[start:start + batch_size]), self.cfg.k)
+            positive = z[z > 0]
+            if positive.numel():
+                smallest.append(positive.min())
+        if smallest:
+            self.batch_threshold.copy_(torch.stack(smallest).mean())
 
     # ------------------------------------------------------ training helpers
     @torch.no_grad()

@@ -14,6 +14,8 @@ The loop follows Gao et al. (2024) and SAELens/sparsify:
 * each step: Adam on the objective of ``SparseAutoencoder.forward`` with the gradient
   parallel to each decoder row removed, then decoder rows renormalised; a latent that has
   not fired for ``dead_tokens`` tokens is dead and feeds AuxK;
+* batchtopk: after the last step, the inference threshold is the mean of the smallest
+  value each batch of the first buffer keeps under the final weights;
 * with held-out activations, their FVU every 10% of the budget; training stops when it
   improved by less than ``stop_tolerance`` (relative) since the measurement before;
 * checkpoints every ``checkpoint_every`` steps in ``out_dir/checkpoint`` (the SAE plus
@@ -374,6 +376,9 @@ class SAETrainer:
                 pbar.close()
         seconds += time.perf_counter() - started
 
+        if sc.activation == "batchtopk":
+            sample = batches.first_buffer()[:EVAL_TOKENS].to(device, torch.float32)
+            sae.calibrate_batch_threshold(sample, tc.batch_size)
         sae.eval()
         metrics = self._evaluate(sae, batches, device)
         window = min(tc.dead_tokens, max(tokens, 1))
