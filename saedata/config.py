@@ -17,10 +17,12 @@ from saedata.errors import ConfigError
 
 Activation = Literal["relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp", "snmf"]
 ACTIVATIONS: tuple[str, ...] = ("relu", "jumprelu", "topk", "batchtopk", "abstopk", "topafa", "mp", "snmf")
-Method = Literal["sae", "snmf", "gsae"]
-METHODS: tuple[str, ...] = ("sae", "snmf", "gsae")
+Method = Literal["sae", "snmf", "gsae", "vsae", "gba"]
+METHODS: tuple[str, ...] = ("sae", "snmf", "gsae", "vsae", "gba")
 """How ``saedata train`` learns the dictionary: an SAE by gradient descent, a semi-NMF
-factorisation (:mod:`saedata.sae.snmf`) or a gradient SAE (:mod:`saedata.sae.gsae`)."""
+factorisation (:mod:`saedata.sae.snmf`), a gradient SAE (:mod:`saedata.sae.gsae`), a
+variational TopK SAE (:mod:`saedata.sae.vsae`) or a ReLU SAE whose sparsity comes from
+group bias adaptation (:mod:`saedata.sae.gba`)."""
 Pooling = Literal["max", "mean", "sum", "count"]
 POOLINGS: tuple[str, ...] = ("max", "mean", "sum", "count")
 ChatTokens = Literal["assistant", "all"]
@@ -186,6 +188,16 @@ class TrainConfig(_Serialisable):
     gsae_beta: float = 1.0
     """gsae: weight of the gradient term in the training selection
     ``topk(pre + beta * pre * |W_dec grad|)``; 0 is plain TopK."""
+    vsae_kl: float = 0.5
+    """vsae: weight of the KL term ``KL(N(mu, sigma^2) || N(0, 1))`` beside the squared
+    error (0.5 makes the objective the negative ELBO of a unit-variance Gaussian likelihood)."""
+    gba_groups: int = 10
+    """gba: groups of latents, each with its own target firing frequency."""
+    gba_spread: float = 100.0
+    """gba: ratio of the most to the least frequent group's target; targets are spaced
+    geometrically in between and scaled so that they add up to ``k`` latents per token."""
+    gba_rate: float = 0.05
+    """gba: bias step per update, as a share of the latent's largest pre-activation in the batch."""
     chat_sequential: bool = False
     """Train on whole chat transcripts in corpus order (FAST, Li et al. 2025): every token
     of each transcript as its chat template renders it, the special tokens the tokenizer
@@ -206,8 +218,17 @@ class TrainConfig(_Serialisable):
             object.__setattr__(self, "activation", "snmf")
         elif self.activation == "snmf":
             raise ConfigError("--activation snmf codes come from a semi-NMF factorisation: use --method snmf")
-        if self.method == "gsae" and self.activation != "topk":
-            raise ConfigError(f"--method gsae trains a TopK SAE, not --activation {self.activation}")
+        if self.method in ("gsae", "vsae") and self.activation != "topk":
+            raise ConfigError(f"--method {self.method} trains a TopK SAE, not --activation {self.activation}")
+        if self.method == "gba":  # a ReLU SAE whose biases set its sparsity (topk: the option's default)
+            if self.activation not in ("relu", "topk"):
+                raise ConfigError(f"--method gba trains a ReLU SAE, not --activation {self.activation}")
+            object.__setattr__(self, "activation", "relu")
+        if not self.vsae_kl >= 0:
+            raise ConfigError(f"vsae_kl must be at least 0, got {self.vsae_kl}")
+        if self.gba_groups <= 0 or not self.gba_spread >= 1 or not 0 < self.gba_rate < 1:
+            raise ConfigError("gba needs groups >= 1, spread >= 1 and a rate in (0, 1), got "
+                              f"{self.gba_groups}, {self.gba_spread} and {self.gba_rate}")
         if self.batch_size <= 0 or self.max_tokens <= 0:
             raise ConfigError("batch_size and max_tokens must be positive")
         if not self.passes > 0:

@@ -195,13 +195,19 @@ train_options = _stack(
     click.option("--method", type=click.Choice(METHODS), default="sae", show_default=True,
                  help="What learns the dictionary: sae (gradient descent), snmf (semi-NMF of MLP activations: "
                       "--hook mlp_post by default, features over few neurons, non-negative codes), gsae (TopK SAE "
-                      "whose training picks latents by the next-token loss's gradient too; causal readers only)."),
+                      "whose training picks latents by the next-token loss's gradient too; causal readers only), vsae "
+                      "(variational TopK SAE: a Gaussian posterior and a KL term while training), gba (ReLU SAE "
+                      "whose biases are adapted towards per-group firing targets adding up to --k)."),
     click.option("--snmf-sparsity", type=Real(0, 1, min_open=True), default=0.1, show_default=True,
                  help="--method snmf: share of the neurons each feature may combine (1: dense features)."),
     click.option("--snmf-iters", type=COUNT, default=200, show_default=True,
                  help="--method snmf: iterations of the factorisation."),
     click.option("--gsae-beta", type=Real(0), default=1.0, show_default=True,
                  help="--method gsae: weight of the gradient term in the training selection (0: plain TopK)."),
+    click.option("--vsae-kl", type=Real(0), default=0.5, show_default=True,
+                 help="--method vsae: weight of the KL term (0.5: the negative ELBO)."),
+    click.option("--gba-groups", type=COUNT, default=10, show_default=True,
+                 help="--method gba: groups of latents with geometrically spaced target frequencies."),
     click.option("--chat-sequential", is_flag=True,
                  help="Train on whole chat transcripts in corpus order, as their chat template renders them, "
                       "special tokens included, instead of shuffled tokens (FAST)."),
@@ -224,7 +230,8 @@ def configs(kw: dict[str, Any]) -> dict[str, Any]:
                                        max_tokens=kw.pop("train_tokens"), passes=kw.pop("train_passes"),
                                        stop_tolerance=kw.pop("stop_tolerance"), method=kw.pop("method"),
                                        snmf_sparsity=kw.pop("snmf_sparsity"), snmf_iters=kw.pop("snmf_iters"),
-                                       gsae_beta=kw.pop("gsae_beta"), chat_sequential=kw.pop("chat_sequential"),
+                                       gsae_beta=kw.pop("gsae_beta"), vsae_kl=kw.pop("vsae_kl"),
+                                       gba_groups=kw.pop("gba_groups"), chat_sequential=kw.pop("chat_sequential"),
                                        seed=kw.pop("seed"), device=device)
     if "pooling" in kw:
         out["embed_cfg"] = EmbedConfig(pooling=kw.pop("pooling"), sae_dtype=kw.pop("sae_dtype", None),

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from saedata.reader import ReadCache, Reader
-    from saedata.sae import TrainResult
+    from saedata.sae import SAETrainer, TrainResult
 
 MAX_CACHED_TOKENS = 1_000_000
 """Token activations held in memory for training (1M x 384 float32 = 1.5 GB)."""
@@ -215,7 +215,6 @@ def train(
     (:func:`collect_activations`).
     """
     from saedata.reader import Reader, open_reader
-    from saedata.sae import SAETrainer
 
     paths = [os.fspath(s) for s in sources] if isinstance(sources, list) else [os.fspath(sources)]
     for path in paths:  # a missing file or a bad first line fails before the reader loads
@@ -251,15 +250,12 @@ def train(
                                   lr=corpus_lr(train_cfg, sae_cfg.d_sae) if train_cfg.lr is None else train_cfg.lr)
     held = (f" ({heldout.shape[0]:,} more held out: training stops when their FVU levels off)"
             if heldout is not None and train_cfg.stop_tolerance > 0 else "")
-    kind = f"g-SAE (topk, beta={train_cfg.gsae_beta})" if method == "gsae" else f"{sae_cfg.activation} SAE"
+    kind = {"gsae": f"g-SAE (topk, beta={train_cfg.gsae_beta})", "vsae": f"variational TopK SAE (KL weight "
+            f"{train_cfg.vsae_kl:g})", "gba": f"relu SAE by group bias adaptation ({train_cfg.gba_groups} groups, "
+            f"targets adding up to k latents per token)"}.get(method, f"{sae_cfg.activation} SAE")
     log(f"training a {kind} ({sae_cfg.d_in} -> {sae_cfg.d_sae}, k={sae_cfg.k}) "
         f"on {acts.shape[0]:,} token activations for up to {train_cfg.max_tokens:,} tokens{held}")
-    if method == "gsae":
-        from saedata.sae.gsae import GSAETrainer
-
-        trainer: SAETrainer = GSAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log)
-    else:
-        trainer = SAETrainer(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log)
+    trainer = trainer_class(method)(sae_cfg, train_cfg, out_dir=Path(out), progress=progress, log=log)
     result = trainer.fit(acts, heldout)
     m = result.metrics
     held = f", held-out FVU {m['heldout_fvu']:.3f}" if "heldout_fvu" in m else ""
@@ -267,6 +263,25 @@ def train(
     log(f"trained: FVU {m['fvu']:.3f}{held}, mean L0 {m['l0']:.1f}, dead {m['dead_fraction']:.1%}, "
         f"{m['seconds']:.0f} s{early}; saved to {out}/")
     return result
+
+
+def trainer_class(method: str) -> type[SAETrainer]:
+    """The trainer of a gradient-trained ``--method`` (sae, gsae, vsae, gba)."""
+    if method == "gsae":
+        from saedata.sae.gsae import GSAETrainer
+
+        return GSAETrainer
+    if method == "vsae":
+        from saedata.sae.vsae import VSAETrainer
+
+        return VSAETrainer
+    if method == "gba":
+        from saedata.sae.gba import GBATrainer
+
+        return GBATrainer
+    from saedata.sae import SAETrainer
+
+    return SAETrainer
 
 
 def _train_snmf(sae_cfg: SAEConfig, train_cfg: TrainConfig, acts: torch.Tensor, heldout: torch.Tensor | None,

@@ -35,7 +35,7 @@ from saedata.errors import ConfigError
 from saedata.sae.activations import SparseCodes
 from saedata.sae.kernels import sparse_decode
 from saedata.sae.model import ForwardOutput, SparseAutoencoder
-from saedata.sae.train import SAETrainer, _as_rows, _StreamBatches, _TensorBatches, initialize_sae
+from saedata.sae.train import SAETrainer, _as_rows, _StreamBatches, _TensorBatches, initialize_sae, train_step
 
 
 def loss_effect(sae: SparseAutoencoder, grads: Tensor) -> Tensor:
@@ -114,20 +114,9 @@ class GSAETrainer(SAETrainer):
         return initialize_sae(self.sae_cfg, _Acts(batches, self.sae_cfg.d_in).first_buffer(), self.train_cfg.seed)
 
     def _step(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: Tensor, tokens_since_fired: Tensor):
-        from saedata.sae.metrics import fire_counts
-
         d, tc = self.sae_cfg.d_in, self.train_cfg
-        opt.zero_grad(set_to_none=True)
-        out = gsae_forward(sae, x[:, :d], x[:, d:], tc.gsae_beta,
-                           dead_mask=tokens_since_fired >= tc.dead_tokens, train_cfg=tc)
-        out.loss.backward()
-        sae.remove_gradient_parallel_to_decoder()
-        opt.step()
-        sae.set_decoder_norm_to_unit()
-        with torch.no_grad():
-            fired = fire_counts(out.codes, sae.d_sae) > 0
-            tokens_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-        return out
+        return train_step(sae, opt, x[:, :d], tokens_since_fired, tc, lambda dead: gsae_forward(
+            sae, x[:, :d], x[:, d:], tc.gsae_beta, dead_mask=dead, train_cfg=tc))
 
     def _evaluate(self, sae: SparseAutoencoder, batches: Any, device: torch.device) -> dict[str, float]:
         return super()._evaluate(sae, _Acts(batches, self.sae_cfg.d_in), device)  # type: ignore[arg-type]

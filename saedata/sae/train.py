@@ -244,14 +244,19 @@ def train_step(
     x: Tensor,
     tokens_since_fired: Tensor,
     train_cfg: TrainConfig,
+    objective: Callable[[Tensor], ForwardOutput] | None = None,
 ) -> ForwardOutput:
     """One optimisation step on the batch ``x`` (n, d_in); updates ``tokens_since_fired`` (d_sae,).
 
     Latents idle for ``dead_tokens`` tokens feed AuxK; the decoder gradient parallel to each
-    row is removed before the step and the rows are renormalised after it.
+    row is removed before the step and the rows are renormalised after it. ``objective``
+    maps the dead-latent mask to the batch's :class:`ForwardOutput` (default: the SAE's own
+    ``forward`` on ``x``); the training designs (:mod:`saedata.sae.vsae`,
+    :mod:`saedata.sae.gba`, :mod:`saedata.sae.gsae`) pass theirs.
     """
+    dead_mask = tokens_since_fired >= train_cfg.dead_tokens
     opt.zero_grad(set_to_none=True)
-    out = sae(x, dead_mask=tokens_since_fired >= train_cfg.dead_tokens, train_cfg=train_cfg)
+    out = objective(dead_mask) if objective is not None else sae(x, dead_mask=dead_mask, train_cfg=train_cfg)
     out.loss.backward()
     sae.remove_gradient_parallel_to_decoder()
     opt.step()
@@ -314,7 +319,8 @@ class SAETrainer:
                 for _ in range(step):
                     batches.next()
         sae.train()
-        opt = torch.optim.Adam(sae.parameters(), lr=lr)
+        self._prepare(sae, device, state)
+        opt = torch.optim.Adam(self._parameters(sae), lr=lr)
         if state is not None:
             opt.load_state_dict(state["optimizer"])
 
@@ -433,6 +439,18 @@ class SAETrainer:
     def _step(self, sae: SparseAutoencoder, opt: torch.optim.Optimizer, x: Tensor, tokens_since_fired: Tensor):
         return train_step(sae, opt, x, tokens_since_fired, self.train_cfg)
 
+    def _prepare(self, sae: SparseAutoencoder, device: torch.device, state: dict[str, Any] | None) -> None:
+        """Set up what a training design keeps beside the SAE (from a checkpoint's ``state``
+        when resuming); called once per ``fit`` before the optimiser is made."""
+
+    def _parameters(self, sae: SparseAutoencoder) -> list[torch.nn.Parameter]:
+        """What the optimiser updates: the SAE's parameters (a design may add or hold back some)."""
+        return list(sae.parameters())
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Tensors a training design adds to a checkpoint (restored through ``_prepare``)."""
+        return {}
+
     def _after_step(self, step: int) -> None:
         """Hook called after every optimisation step (tests use it to simulate a crash)."""
 
@@ -513,6 +531,7 @@ class SAETrainer:
             "torch_rng": torch.get_rng_state(),
             "sae_cfg": sae_cfg,
             "train_cfg": train_cfg,
+            "extra": self._extra_state(),
         }
         tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=self.out_dir))
         try:

@@ -1,4 +1,4 @@
-"""saedata train --method snmf | gsae: trained on a corpus, saved, loaded and embedded with
+"""saedata train --method snmf | gsae | vsae | gba: trained on a corpus, saved, loaded and embedded with
 through the normal path."""
 
 from __future__ import annotations
@@ -72,3 +72,23 @@ def test_gsae_on_an_encoder_is_one_line(tiny_bert, corpus, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.strip().count("\n") == 0 and "causal language model" in result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("method", "activation"), [("vsae", "topk"), ("gba", "relu")])
+def test_vsae_and_gba_train_from_the_cli_into_ordinary_saes_that_embed(method, activation, tiny_bert, corpus,
+                                                                         tmp_path):
+    out, db = tmp_path / f"{method}.sae", tmp_path / "run.duckdb"
+    result = CliRunner().invoke(main, ["train", corpus, "--out", str(out), "--method", method, "--k", "4",
+                                       "--expansion", "2", "--train-tokens", "6000", "--model", tiny_bert,
+                                       "--id-field", "id", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    said = {"vsae": "training a variational TopK SAE", "gba": "training a relu SAE by group bias adaptation"}
+    assert said[method] in result.stderr
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert (cfg["activation"], cfg["k"]) == (activation, 4)
+    assert not (out / "checkpoint").exists() and np.isfinite(json.loads((out / "metrics.json").read_text())["fvu"])
+    embedded = saedata.embed(corpus, db, out, input_cfg=InputConfig(id_field="id"), reader_cfg=ReaderConfig(device="cpu"))
+    assert embedded.n_docs == 120 and embedded.n_activations > 0
+    bad = CliRunner().invoke(main, ["train", corpus, "--out", str(tmp_path / "x"), "--method", method,
+                                    "--activation", "jumprelu", "--model", tiny_bert])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output and bad.stderr.strip().count("\n") == 0
