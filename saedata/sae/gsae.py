@@ -33,8 +33,7 @@ from torch import Tensor
 from saedata.config import TrainConfig
 from saedata.errors import ConfigError
 from saedata.sae.activations import SparseCodes
-from saedata.sae.kernels import sparse_decode
-from saedata.sae.model import ForwardOutput, SparseAutoencoder
+from saedata.sae.model import ForwardOutput, SparseAutoencoder, sparse_objective
 from saedata.sae.train import SAETrainer, _as_rows, _StreamBatches, _TensorBatches, initialize_sae, train_step
 
 
@@ -64,13 +63,7 @@ def gsae_forward(sae: SparseAutoencoder, x: Tensor, grads: Tensor, beta: float,
     with torch.no_grad():
         chosen = gradient_topk(pre.detach(), loss_effect(sae, grads), sae.cfg.k, beta)
     codes = SparseCodes(torch.relu(pre.gather(-1, chosen.indices)), chosen.indices)
-    recon_s = sparse_decode(codes.indices, codes.values, sae.W_dec) + sae.b_dec
-    err = recon_s - x_s
-    mse = err.pow(2).sum(-1).mean()
-    fvu = err.pow(2).sum() / (x_s - x_s.mean(0)).pow(2).sum().clamp_min(1e-12)
-    aux = tc.auxk_alpha * sae._auxk_loss(pre.detach(), lambda idx: pre.gather(1, idx), err, dead_mask, tc, True)
-    return ForwardOutput(recon=recon_s / sae.input_scale, codes=codes, loss=mse + aux, mse=mse, fvu=fvu,
-                         l0=(codes.values != 0).sum(-1).float().mean(), aux_loss=aux)
+    return sparse_objective(sae, x_s, pre, codes, dead_mask, tc)
 
 
 class _Acts:

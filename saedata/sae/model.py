@@ -384,6 +384,22 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.grad.sub_(parallel * self.W_dec)
 
 
+def sparse_objective(sae: SparseAutoencoder, x_s: Tensor, pre: Tensor, codes: SparseCodes, dead_mask: Tensor | None,
+                     tc: TrainConfig, extra: Tensor | None = None) -> ForwardOutput:
+    """The TopK objective for codes a training design chose by its own rule: the squared
+    error of their sparse decode against ``x_s`` (the scaled input, (n, d_in)), plus AuxK on
+    the pre-activations ``pre`` (n, d_sae), plus ``extra`` (a design's own term)."""
+    recon_s = sparse_decode(codes.indices, codes.values, sae.W_dec) + sae.b_dec
+    err = recon_s - x_s
+    mse = err.pow(2).sum(-1).mean()
+    fvu = err.pow(2).sum() / (x_s - x_s.mean(0)).pow(2).sum().clamp_min(1e-12)
+    aux = tc.auxk_alpha * sae._auxk_loss(pre.detach(), lambda idx: pre.gather(1, idx), err, dead_mask, tc, True)
+    if extra is not None:
+        aux = extra + aux
+    return ForwardOutput(recon=recon_s / sae.input_scale, codes=codes, loss=mse + aux, mse=mse, fvu=fvu,
+                         l0=(codes.values != 0).sum(-1).float().mean(), aux_loss=aux)
+
+
 def afa_loss(codes: SparseCodes | Tensor, target_norm: Tensor, W_dec: Tensor) -> Tensor:
     """AFA norm-matching loss of top-AFA (Lee et al. 2025): ``mean_n (||f~_n|| - ||z_n||)^2``.
 

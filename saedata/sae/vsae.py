@@ -27,8 +27,7 @@ from torch import Tensor, nn
 from saedata.config import TrainConfig
 from saedata.errors import ConfigError
 from saedata.sae.activations import topk
-from saedata.sae.kernels import sparse_decode
-from saedata.sae.model import ForwardOutput, SparseAutoencoder
+from saedata.sae.model import ForwardOutput, SparseAutoencoder, sparse_objective
 from saedata.sae.train import SAETrainer, train_step
 
 
@@ -62,14 +61,7 @@ def vsae_forward(sae: SparseAutoencoder, head: VarianceHead, x: Tensor, kl_coeff
     log_var = head(centred)
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     codes = topk(mu + (0.5 * log_var).exp() * eps, sae.cfg.k)
-    recon_s = sparse_decode(codes.indices, codes.values, sae.W_dec) + sae.b_dec
-    err = recon_s - x_s
-    mse = err.pow(2).sum(-1).mean()
-    fvu = err.pow(2).sum() / (x_s - x_s.mean(0)).pow(2).sum().clamp_min(1e-12)
-    aux = kl_coeff * gaussian_kl(mu, log_var)
-    aux = aux + tc.auxk_alpha * sae._auxk_loss(mu.detach(), lambda idx: mu.gather(1, idx), err, dead_mask, tc, True)
-    return ForwardOutput(recon=recon_s / sae.input_scale, codes=codes,
-                         loss=mse + aux, mse=mse, fvu=fvu, l0=(codes.values != 0).sum(-1).float().mean(), aux_loss=aux)
+    return sparse_objective(sae, x_s, mu, codes, dead_mask, tc, extra=kl_coeff * gaussian_kl(mu, log_var))
 
 
 class VSAETrainer(SAETrainer):
